@@ -1,0 +1,24 @@
+{
+  "targets": [
+    {
+      "target_name": "procyard",
+      "sources": [
+        "native/addon.cc",
+        "native/binding_spawn.cc",
+        "native/binding_misc.cc",
+        "native/spawn.cc",
+        "native/probe.cc",
+        "native/bitset.cc",
+        "native/procstat.cc",
+        "native/port.cc",
+        "native/seccomp.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-fexceptions"],
+      "conditions": [["OS!='linux'", { "type": "none" }]]
+    }
+  ]
+}

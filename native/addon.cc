@@ -1,0 +1,13 @@
+// The module table. Each Init* lives beside the napi glue of its concern.
+#include "bindings.h"
+
+namespace {
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  procyard::InitSpawn(env, exports);
+  procyard::InitMisc(env, exports);
+  procyard::InitSeccomp(env, exports);
+  return exports;
+}
+}  // namespace
+
+NODE_API_MODULE(procyard, Init)

@@ -1,0 +1,191 @@
+// napi glue for probes, the bitset, the /proc sampler and port reservation.
+#include "binding_util.h"
+#include "bindings.h"
+#include "bitset.h"
+#include "port.h"
+#include "probe.h"
+#include "procstat.h"
+
+namespace procyard {
+namespace {
+
+// Runs `work` on a libuv pool thread and resolves with `done(env)`.
+template <typename Work, typename Done>
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  PromiseWorker(Napi::Env env, const char* name, Work work, Done done)
+      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)),
+        work_(std::move(work)), done_(std::move(done)) {}
+  static Napi::Promise Run(Napi::Env env, const char* name, Work work, Done done) {
+    auto* worker = new PromiseWorker(env, name, std::move(work), std::move(done));
+    Napi::Promise promise = worker->deferred_.Promise();
+    worker->Queue();
+    return promise;
+  }
+
+ protected:
+  void Execute() override { work_(); }
+  void OnOK() override { deferred_.Resolve(done_(Env())); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Work work_;
+  Done done_;
+};
+
+template <typename Work, typename Done>
+Napi::Promise RunAsync(Napi::Env env, const char* name, Work work, Done done) {
+  return PromiseWorker<Work, Done>::Run(env, name, std::move(work), std::move(done));
+}
+
+Napi::Value ProbeUserNamespaceJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bool credentials = false;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  if (info.Length() > 0 && info[0].IsObject()) {
+    Napi::Object o = info[0].As<Napi::Object>();
+    if (Has(o, "uid") != Has(o, "gid")) ThrowType(env, "uid and gid must be given together");
+    if (Has(o, "uid")) {
+      credentials = true;
+      uid = static_cast<uid_t>(ToInteger(env, o.Get("uid"), "uid", 0, 0xfffffffe));
+      gid = static_cast<gid_t>(ToInteger(env, o.Get("gid"), "gid", 0, 0xfffffffe));
+    }
+  }
+  auto result = std::make_shared<UsernsProbeResult>();
+  return RunAsync(
+      env, "procyard:probe", [=] { *result = ProbeUserNamespace(credentials, uid, gid); },
+      [result](Napi::Env env) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("ok", result->ok);
+        out.Set("errno", result->err);
+        out.Set("code", result->ok ? std::string() : ErrnoName(result->err));
+        out.Set("detail", result->ok ? std::string("user namespace created, uid mapped, mount made private")
+                                     : result->step + ": " + ErrnoName(result->err) + " (" +
+                                           strerror(result->err) + ")");
+        return out;
+      });
+}
+
+Napi::Value ProbePidfdJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int err = 0;
+  bool ok = ProbePidfd(&err);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("ok", ok);
+  out.Set("errno", err);
+  out.Set("code", ok ? std::string() : ErrnoName(err));
+  return out;
+}
+
+Napi::Value KernelReleaseJs(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), KernelRelease());
+}
+
+class BitsetJs : public Napi::ObjectWrap<BitsetJs> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Bitset",
+                       {InstanceMethod("alloc", &BitsetJs::Alloc), InstanceMethod("claim", &BitsetJs::Claim),
+                        InstanceMethod("release", &BitsetJs::Release), InstanceMethod("isSet", &BitsetJs::IsSet),
+                        InstanceAccessor("inUse", &BitsetJs::InUse, nullptr),
+                        InstanceAccessor("size", &BitsetJs::Size, nullptr)});
+  }
+  BitsetJs(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BitsetJs>(info), bits_(0) {
+    bits_ = Bitset(static_cast<size_t>(ToInteger(info.Env(), info[0], "size", 1, 1 << 24)));
+  }
+
+ private:
+  size_t Index(const Napi::CallbackInfo& info) {
+    return static_cast<size_t>(ToInteger(info.Env(), info[0], "index", 0, static_cast<int64_t>(bits_.Size()) - 1));
+  }
+  Napi::Value Alloc(const Napi::CallbackInfo& info) {
+    size_t from = info.Length() > 0 && !info[0].IsUndefined()
+                      ? static_cast<size_t>(ToInteger(info.Env(), info[0], "from", 0, 1 << 24))
+                      : 0;
+    return Napi::Number::New(info.Env(), static_cast<double>(bits_.Alloc(from)));
+  }
+  Napi::Value Claim(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), bits_.Claim(Index(info))); }
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), bits_.Release(Index(info)));
+  }
+  Napi::Value IsSet(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), bits_.IsSet(Index(info))); }
+  Napi::Value InUse(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(bits_.InUse()));
+  }
+  Napi::Value Size(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(bits_.Size()));
+  }
+
+  Bitset bits_;
+};
+
+Napi::Object StatToJs(Napi::Env env, const StatFields& s) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("state", std::string(1, s.state));
+  o.Set("ppid", s.ppid);
+  o.Set("utime", static_cast<double>(s.utime));
+  o.Set("stime", static_cast<double>(s.stime));
+  o.Set("starttime", static_cast<double>(s.starttime));
+  o.Set("rssPages", static_cast<double>(s.rssPages));
+  return o;
+}
+
+Napi::Value ParseStatJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) ThrowType(env, "line must be a string");
+  StatFields fields;
+  if (!ParseStat(info[0].As<Napi::String>().Utf8Value(), &fields)) return env.Null();
+  return StatToJs(env, fields);
+}
+
+Napi::Value SampleTreesJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) ThrowType(env, "pids must be an array of numbers");
+  Napi::Array array = info[0].As<Napi::Array>();
+  auto roots = std::make_shared<std::vector<pid_t>>();
+  for (uint32_t i = 0; i < array.Length(); i++)
+    roots->push_back(static_cast<pid_t>(ToInteger(env, array.Get(i), "pids[" + std::to_string(i) + "]", 1, 0x7fffffff)));
+  auto samples = std::make_shared<std::vector<TreeSample>>();
+  return RunAsync(
+      env, "procyard:sample", [=] { *samples = SampleTrees(*roots); },
+      [samples](Napi::Env env) -> Napi::Value {
+        Napi::Array out = Napi::Array::New(env, samples->size());
+        for (size_t i = 0; i < samples->size(); i++) {
+          const TreeSample& s = (*samples)[i];
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("alive", s.alive);
+          o.Set("rssBytes", static_cast<double>(s.rssBytes));
+          o.Set("ticks", static_cast<double>(s.ticks));
+          Napi::Array pids = Napi::Array::New(env, s.pids.size());
+          for (size_t j = 0; j < s.pids.size(); j++) pids.Set(static_cast<uint32_t>(j), s.pids[j]);
+          o.Set("pids", pids);
+          out.Set(static_cast<uint32_t>(i), o);
+        }
+        return out;
+      });
+}
+
+Napi::Value ReservePortJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int port = static_cast<int>(ToInteger(env, info[0], "port", 1, 65535));
+  int fd = ReservePort(port);
+  if (fd < 0) throw SystemError(env, -fd, "bind", "127.0.0.1:" + std::to_string(port));
+  return Napi::Number::New(env, fd);
+}
+
+}  // namespace
+
+void InitMisc(Napi::Env env, Napi::Object exports) {
+  exports.Set("probeUserNamespace", Napi::Function::New(env, ProbeUserNamespaceJs, "probeUserNamespace"));
+  exports.Set("probePidfd", Napi::Function::New(env, ProbePidfdJs, "probePidfd"));
+  exports.Set("kernelRelease", Napi::Function::New(env, KernelReleaseJs, "kernelRelease"));
+  exports.Set("Bitset", BitsetJs::Define(env));
+  exports.Set("parseStat", Napi::Function::New(env, ParseStatJs, "parseStat"));
+  exports.Set("sampleTrees", Napi::Function::New(env, SampleTreesJs, "sampleTrees"));
+  exports.Set("clockTicksPerSecond", Napi::Number::New(env, static_cast<double>(ClockTicksPerSecond())));
+  exports.Set("reservePort", Napi::Function::New(env, ReservePortJs, "reservePort"));
+}
+
+}  // namespace procyard

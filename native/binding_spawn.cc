@@ -1,0 +1,254 @@
+// napi glue for spawn, exit watching and pidfd signals.
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <set>
+
+#include "binding_util.h"
+#include "bindings.h"
+#include "spawn.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+namespace procyard {
+namespace {
+
+SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
+  if (!value.IsObject()) ThrowType(env, "spawn options must be an object");
+  Napi::Object o = value.As<Napi::Object>();
+  SpawnRequest req;
+  req.file = ToCString(env, o.Get("file"), "file");
+  if (req.file.empty()) ThrowType(env, "file must not be empty");
+  req.argv = ToCStringArray(env, o.Get("argv"), "argv", 65536);
+  if (req.argv.empty()) ThrowType(env, "argv must hold at least argv[0]");
+  req.envp = ToCStringArray(env, o.Get("env"), "env", 65536);
+  for (size_t i = 0; i < req.envp.size(); i++) {
+    size_t eq = req.envp[i].find('=');
+    if (eq == std::string::npos || eq == 0)
+      ThrowType(env, "env[" + std::to_string(i) + "] must be KEY=VALUE with a non-empty KEY");
+  }
+  if (Has(o, "uid") != Has(o, "gid")) ThrowType(env, "uid and gid must be given together");
+  if (Has(o, "uid")) {
+    req.hasCredentials = true;
+    req.uid = static_cast<uid_t>(ToInteger(env, o.Get("uid"), "uid", 0, 0xfffffffe));
+    req.gid = static_cast<gid_t>(ToInteger(env, o.Get("gid"), "gid", 0, 0xfffffffe));
+  }
+  if (Has(o, "fds")) {
+    Napi::Value fds = o.Get("fds");
+    if (!fds.IsArray()) ThrowType(env, "fds must be an array of {source, target}");
+    Napi::Array array = fds.As<Napi::Array>();
+    if (array.Length() > 32) throw Napi::RangeError::New(env, "fds has more than 32 items");
+    std::set<int> targets;
+    for (uint32_t i = 0; i < array.Length(); i++) {
+      std::string what = "fds[" + std::to_string(i) + "]";
+      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {source, target}");
+      Napi::Object m = array.Get(i).As<Napi::Object>();
+      FdMapping mapping;
+      mapping.source = static_cast<int>(ToInteger(env, m.Get("source"), what + ".source", 0, 1 << 20));
+      mapping.target = static_cast<int>(ToInteger(env, m.Get("target"), what + ".target", 3, 1023));
+      if (!targets.insert(mapping.target).second)
+        ThrowType(env, what + ".target " + std::to_string(mapping.target) + " is used twice");
+      if (fcntl(mapping.source, F_GETFD) < 0)
+        throw SystemError(env, errno, "fcntl", what + ".source " + std::to_string(mapping.source));
+      req.extraFds.push_back(mapping);
+    }
+  }
+  if (Has(o, "closeBeforeClone"))
+    req.closeBeforeClone = static_cast<int>(ToInteger(env, o.Get("closeBeforeClone"), "closeBeforeClone", 3, 1 << 20));
+  return req;
+}
+
+class SpawnWorker : public Napi::AsyncWorker {
+ public:
+  SpawnWorker(Napi::Env env, SpawnRequest req)
+      : Napi::AsyncWorker(env, "procyard:spawn"), deferred_(Napi::Promise::Deferred::New(env)),
+        req_(std::move(req)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  // On a libuv pool thread: those live as long as the process, so the
+  // child's parent-death signal cannot fire early.
+  void Execute() override { ok_ = Spawn(req_, &result_, &error_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!ok_) {
+      deferred_.Reject(SystemError(env, error_.err, error_.syscall, error_.subject).Value());
+      return;
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("pid", result_.pid);
+    out.Set("pidfd", result_.pidfd);
+    out.Set("stdout", result_.stdoutFd);
+    out.Set("stderr", result_.stderrFd);
+    deferred_.Resolve(out);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  SpawnRequest req_;
+  SpawnResult result_;
+  SpawnError error_;
+  bool ok_ = false;
+};
+
+Napi::Value SpawnJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SpawnRequest req;
+  try {
+    req = ParseSpawnOptions(env, info[0]);
+  } catch (...) {
+    // The contract: closeBeforeClone is closed by every call, whatever happens.
+    if (info[0].IsObject()) {
+      Napi::Value fd = info[0].As<Napi::Object>().Get("closeBeforeClone");
+      if (fd.IsNumber() && fd.As<Napi::Number>().Int32Value() >= 3) close(fd.As<Napi::Number>().Int32Value());
+    }
+    throw;
+  }
+  auto* worker = new SpawnWorker(env, std::move(req));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// Watches a pidfd on the event loop; when the process exits, reaps it (if it
+// is our child) and calls back with {code, signal}. Never waitpid(-1): that
+// would steal libuv's own children.
+class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "PidWatcher",
+                       {InstanceMethod("ref", &PidWatcher::RefJs),
+                        InstanceMethod("unref", &PidWatcher::UnrefJs),
+                        InstanceMethod("close", &PidWatcher::CloseJs)});
+  }
+
+  PidWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PidWatcher>(info) {
+    Napi::Env env = info.Env();
+    pidfd_ = static_cast<int>(ToInteger(env, info[0], "pidfd", 0, 1 << 20));
+    if (!info[1].IsFunction()) ThrowType(env, "callback must be a function");
+    reap_ = info[2].ToBoolean();
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    poll_ = new uv_poll_t;
+    int rc = uv_poll_init(loop, poll_, pidfd_);
+    if (rc != 0) {
+      delete poll_;
+      poll_ = nullptr;
+      throw Napi::Error::New(env, std::string("uv_poll_init(pidfd): ") + uv_strerror(rc));
+    }
+    poll_->data = this;
+    uv_poll_start(poll_, UV_READABLE, OnReadable);
+    Ref();  // alive while the handle is open, even if JS drops us
+  }
+
+ private:
+  static void OnReadable(uv_poll_t* handle, int status, int) {
+    PidWatcher* self = static_cast<PidWatcher*>(handle->data);
+    siginfo_t info{};
+    if (status == 0 && self->reap_) {
+      if (waitid(static_cast<idtype_t>(P_PIDFD), self->pidfd_, &info, WEXITED | WNOHANG) == 0 &&
+          info.si_pid == 0)
+        return;  // spurious wakeup: still running
+    }
+    self->StopPolling();
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    Napi::Object result = Napi::Object::New(env);
+    if (info.si_pid != 0 && info.si_code == CLD_EXITED) {
+      result.Set("code", info.si_status);
+      result.Set("signal", env.Null());
+    } else if (info.si_pid != 0) {
+      result.Set("code", env.Null());
+      result.Set("signal", sigabbrev_np(info.si_status) ? std::string("SIG") + sigabbrev_np(info.si_status)
+                                                        : std::to_string(info.si_status));
+    } else {
+      result.Set("code", env.Null());
+      result.Set("signal", env.Null());
+    }
+    Napi::FunctionReference callback = std::move(self->callback_);
+    try {
+      callback.MakeCallback(env.Global(), {result});
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  void StopPolling() {
+    if (poll_ == nullptr) return;
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    poll_ = nullptr;
+    Unref();
+  }
+
+  Napi::Value RefJs(const Napi::CallbackInfo& info) {
+    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.This();
+  }
+  Napi::Value UnrefJs(const Napi::CallbackInfo& info) {
+    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.This();
+  }
+  Napi::Value CloseJs(const Napi::CallbackInfo& info) {
+    StopPolling();
+    callback_.Reset();
+    return info.Env().Undefined();
+  }
+
+  int pidfd_ = -1;
+  bool reap_ = true;
+  uv_poll_t* poll_ = nullptr;
+  Napi::FunctionReference callback_;
+};
+
+Napi::Value PidfdOpenJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int pid = static_cast<int>(ToInteger(env, info[0], "pid", 1, 0x7fffffff));
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) throw SystemError(env, errno, "pidfd_open", std::to_string(pid));
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return Napi::Number::New(env, fd);
+}
+
+// Signals by pidfd, so a recycled pid is never hit. Returns false when the
+// process is already gone (ESRCH), throws on any other error.
+Napi::Value PidfdSignalJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(ToInteger(env, info[0], "pidfd", 0, 1 << 20));
+  int sig = static_cast<int>(ToInteger(env, info[1], "signal", 0, 64));
+  if (syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0) == 0) return Napi::Boolean::New(env, true);
+  if (errno == ESRCH) return Napi::Boolean::New(env, false);
+  throw SystemError(env, errno, "pidfd_send_signal", std::to_string(fd));
+}
+
+// A pipe with both ends O_CLOEXEC: [read, write]. Node has no pipe(2).
+Napi::Value PipeJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) < 0) throw SystemError(env, errno, "pipe2", "");
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, fds[0]);
+  out.Set(1u, fds[1]);
+  return out;
+}
+
+}  // namespace
+
+void InitSpawn(Napi::Env env, Napi::Object exports) {
+  exports.Set("spawn", Napi::Function::New(env, SpawnJs, "spawn"));
+  exports.Set("PidWatcher", PidWatcher::Define(env));
+  exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpenJs, "pidfdOpen"));
+  exports.Set("pidfdSignal", Napi::Function::New(env, PidfdSignalJs, "pidfdSignal"));
+  exports.Set("pipe", Napi::Function::New(env, PipeJs, "pipe"));
+}
+
+}  // namespace procyard

@@ -1,0 +1,100 @@
+#include "procstat.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace procyard {
+namespace {
+
+// Reads a small /proc file whole; empty when it is gone.
+std::string ReadProcFile(const char* path) {
+  std::string data;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return data;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    data.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return data;
+}
+
+void AppendChildren(pid_t pid, std::vector<pid_t>* queue) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task", pid);
+  DIR* dir = opendir(path);
+  if (dir == nullptr) return;
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    char childrenPath[320];
+    snprintf(childrenPath, sizeof childrenPath, "/proc/%d/task/%s/children", pid, entry->d_name);
+    std::string list = ReadProcFile(childrenPath);
+    const char* p = list.c_str();
+    char* end = nullptr;
+    for (long child = strtol(p, &end, 10); end != p; child = strtol(p, &end, 10)) {
+      queue->push_back(static_cast<pid_t>(child));
+      p = end;
+    }
+  }
+  closedir(dir);
+}
+
+}  // namespace
+
+bool ParseStat(const std::string& line, StatFields* out) {
+  size_t close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size()) return false;
+  // Fields from 3 (state) on, split on single spaces.
+  const char* p = line.c_str() + close + 2;
+  out->state = *p;
+  uint64_t values[22] = {0};
+  int field = 3;
+  while (*p && field < 25) {
+    const char* space = strchr(p, ' ');
+    if (field > 3) values[field - 3] = strtoull(p, nullptr, 10);
+    if (space == nullptr) break;
+    p = space + 1;
+    field++;
+  }
+  if (field < 24) return false;
+  out->ppid = static_cast<pid_t>(values[1]);
+  out->utime = values[11];
+  out->stime = values[12];
+  out->starttime = values[19];
+  out->rssPages = values[21];
+  return true;
+}
+
+std::vector<TreeSample> SampleTrees(const std::vector<pid_t>& roots) {
+  static const long pageSize = sysconf(_SC_PAGESIZE);
+  std::vector<TreeSample> samples(roots.size());
+  std::vector<pid_t> queue;
+  for (size_t i = 0; i < roots.size(); i++) {
+    TreeSample& sample = samples[i];
+    queue.assign(1, roots[i]);
+    for (size_t q = 0; q < queue.size() && q < 100000; q++) {
+      pid_t pid = queue[q];
+      char path[64];
+      snprintf(path, sizeof path, "/proc/%d/stat", pid);
+      StatFields stat;
+      if (!ParseStat(ReadProcFile(path), &stat)) continue;  // exited meanwhile
+      if (q == 0) sample.alive = stat.state != 'Z' && stat.state != 'X';
+      if (q == 0 && !sample.alive) break;
+      sample.rssBytes += stat.rssPages * static_cast<uint64_t>(pageSize);
+      sample.ticks += stat.utime + stat.stime;
+      sample.pids.push_back(pid);
+      AppendChildren(pid, &queue);
+    }
+  }
+  return samples;
+}
+
+long ClockTicksPerSecond() { return sysconf(_SC_CLK_TCK); }
+
+}  // namespace procyard

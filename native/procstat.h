@@ -1,0 +1,37 @@
+// /proc readers for resource sampling: no napi here.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace procyard {
+
+struct StatFields {
+  char state = '?';
+  pid_t ppid = 0;
+  uint64_t utime = 0;  // clock ticks
+  uint64_t stime = 0;
+  uint64_t starttime = 0;
+  uint64_t rssPages = 0;
+};
+
+// Parses one /proc/<pid>/stat line. The command name is split off at the
+// last ')': it may itself hold spaces and parentheses.
+bool ParseStat(const std::string& line, StatFields* out);
+
+struct TreeSample {
+  bool alive = false;  // root present and not a zombie
+  uint64_t rssBytes = 0;
+  uint64_t ticks = 0;  // utime + stime summed over the tree
+  std::vector<pid_t> pids;
+};
+
+// Walks each root's tree through /proc/<pid>/task/<tid>/children.
+std::vector<TreeSample> SampleTrees(const std::vector<pid_t>& roots);
+
+long ClockTicksPerSecond();
+
+}  // namespace procyard

@@ -1,0 +1,5 @@
+#include "bindings.h"
+
+namespace procyard {
+void InitSeccomp(Napi::Env, Napi::Object) {}
+}  // namespace procyard

@@ -1,0 +1,117 @@
+// The Backend interface an app-hosting server drives, and its types.
+import type { PreflightReport } from './preflight/report.js';
+
+export interface MountEntry {
+  source: string;
+  target: string;
+  readOnly?: boolean;
+}
+
+export interface WorkerSpec {
+  appId: string;
+  workerId: string;
+  /** Ignored by the process backend (kept for interface parity). */
+  image?: string;
+  /** Default: `['Rscript', `${workerMount}/app.R`]`. */
+  cmd?: string[];
+  /** Host path of the bundle, mounted read-only at `workerMount`. */
+  bundlePath: string;
+  /** Legacy R library, read-only at /blockyard-lib. */
+  libraryPath?: string;
+  /** Store-assembled R library, read-only at /blockyard-lib-store. */
+  libDir?: string;
+  /** Read-write at /transfer. */
+  transferDir?: string;
+  /** Read-only at /var/run/blockyard. */
+  tokenDir?: string;
+  /** In-sandbox mount point of the bundle (absolute). */
+  workerMount: string;
+  /** Ignored: the backend picks the port (see addr()). */
+  shinyPort?: number;
+  rVersion?: string;
+  /** Not enforced by the process backend (preflight warns). */
+  memoryLimit?: string;
+  cpuLimit?: number;
+  labels?: Record<string, string>;
+  env?: Record<string, string>;
+  rProfilePath?: string;
+  dataMounts?: MountEntry[];
+  runtime?: string;
+}
+
+export interface BuildSpec {
+  appId: string;
+  bundleId: string;
+  image?: string;
+  labels?: Record<string, string>;
+  /** Called with each line as it arrives (stdout and stderr). */
+  logWriter?: (line: string) => void;
+  cmd: string[];
+  mounts?: MountEntry[];
+  /** 'KEY=VALUE' */
+  env?: string[];
+  rVersion?: string;
+}
+
+export interface BuildResult {
+  success: boolean;
+  exitCode: number;
+  logs: string;
+}
+
+export type ResourceKind = 'container' | 'network';
+
+export interface ManagedResource {
+  id: string;
+  kind: ResourceKind;
+  labels: Record<string, string>;
+}
+
+export interface WorkerResourceUsage {
+  cpuPercent: number;
+  memoryUsageBytes: number;
+  /** Always 0: the process backend sets no memory limit. */
+  memoryLimitBytes: number;
+}
+
+/** Replays the worker's log ring, then follows it. */
+export interface LogStream extends AsyncIterable<string> {
+  close(): void;
+}
+
+export interface WorkerExitEvent {
+  workerId: string;
+  code: number | null;
+  signal: string | null;
+}
+
+export interface Backend {
+  spawn(spec: WorkerSpec): Promise<void>;
+  stop(id: string): Promise<void>;
+  healthCheck(id: string, opts?: { timeoutMs?: number }): Promise<boolean>;
+  logs(id: string): Promise<LogStream>;
+  addr(id: string): Promise<string>;
+  build(spec: BuildSpec, opts?: { signal?: AbortSignal }): Promise<BuildResult>;
+  listManaged(): Promise<ManagedResource[]>;
+  removeResource(r: ManagedResource): Promise<void>;
+  workerResourceUsage(id: string): Promise<WorkerResourceUsage | null>;
+  updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void>;
+  cleanupOrphanResources(): Promise<void>;
+  preflight(): Promise<PreflightReport>;
+  checkRVersion(version: string): void;
+}
+
+/** pino-compatible logger. */
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export class NotSupportedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'NotSupportedError';
+  }
+}

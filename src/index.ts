@@ -1,0 +1,18 @@
+// procyard: the package root. Every public name is exported here.
+export type {
+  Backend,
+  BuildResult,
+  BuildSpec,
+  LogStream,
+  Logger,
+  ManagedResource,
+  MountEntry,
+  ResourceKind,
+  WorkerExitEvent,
+  WorkerResourceUsage,
+  WorkerSpec,
+} from './backend.js';
+export { NotSupportedError } from './backend.js';
+export type { Config, ProcessConfig } from './config.js';
+export { PreflightReport } from './preflight/report.js';
+export type { CheckResult, Severity } from './preflight/report.js';
