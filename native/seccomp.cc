@@ -1,5 +1,321 @@
+#include "seccomp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "binding_util.h"
 #include "bindings.h"
 
+#if defined(__x86_64__)
+#define PROCYARD_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define PROCYARD_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+// Calls from 5.x on share one number on every architecture. Headers older than
+// the kernel would otherwise leave them out, and an unknown clone3 or
+// mount_setattr is an allowed one.
+#ifndef __NR_open_tree
+#define __NR_open_tree 428
+#endif
+#ifndef __NR_move_mount
+#define __NR_move_mount 429
+#endif
+#ifndef __NR_fsopen
+#define __NR_fsopen 430
+#endif
+#ifndef __NR_fsconfig
+#define __NR_fsconfig 431
+#endif
+#ifndef __NR_fsmount
+#define __NR_fsmount 432
+#endif
+#ifndef __NR_fspick
+#define __NR_fspick 433
+#endif
+#ifndef __NR_clone3
+#define __NR_clone3 435
+#endif
+#ifndef __NR_mount_setattr
+#define __NR_mount_setattr 442
+#endif
+#ifndef __NR_quotactl_fd
+#define __NR_quotactl_fd 443
+#endif
+#ifndef __NR_open_tree_attr
+#define __NR_open_tree_attr 467
+#endif
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+
 namespace procyard {
-void InitSeccomp(Napi::Env, Napi::Object) {}
+namespace {
+
+// Namespace flags clone() takes. CLONE_NEWTIME (0x80) is not among them: in
+// clone()'s flags that bit belongs to the exit signal.
+constexpr uint32_t kCloneNewFlags = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC |
+                                    CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET;
+constexpr uint32_t kUnshareNewFlags = kCloneNewFlags | CLONE_NEWTIME;
+
+constexpr uint32_t kDenyEperm = SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA);
+// clone3's flags sit in a struct BPF cannot read. ENOSYS (not EPERM) makes
+// glibc fall back to clone(), whose flags the filter does check.
+constexpr uint32_t kDenyEnosys = SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA);
+
+enum class Match {
+  kAlways,
+  kArgEquals,  // the low 32 bits of args[arg] equal value
+  kArgAnyBit,  // the low 32 bits of args[arg] share a bit with value
+};
+
+struct Rule {
+  const char* name;
+  int nr;
+  Match match;
+  unsigned arg;
+  uint32_t value;
+  uint32_t action;
+};
+
+constexpr Rule Deny(const char* name, int nr) { return {name, nr, Match::kAlways, 0, 0, kDenyEperm}; }
+
+constexpr uint32_t ArgLow(unsigned i) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  return offsetof(seccomp_data, args) + 8 * i;
+#else
+  return offsetof(seccomp_data, args) + 8 * i + 4;
+#endif
+}
+
+const std::vector<Rule>& Rules() {
+  static const std::vector<Rule> rules = {
+      // Mounting rearranges the sandbox's view of the host; bwrap has built it already.
+#ifdef __NR_mount
+      Deny("mount", __NR_mount),
+#endif
+#ifdef __NR_umount2
+      Deny("umount2", __NR_umount2),
+#endif
+#ifdef __NR_umount
+      Deny("umount", __NR_umount),
+#endif
+      Deny("fsopen", __NR_fsopen),
+      Deny("fsconfig", __NR_fsconfig),
+      Deny("fsmount", __NR_fsmount),
+      Deny("fspick", __NR_fspick),
+      Deny("move_mount", __NR_move_mount),
+      Deny("open_tree", __NR_open_tree),
+      Deny("open_tree_attr", __NR_open_tree_attr),
+      Deny("mount_setattr", __NR_mount_setattr),
+#ifdef __NR_pivot_root
+      Deny("pivot_root", __NR_pivot_root),
+#endif
+#ifdef __NR_chroot
+      Deny("chroot", __NR_chroot),
+#endif
+      // Reading or steering another process's memory.
+#ifdef __NR_ptrace
+      Deny("ptrace", __NR_ptrace),
+#endif
+#ifdef __NR_process_vm_readv
+      Deny("process_vm_readv", __NR_process_vm_readv),
+#endif
+#ifdef __NR_process_vm_writev
+      Deny("process_vm_writev", __NR_process_vm_writev),
+#endif
+      // Large kernel attack surface no app needs.
+#ifdef __NR_kexec_load
+      Deny("kexec_load", __NR_kexec_load),
+#endif
+#ifdef __NR_kexec_file_load
+      Deny("kexec_file_load", __NR_kexec_file_load),
+#endif
+#ifdef __NR_bpf
+      Deny("bpf", __NR_bpf),
+#endif
+#ifdef __NR_perf_event_open
+      Deny("perf_event_open", __NR_perf_event_open),
+#endif
+#ifdef __NR_userfaultfd
+      Deny("userfaultfd", __NR_userfaultfd),
+#endif
+      // The kernel keyring is not fully namespaced: keys could leak between tenants.
+#ifdef __NR_keyctl
+      Deny("keyctl", __NR_keyctl),
+#endif
+#ifdef __NR_add_key
+      Deny("add_key", __NR_add_key),
+#endif
+#ifdef __NR_request_key
+      Deny("request_key", __NR_request_key),
+#endif
+      // Host administration.
+#ifdef __NR_init_module
+      Deny("init_module", __NR_init_module),
+#endif
+#ifdef __NR_finit_module
+      Deny("finit_module", __NR_finit_module),
+#endif
+#ifdef __NR_delete_module
+      Deny("delete_module", __NR_delete_module),
+#endif
+#ifdef __NR_swapon
+      Deny("swapon", __NR_swapon),
+#endif
+#ifdef __NR_swapoff
+      Deny("swapoff", __NR_swapoff),
+#endif
+#ifdef __NR_reboot
+      Deny("reboot", __NR_reboot),
+#endif
+#ifdef __NR_acct
+      Deny("acct", __NR_acct),
+#endif
+#ifdef __NR_quotactl
+      Deny("quotactl", __NR_quotactl),
+#endif
+      Deny("quotactl_fd", __NR_quotactl_fd),
+      // Opens any inode by handle, past the sandbox's mounts.
+#ifdef __NR_open_by_handle_at
+      Deny("open_by_handle_at", __NR_open_by_handle_at),
+#endif
+      // Typing into, or driving, a terminal the app does not own. The kernel reads
+      // the request as a 32-bit int: matching the low word alone stops a request
+      // with junk in the high word from slipping past (CVE-2019-10063).
+      {"ioctl(TIOCSTI)", __NR_ioctl, Match::kArgEquals, 1, TIOCSTI, kDenyEperm},
+      {"ioctl(TIOCLINUX)", __NR_ioctl, Match::kArgEquals, 1, TIOCLINUX, kDenyEperm},
+      // New namespaces: nested user namespaces expose a large kernel surface.
+      // Every CLONE_NEW* bit lies in the low 32 bits of the flags (args[0]).
+      {"unshare(CLONE_NEW*)", __NR_unshare, Match::kArgAnyBit, 0, kUnshareNewFlags, kDenyEperm},
+      {"clone(CLONE_NEW*)", __NR_clone, Match::kArgAnyBit, 0, kCloneNewFlags, kDenyEperm},
+      {"clone3", __NR_clone3, Match::kAlways, 0, 0, kDenyEnosys},
+  };
+  return rules;
+}
+
+sock_filter Stmt(uint16_t code, uint32_t k) { return BPF_STMT(code, k); }
+sock_filter Jump(uint16_t code, uint32_t k, uint8_t jt, uint8_t jf) { return BPF_JUMP(code, k, jt, jf); }
+
+}  // namespace
+
+std::vector<sock_filter> BuiltinSeccompProgram() {
+  std::vector<sock_filter> p;
+#ifdef PROCYARD_AUDIT_ARCH
+  const sock_filter loadNr = Stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr));
+  // Syscall numbers mean other calls under another ABI (i386 through int 0x80
+  // on x86_64): with no rules for it, only killing is safe.
+  p.push_back(Stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));
+  p.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, PROCYARD_AUDIT_ARCH, 1, 0));
+  p.push_back(Stmt(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+  p.push_back(loadNr);
+#ifdef __x86_64__
+  // x32 calls pass the x86_64 arch check with the x32 bit set in nr: they
+  // would match none of the rules below.
+  p.push_back(Jump(BPF_JMP | BPF_JSET | BPF_K, __X32_SYSCALL_BIT, 0, 1));
+  p.push_back(Stmt(BPF_RET | BPF_K, kDenyEperm));
+#endif
+  // Each rule: `if (nr != rule.nr) skip body`. A body that reads an argument
+  // reloads nr before falling through, so two rules on one call compose.
+  for (const Rule& rule : Rules()) {
+    std::vector<sock_filter> body;
+    if (rule.match != Match::kAlways) {
+      body.push_back(Stmt(BPF_LD | BPF_W | BPF_ABS, ArgLow(rule.arg)));
+      uint16_t test = rule.match == Match::kArgEquals ? BPF_JEQ : BPF_JSET;
+      body.push_back(Jump(BPF_JMP | test | BPF_K, rule.value, 0, 1));
+    }
+    body.push_back(Stmt(BPF_RET | BPF_K, rule.action));
+    if (rule.match != Match::kAlways) body.push_back(loadNr);
+    p.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(rule.nr), 0,
+                     static_cast<uint8_t>(body.size())));
+    p.insert(p.end(), body.begin(), body.end());
+  }
+  p.push_back(Stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+#endif
+  return p;
+}
+
+std::vector<std::string> BuiltinSeccompRules() {
+  std::vector<std::string> names;
+#ifdef PROCYARD_AUDIT_ARCH
+  for (const Rule& rule : Rules()) names.emplace_back(rule.name);
+#endif
+  return names;
+}
+
+SeccompMemfd BuiltinSeccompMemfd() {
+  SeccompMemfd out;
+  std::vector<sock_filter> program = BuiltinSeccompProgram();
+  if (program.empty()) {
+    out.err = ENOSYS;
+    out.step = "seccomp filter for this architecture";
+    return out;
+  }
+  int fd = -1;
+  auto fail = [&](const char* step) {
+    out.err = errno;
+    out.step = step;
+    if (fd >= 0) close(fd);
+    out.fd = -1;
+    return out;
+  };
+  fd = memfd_create("procyard-seccomp", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return fail("memfd_create");
+  const char* data = reinterpret_cast<const char*>(program.data());
+  size_t left = program.size() * sizeof(sock_filter);
+  while (left > 0) {
+    ssize_t n = write(fd, data, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return fail("write");
+    data += n;
+    left -= static_cast<size_t>(n);
+  }
+  // Sealed, the program every sandbox reads is the one generated here, even
+  // if a bug elsewhere got the fd written to.
+  if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
+    return fail("fcntl(F_ADD_SEALS)");
+  if (lseek(fd, 0, SEEK_SET) < 0) return fail("lseek");
+  out.fd = fd;
+  return out;
+}
+
+// ---- napi glue ----
+
+namespace {
+
+Napi::Value BuiltinSeccompFilterJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SeccompMemfd memfd = BuiltinSeccompMemfd();
+  if (memfd.fd >= 0) return Napi::Number::New(env, memfd.fd);
+  if (memfd.err == ENOSYS && BuiltinSeccompRules().empty())
+    throw Napi::Error::New(env,
+                           "the built-in seccomp filter supports x86_64 and aarch64 only: set "
+                           "process.seccompProfile to the path of a compiled BPF program, or to ''");
+  throw SystemError(env, memfd.err, memfd.step, "");
+}
+
+Napi::Value BuiltinSeccompRulesJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<std::string> names = BuiltinSeccompRules();
+  Napi::Array out = Napi::Array::New(env, names.size());
+  for (uint32_t i = 0; i < names.size(); i++) out.Set(i, names[i]);
+  return out;
+}
+
+}  // namespace
+
+void InitSeccomp(Napi::Env env, Napi::Object exports) {
+  exports.Set("builtinSeccompFilter", Napi::Function::New(env, BuiltinSeccompFilterJs, "builtinSeccompFilter"));
+  exports.Set("builtinSeccompRules", Napi::Function::New(env, BuiltinSeccompRulesJs, "builtinSeccompRules"));
+}
+
 }  // namespace procyard

@@ -16,3 +16,6 @@ export { NotSupportedError } from './backend.js';
 export type { Config, ProcessConfig } from './config.js';
 export { PreflightReport } from './preflight/report.js';
 export type { CheckResult, Severity } from './preflight/report.js';
+export { runPreflight } from './preflight/index.js';
+export { loadConfig, ConfigError } from './config.js';
+export { RedisUnreachableError } from './process/allocators/redis.js';

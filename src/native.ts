@@ -91,6 +91,7 @@ interface Addon {
   clockTicksPerSecond: number;
   reservePort(port: number): number;
   builtinSeccompFilter(): number;
+  builtinSeccompRules(): string[];
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -124,3 +125,5 @@ export const clockTicksPerSecond = addon.clockTicksPerSecond;
 export const reservePort = addon.reservePort;
 /** A memfd holding procyard's built-in seccomp BPF program (see native/seccomp.cc). */
 export const builtinSeccompFilter = addon.builtinSeccompFilter;
+/** What the built-in filter denies, one entry per rule (`ptrace`, `ioctl(TIOCSTI)`, `clone3`...). */
+export const builtinSeccompRules = addon.builtinSeccompRules;

@@ -45,7 +45,7 @@ export function bwrapArgs(plan: SandboxPlan): string[] {
   // The private /tmp is RAM: uncapped, one worker could fill half the host.
   if (plan.tmpSizeBytes > 0) args.push('--size', String(plan.tmpSizeBytes));
   args.push('--tmpfs', '/tmp', '--proc', '/proc', '--dev', '/dev', '--chdir', '/tmp');
-  for (const m of plan.mounts) args.push(m.readOnly === false ? '--bind' : '--ro-bind', m.source, m.target);
+  for (const m of plan.mounts) args.push(m.readOnly ? '--ro-bind' : '--bind', m.source, m.target);
   args.push('--cap-drop', 'ALL');
   if (plan.seccomp) args.push('--seccomp', String(SECCOMP_FD));
   args.push('--json-status-fd', String(STATUS_FD), '--', ...plan.cmd);
@@ -62,7 +62,7 @@ export interface WorkerMountsInput {
   dataMounts?: MountEntry[];
 }
 
-/** The worker's binds, bundle first; data mounts are read-only unless they say otherwise. */
+/** The worker's binds, bundle first; data mounts as given (readOnly absent = read-write, as in the original). */
 export function workerMounts(spec: WorkerMountsInput): MountEntry[] {
   const mounts: MountEntry[] = [];
   if (spec.bundlePath && spec.workerMount)
@@ -71,7 +71,7 @@ export function workerMounts(spec: WorkerMountsInput): MountEntry[] {
   if (spec.libDir) mounts.push({ source: spec.libDir, target: MOUNT_TARGETS.libraryStore, readOnly: true });
   if (spec.tokenDir) mounts.push({ source: spec.tokenDir, target: MOUNT_TARGETS.token, readOnly: true });
   if (spec.transferDir) mounts.push({ source: spec.transferDir, target: MOUNT_TARGETS.transfer, readOnly: false });
-  for (const m of spec.dataMounts ?? []) mounts.push({ ...m, readOnly: m.readOnly !== false });
+  for (const m of spec.dataMounts ?? []) mounts.push({ ...m, readOnly: m.readOnly === true });
   return mounts;
 }
 

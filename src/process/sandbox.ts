@@ -1,6 +1,7 @@
 // One bwrap sandbox started through the native spawn: the shared path of
 // workers, builds and the preflight probes.
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import {
@@ -58,11 +59,14 @@ export class Sandbox {
   readonly pid: number;
   /** Resolves with the bwrap monitor's exit once every output line is delivered. */
   readonly exited: Promise<ExitStatus>;
-  /** Host pid of the app (bwrap's `child-pid`), or null when bwrap never reported one. */
+  /** Host pid of the app (the child of bwrap's init), or null when it never started. */
   readonly appPid: Promise<number | null>;
   private exitStatus: ExitStatus | null = null;
   private readonly watcher: PidWatcher;
   private appPidfd = -1;
+  /** bwrap's init (pid 1 inside): SIGKILL to it ends the whole pid namespace. */
+  private initPidfd = -1;
+  private readonly initKnown: Promise<void>;
 
   /** @internal use startSandbox() */
   constructor(
@@ -87,25 +91,29 @@ export class Sandbox {
         }),
       );
     });
-    this.appPid = readChildPid(statusFd).then((appPid) => {
-      if (appPid !== null && this.exitStatus === null) {
-        try {
-          this.appPidfd = pidfdOpen(appPid);
-        } catch {
-          // already gone
-        }
-      }
-      return appPid;
+    const initPid = readChildPid(statusFd);
+    this.initKnown = initPid.then((pid) => {
+      if (pid !== null && this.exitStatus === null) this.initPidfd = openChild(pid, this.pid);
     });
+    this.appPid = initPid
+      .then((pid) => (pid === null ? null : findApp(pid, () => this.exitStatus !== null)))
+      .then((found) => {
+        if (!found) return null;
+        if (this.exitStatus !== null) {
+          closeQuietly(found.pidfd);
+          return null;
+        }
+        this.appPidfd = found.pidfd;
+        return found.pid;
+      });
     let onExit: (status: ExitStatus) => void = () => {};
     const monitorExit = new Promise<ExitStatus>((resolve) => (onExit = resolve));
     this.watcher = new PidWatcherNative(
       pidfd,
       (status) => {
         this.exitStatus = status;
-        closeQuietly(this.pidfd);
-        if (this.appPidfd >= 0) closeQuietly(this.appPidfd);
-        this.appPidfd = -1;
+        for (const fd of [this.pidfd, this.appPidfd, this.initPidfd]) if (fd >= 0) closeQuietly(fd);
+        this.appPidfd = this.initPidfd = -1;
         onExit(status);
       },
       true,
@@ -123,9 +131,23 @@ export class Sandbox {
     return this.exitStatus === null;
   }
 
-  /** Signals the bwrap monitor (SIGKILL takes the whole sandbox with it). */
+  /** Signals the bwrap monitor. */
   signal(sig: NodeJS.Signals | number): boolean {
     return this.exitStatus === null && pidfdSignal(this.pidfd, signalNumber(sig));
+  }
+
+  /**
+   * Kills the whole sandbox. Killing only the monitor is not enough: during
+   * bwrap's set-up its init has no parent-death signal yet (its uid change
+   * clears it), so it would live on, orphaned. So wait until bwrap has said
+   * who its init is, SIGKILL that (the pid namespace dies with it), then the
+   * monitor.
+   */
+  async kill(): Promise<void> {
+    await Promise.race([this.initKnown, this.exited]);
+    if (this.exitStatus !== null) return;
+    if (this.initPidfd >= 0) pidfdSignal(this.initPidfd, osConstants.signals.SIGKILL);
+    this.signal('SIGKILL');
   }
 
   /**
@@ -145,6 +167,50 @@ export class Sandbox {
 
   unref(): void {
     this.watcher.unref();
+  }
+}
+
+/**
+ * With --unshare-pid, bwrap's `child-pid` is its init (pid 1 inside), which
+ * ignores SIGTERM; the app is that init's only child. Polls briefly for the
+ * fork, then pins the app with a pidfd and checks it is still init's child
+ * (so a recycled pid is never signalled).
+ */
+async function findApp(initPid: number, gone: () => boolean): Promise<{ pid: number; pidfd: number } | null> {
+  const deadline = Date.now() + 5000;
+  for (let wait = 1; !gone() && Date.now() < deadline; wait = Math.min(wait * 2, 25)) {
+    const children = await readFile(`/proc/${initPid}/task/${initPid}/children`, 'utf8').catch(() => null);
+    if (children === null) return null;
+    const pid = Number(children.trim().split(' ')[0]);
+    if (pid > 0) {
+      const pidfd = openChild(pid, initPid);
+      return pidfd >= 0 ? { pid, pidfd } : null;
+    }
+    await new Promise((r) => setTimeout(r, wait));
+  }
+  return null;
+}
+
+/** A pidfd on pid if it is still a child of parentPid, else -1. */
+function openChild(pid: number, parentPid: number): number {
+  let pidfd: number;
+  try {
+    pidfd = pidfdOpen(pid);
+  } catch {
+    return -1;
+  }
+  // Checked after pinning it: a pid recycled before the open fails this.
+  if (parentOf(pid) === parentPid) return pidfd;
+  closeQuietly(pidfd);
+  return -1;
+}
+
+function parentOf(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return -1;
   }
 }
 

@@ -1,0 +1,393 @@
+// ProcessBackend: the Backend interface over bwrap sandboxes and the native core.
+import { accessSync, constants as fsConstants } from 'node:fs';
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import { constants as osConstants } from 'node:os';
+import path from 'node:path';
+import type { Redis, Cluster } from 'ioredis';
+import {
+  NotSupportedError,
+  type Backend,
+  type BuildResult,
+  type BuildSpec,
+  type LogStream,
+  type Logger,
+  type ManagedResource,
+  type WorkerExitEvent,
+  type WorkerResourceUsage,
+  type WorkerSpec,
+} from '../backend.js';
+import {
+  DEFAULT_BUNDLE_WORKER_PATH,
+  resolveProcessConfig,
+  type Config,
+  type ResolvedProcessConfig,
+} from '../config.js';
+import { clockTicksPerSecond, sampleTrees, type ExitStatus } from '../native.js';
+import type { PreflightReport } from '../preflight/report.js';
+import { memoryAllocators } from './allocators/memory.js';
+import { redisAllocators } from './allocators/redis.js';
+import type { Allocators, PortLease } from './allocators/types.js';
+import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
+import { LogRing } from './logs.js';
+import { ensureMountTarget, ensureMountTargetSync } from './mounts.js';
+import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
+import { startSandbox, type Sandbox } from './sandbox.js';
+import { validateBuildSpec, validateWorkerSpec } from './validate.js';
+
+export interface ProcessBackendOptions {
+  /** Coordinates ports and UIDs with other servers on this host; absent = in-memory allocators. */
+  redis?: Redis | Cluster;
+  /** Default 'procyard:'. */
+  redisKeyPrefix?: string;
+  /** Owner lease TTL with Redis. Default 15000. */
+  leaseTtlMs?: number;
+  /** Period of the automatic orphan sweep with Redis. Default 60000. */
+  orphanSweepMs?: number;
+  logger?: Logger;
+}
+
+interface Worker {
+  readonly spec: WorkerSpec;
+  readonly port: number;
+  readonly uid: number;
+  readonly sandbox: Sandbox;
+  readonly ring: LogRing;
+  /** Settles once the port and UID are back in their pools after exit. */
+  readonly released: Promise<void>;
+  stopping?: Promise<void>;
+  lastSample?: { ticks: number; at: number };
+}
+
+const noopLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+function exitCodeOf(status: ExitStatus): number {
+  if (status.code !== null) return status.code;
+  const signo = status.signal ? osConstants.signals[status.signal as NodeJS.Signals] : undefined;
+  return signo ? 128 + signo : -1;
+}
+
+function delay(ms: number): { promise: Promise<void>; cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const promise = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  return { promise, cancel: () => clearTimeout(timer) };
+}
+
+export class ProcessBackend extends EventEmitter implements Backend {
+  readonly config: Config;
+  private readonly proc: ResolvedProcessConfig;
+  private readonly log: Logger;
+  private readonly allocators: Allocators;
+  private readonly workers = new Map<string, Worker>();
+  private readonly starting = new Set<string>();
+  private readonly builds = new Set<Sandbox>();
+  /** Fixed mount targets that could not be created, with the message to show at spawn. */
+  private readonly unreachableTargets = new Map<string, string>();
+  private readonly asRoot = process.getuid?.() === 0;
+  private readonly sweepTimer?: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(config: Config, options: ProcessBackendOptions = {}) {
+    super();
+    this.config = config;
+    this.proc = resolveProcessConfig(config);
+    this.log = options.logger ?? noopLogger;
+    const p = this.proc;
+    try {
+      accessSync(p.bwrapPath, fsConstants.X_OK);
+    } catch {
+      throw new Error(`bwrap not found at "${p.bwrapPath}": install the bubblewrap package or set process.bwrapPath`);
+    }
+    if (p.portRangeStart > p.portRangeEnd || p.portRangeStart < 1 || p.portRangeEnd > 65535)
+      throw new Error(`process.portRangeStart..portRangeEnd must be a range within 1-65535, got ${p.portRangeStart}-${p.portRangeEnd}`);
+    if (p.workerUidStart > p.workerUidEnd || p.workerUidStart < 1)
+      throw new Error(`process.workerUidStart..workerUidEnd must be a non-empty range of non-root UIDs, got ${p.workerUidStart}-${p.workerUidEnd}`);
+
+    const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
+    if (!bundleWorkerPath || !path.isAbsolute(bundleWorkerPath))
+      throw new Error(`storage.bundleWorkerPath must be an absolute path, got ${JSON.stringify(bundleWorkerPath)}`);
+    const bundleProblem = ensureMountTargetSync(bundleWorkerPath, 'storage.bundleWorkerPath');
+    if (bundleProblem) throw new Error(bundleProblem);
+    for (const target of Object.values(MOUNT_TARGETS)) {
+      const problem = ensureMountTargetSync(target, 'mount target');
+      if (problem) this.unreachableTargets.set(target, problem);
+    }
+
+    const ports: [number, number] = [p.portRangeStart, p.portRangeEnd];
+    const uids: [number, number] = [p.workerUidStart, p.workerUidEnd];
+    if (options.redis) {
+      this.allocators = redisAllocators(options.redis, {
+        prefix: options.redisKeyPrefix ?? 'procyard:',
+        ports,
+        uids,
+        leaseTtlMs: options.leaseTtlMs ?? 15000,
+        logger: this.log,
+      });
+      this.sweepTimer = setInterval(() => {
+        this.cleanupOrphanResources().catch((err: unknown) =>
+          this.log.warn({ err }, 'procyard: orphan sweep failed'),
+        );
+      }, options.orphanSweepMs ?? 60000);
+      this.sweepTimer.unref();
+    } else {
+      this.allocators = memoryAllocators(ports, uids);
+    }
+  }
+
+  /** Ports and UIDs this instance holds (for tests and metrics). */
+  get inUse(): { ports: number; uids: number } {
+    return { ports: this.allocators.ports.inUse(), uids: this.allocators.uids.inUse() };
+  }
+
+  async spawn(spec: WorkerSpec): Promise<void> {
+    this.assertOpen();
+    await validateWorkerSpec(spec);
+    const id = spec.workerId;
+    if (this.starting.has(id) || this.workers.get(id)?.sandbox.running)
+      throw new Error(`worker "${id}" is already running`);
+    this.starting.add(id);
+    try {
+      const cmd = this.resolveCommand(spec.cmd ?? ['Rscript', `${spec.workerMount}/app.R`], spec.rVersion ?? '');
+      const mounts = workerMounts(spec);
+      await this.checkMountTargets(mounts.map((m) => m.target), 'spec');
+      const previous = this.workers.get(id);
+      if (previous) this.workers.delete(id);
+      this.workers.set(id, await this.startWorker(spec, cmd, mounts));
+    } finally {
+      this.starting.delete(id);
+    }
+  }
+
+  private async startWorker(spec: WorkerSpec, cmd: string[], mounts: ReturnType<typeof workerMounts>): Promise<Worker> {
+    const { ports, uids } = this.allocators;
+    const lease = await ports.reserve();
+    let uid: number;
+    try {
+      uid = await uids.alloc();
+    } catch (err) {
+      await ports.release(lease);
+      throw err;
+    }
+    const ring = new LogRing(this.proc.logLines);
+    let sandbox: Sandbox;
+    try {
+      sandbox = await startSandbox({
+        bwrapPath: this.proc.bwrapPath,
+        plan: { uid, gid: this.proc.workerGid, tmpSizeBytes: this.proc.tmpSizeBytes, mounts, cmd },
+        seccompProfile: this.proc.seccompProfile,
+        env: workerEnv(spec, lease.port),
+        hostCredentials: this.asRoot,
+        closeBeforeClone: takeListener(lease),
+        onLine: (line) => ring.push(line),
+      });
+    } catch (err) {
+      await Promise.all([ports.release(lease), uids.release(uid)]);
+      throw err;
+    }
+    const released = sandbox.exited.then(async (status) => {
+      ring.close();
+      await Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
+        this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
+      );
+      const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal };
+      this.log.info(event, 'procyard: worker exited');
+      this.emit('exit', event);
+    });
+    this.log.info({ workerId: spec.workerId, pid: sandbox.pid, port: lease.port, uid }, 'procyard: worker started');
+    return { spec, port: lease.port, uid, sandbox, ring, released };
+  }
+
+  async stop(id: string): Promise<void> {
+    const worker = this.mustGet(id);
+    worker.stopping ??= this.gracefulStop(worker);
+    await worker.stopping;
+    this.drop(id, worker);
+  }
+
+  /**
+   * SIGTERM to the app itself (bwrap's child-pid), so its cleanup handlers
+   * run; SIGKILL to the bwrap monitor after stopGraceMs.
+   */
+  private async gracefulStop(worker: Worker): Promise<void> {
+    const { sandbox } = worker;
+    if (sandbox.running) {
+      const grace = delay(this.proc.stopGraceMs);
+      const signalled = await Promise.race([sandbox.signalApp('SIGTERM'), grace.promise.then(() => false)]);
+      if (signalled) await Promise.race([sandbox.exited, grace.promise]);
+      grace.cancel();
+      await sandbox.kill();
+    }
+    await worker.released;
+  }
+
+  async healthCheck(id: string, opts: { timeoutMs?: number } = {}): Promise<boolean> {
+    const worker = this.workers.get(id);
+    if (!worker || !worker.sandbox.running) return false;
+    const timeoutMs = opts.timeoutMs ?? 2000;
+    return new Promise((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port: worker.port });
+      const done = (ok: boolean) => {
+        socket.destroy();
+        resolve(ok);
+      };
+      socket.setTimeout(timeoutMs, () => done(false));
+      socket.once('connect', () => done(true));
+      socket.once('error', () => done(false));
+    });
+  }
+
+  async logs(id: string): Promise<LogStream> {
+    return this.mustGet(id).ring.reader();
+  }
+
+  async addr(id: string): Promise<string> {
+    return `127.0.0.1:${this.mustGet(id).port}`;
+  }
+
+  async build(spec: BuildSpec, opts: { signal?: AbortSignal } = {}): Promise<BuildResult> {
+    this.assertOpen();
+    await validateBuildSpec(spec);
+    const { signal } = opts;
+    let cmd: string[];
+    try {
+      cmd = this.resolveCommand(spec.cmd, spec.rVersion ?? '');
+    } catch (err) {
+      return { success: false, exitCode: 1, logs: (err as Error).message };
+    }
+    const mounts = spec.mounts ?? [];
+    await this.checkMountTargets(mounts.map((m) => m.target), 'mounts');
+    if (signal?.aborted) return { success: false, exitCode: -1, logs: 'build aborted before it started' };
+
+    const uid = await this.allocators.uids.alloc();
+    const ring = new LogRing(this.proc.logLines);
+    try {
+      const sandbox = await startSandbox({
+        bwrapPath: this.proc.bwrapPath,
+        plan: { uid, gid: this.proc.workerGid, tmpSizeBytes: this.proc.tmpSizeBytes, mounts, cmd },
+        seccompProfile: this.proc.seccompProfile,
+        env: buildEnv(spec.env),
+        hostCredentials: this.asRoot,
+        onLine: (line) => {
+          ring.push(line);
+          try {
+            spec.logWriter?.(line);
+          } catch (err) {
+            this.log.warn({ err, bundleId: spec.bundleId }, 'procyard: build logWriter threw');
+          }
+        },
+      });
+      this.builds.add(sandbox);
+      const abort = () => void sandbox.kill();
+      signal?.addEventListener('abort', abort, { once: true });
+      try {
+        const status = await sandbox.exited;
+        const exitCode = exitCodeOf(status);
+        return { success: exitCode === 0 && !signal?.aborted, exitCode, logs: ring.snapshot().join('\n') };
+      } finally {
+        signal?.removeEventListener('abort', abort);
+        this.builds.delete(sandbox);
+      }
+    } finally {
+      await this.allocators.uids.release(uid);
+    }
+  }
+
+  async listManaged(): Promise<ManagedResource[]> {
+    return [...this.workers.entries()].map(([id, w]) => ({ id, kind: 'container', labels: { ...(w.spec.labels ?? {}) } }));
+  }
+
+  async removeResource(r: ManagedResource): Promise<void> {
+    const worker = this.workers.get(r.id);
+    if (!worker) return;
+    await worker.sandbox.kill();
+    await worker.released;
+    this.drop(r.id, worker);
+  }
+
+  async workerResourceUsage(id: string): Promise<WorkerResourceUsage | null> {
+    const worker = this.workers.get(id);
+    if (!worker || !worker.sandbox.running) return null;
+    const [sample] = await sampleTrees([worker.sandbox.pid]);
+    if (!sample.alive || !worker.sandbox.running) return null;
+    const now = performance.now();
+    let cpuPercent = 0;
+    if (worker.lastSample) {
+      const seconds = (now - worker.lastSample.at) / 1000;
+      const ticks = sample.ticks - worker.lastSample.ticks;
+      if (seconds > 0) cpuPercent = Math.max(0, (ticks / clockTicksPerSecond / seconds) * 100);
+    }
+    worker.lastSample = { ticks: sample.ticks, at: now };
+    return { cpuPercent, memoryUsageBytes: sample.rssBytes, memoryLimitBytes: 0 };
+  }
+
+  async updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void> {
+    void memoryBytes;
+    void nanoCpus;
+    throw new NotSupportedError(
+      `updateResources(${JSON.stringify(id)}): the process backend sets no memory or CPU limits; ` +
+        'use a container backend, or cgroups outside procyard',
+    );
+  }
+
+  async cleanupOrphanResources(): Promise<void> {
+    await this.allocators.cleanupOrphans();
+  }
+
+  async preflight(): Promise<PreflightReport> {
+    // Loaded on first use: a server that never runs preflight never pays for it.
+    const { runPreflight } = await import('../preflight/index.js');
+    return runPreflight(this.config);
+  }
+
+  checkRVersion(version: string): void {
+    checkRVersion(version, this.proc.rigBase);
+  }
+
+  /** Stops every worker (gracefully, concurrently), kills running builds, frees every port and UID. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.sweepTimer);
+    for (const build of this.builds) void build.kill();
+    await Promise.all([...this.workers.keys()].map((id) => this.stop(id).catch(() => {})));
+    await this.allocators.close();
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new Error('ProcessBackend is closed');
+  }
+
+  private mustGet(id: string): Worker {
+    const worker = this.workers.get(id);
+    if (!worker) throw new Error(`worker "${id}" not found`);
+    return worker;
+  }
+
+  /** Removes the entry unless a newer worker with the same id replaced it. */
+  private drop(id: string, worker: Worker): void {
+    if (this.workers.get(id) === worker) this.workers.delete(id);
+  }
+
+  /** R and Rscript resolve through rig; a pinned version that is gone is an error. */
+  private resolveCommand(cmd: string[], rVersion: string): string[] {
+    const [program, ...rest] = cmd;
+    if (program !== 'R' && program !== 'Rscript') return cmd;
+    const r = resolveRBinary(rVersion, this.proc.rPath, this.proc.rigBase);
+    if (r.fellBack) throw new Error(rVersionGoneMessage(rVersion));
+    return [program === 'R' ? r.path : path.join(path.dirname(r.path), 'Rscript'), ...rest];
+  }
+
+  private async checkMountTargets(targets: string[], field: string): Promise<void> {
+    for (const target of targets) {
+      const problem = this.unreachableTargets.get(target) ?? (await ensureMountTarget(target, `${field} target`));
+      if (problem) throw new Error(problem);
+    }
+  }
+}
+
+/** The listener fd for the spawn call to close; the lease no longer owns it. */
+function takeListener(lease: PortLease): number {
+  const fd = lease.listenerFd;
+  lease.listenerFd = -1;
+  return fd;
+}

@@ -1,0 +1,120 @@
+// Input checks for WorkerSpec and BuildSpec: every message names the field.
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { BuildSpec, MountEntry, WorkerSpec } from '../backend.js';
+
+export class SpecError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SpecError';
+  }
+}
+
+const WORKER_ID = /^[A-Za-z0-9._-]{1,128}$/;
+const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+function fail(message: string): never {
+  throw new SpecError(message);
+}
+
+function checkString(value: unknown, field: string, { required = false, nonEmpty = false } = {}): void {
+  if (value === undefined && !required) return;
+  if (typeof value !== 'string') fail(`${field} must be a string, got ${describe(value)}`);
+  if (nonEmpty && value.length === 0) fail(`${field} must not be empty`);
+  if (value.includes('\0')) fail(`${field} must not contain a NUL byte`);
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  return typeof value === 'string' ? JSON.stringify(value.slice(0, 40)) : typeof value;
+}
+
+function checkAbsolute(value: string, field: string): void {
+  if (!path.posix.isAbsolute(value)) fail(`${field} must be an absolute path, got ${JSON.stringify(value)}`);
+  if (value.split('/').includes('..')) fail(`${field} must not contain "..", got ${JSON.stringify(value)}`);
+  if (path.posix.normalize(value) === '/') fail(`${field} must not be "/"`);
+}
+
+function checkStringArray(value: unknown, field: string): void {
+  if (!Array.isArray(value) || value.length === 0) fail(`${field} must be a non-empty array of strings`);
+  value.forEach((v, i) => checkString(v, `${field}[${i}]`, { required: true }));
+  checkString(value[0], `${field}[0]`, { required: true, nonEmpty: true });
+}
+
+function checkRecord(value: unknown, field: string, keyPattern?: RegExp): void {
+  if (value === undefined) return;
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    fail(`${field} must be an object of strings`);
+  for (const [k, v] of Object.entries(value)) {
+    if (keyPattern && !keyPattern.test(k)) fail(`${field} key ${JSON.stringify(k)} is not a valid variable name`);
+    checkString(k, `${field} key`);
+    checkString(v, `${field}.${k}`, { required: true });
+  }
+}
+
+function checkMounts(value: unknown, field: string): asserts value is MountEntry[] | undefined {
+  if (value === undefined) return;
+  if (!Array.isArray(value)) fail(`${field} must be an array of {source, target}`);
+  value.forEach((m: unknown, i) => {
+    if (typeof m !== 'object' || m === null) fail(`${field}[${i}] must be {source, target}`);
+    const { source, target, readOnly } = m as Record<string, unknown>;
+    checkString(source, `${field}[${i}].source`, { required: true, nonEmpty: true });
+    checkString(target, `${field}[${i}].target`, { required: true, nonEmpty: true });
+    checkAbsolute(target as string, `${field}[${i}].target`);
+    if (readOnly !== undefined && typeof readOnly !== 'boolean') fail(`${field}[${i}].readOnly must be a boolean`);
+  });
+}
+
+async function checkExists(p: string, field: string, kind: 'dir' | 'any'): Promise<void> {
+  let info;
+  try {
+    info = await stat(p);
+  } catch {
+    fail(`${field} ${JSON.stringify(p)} does not exist`);
+  }
+  if (kind === 'dir' && !info.isDirectory()) fail(`${field} ${JSON.stringify(p)} is not a directory`);
+}
+
+/** Checks a WorkerSpec; rejects with a SpecError naming the field. */
+export async function validateWorkerSpec(spec: WorkerSpec): Promise<void> {
+  if (typeof spec !== 'object' || spec === null) fail('spec must be an object');
+  checkString(spec.workerId, 'workerId', { required: true });
+  if (!WORKER_ID.test(spec.workerId))
+    fail(`workerId must be 1-128 characters from [A-Za-z0-9._-], got ${describe(spec.workerId)}`);
+  checkString(spec.appId, 'appId', { required: true });
+  checkString(spec.bundlePath, 'bundlePath', { required: true, nonEmpty: true });
+  checkString(spec.workerMount, 'workerMount', { required: true, nonEmpty: true });
+  checkAbsolute(spec.workerMount, 'workerMount');
+  if (spec.cmd !== undefined) checkStringArray(spec.cmd, 'cmd');
+  for (const field of ['libraryPath', 'libDir', 'transferDir', 'tokenDir', 'rProfilePath', 'rVersion'] as const)
+    checkString(spec[field], field);
+  checkRecord(spec.env, 'env', ENV_KEY);
+  checkRecord(spec.labels, 'labels');
+  checkMounts(spec.dataMounts, 'dataMounts');
+  await checkExists(spec.bundlePath, 'bundlePath', 'dir');
+  for (const field of ['libraryPath', 'libDir', 'transferDir', 'tokenDir'] as const)
+    if (spec[field]) await checkExists(spec[field], field, 'dir');
+  for (const [i, m] of (spec.dataMounts ?? []).entries()) await checkExists(m.source, `dataMounts[${i}].source`, 'any');
+}
+
+/** Checks a BuildSpec; rejects with a SpecError naming the field. */
+export async function validateBuildSpec(spec: BuildSpec): Promise<void> {
+  if (typeof spec !== 'object' || spec === null) fail('spec must be an object');
+  checkString(spec.appId, 'appId', { required: true });
+  checkString(spec.bundleId, 'bundleId', { required: true });
+  checkStringArray(spec.cmd, 'cmd');
+  checkString(spec.rVersion, 'rVersion');
+  if (spec.env !== undefined) {
+    if (!Array.isArray(spec.env)) fail('env must be an array of "KEY=VALUE" strings');
+    spec.env.forEach((e, i) => {
+      checkString(e, `env[${i}]`, { required: true });
+      const key = e.slice(0, e.indexOf('='));
+      if (!e.includes('=') || !ENV_KEY.test(key)) fail(`env[${i}] must be "KEY=VALUE", got ${describe(e)}`);
+    });
+  }
+  if (spec.logWriter !== undefined && typeof spec.logWriter !== 'function') fail('logWriter must be a function');
+  checkRecord(spec.labels, 'labels');
+  checkMounts(spec.mounts, 'mounts');
+  for (const [i, m] of (spec.mounts ?? []).entries()) await checkExists(m.source, `mounts[${i}].source`, 'any');
+}

@@ -1,0 +1,375 @@
+// ProcessBackend with real bwrap sandboxes: lifecycle, isolation, stop, logs, build.
+import { chmodSync, existsSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NotSupportedError } from '../src/backend.js';
+import { ProcessBackend } from '../src/process/process-backend.js';
+import type { WorkerExitEvent } from '../src/backend.js';
+import { appSpec, httpGet, tempDir, testConfig } from './helpers/backend.js';
+import { childrenOf, isDead, isRoot, openFds, procStatus, treeOf, waitFor } from './helpers/proc.js';
+
+// Ports 20100-20199 and UIDs 61100-61199 belong to this file.
+const PORTS: [number, number] = [20100, 20109];
+const UIDS: [number, number] = [61100, 61109];
+
+let backend: ProcessBackend;
+const exits: WorkerExitEvent[] = [];
+
+beforeAll(() => {
+  process.env.PROCYARD_SECRET = 'must-not-leak';
+  backend = new ProcessBackend(testConfig(PORTS, UIDS, { tmpSizeBytes: 1024 * 1024 }));
+  backend.on('exit', (e: WorkerExitEvent) => exits.push(e));
+});
+
+afterAll(async () => {
+  await backend.close();
+  delete process.env.PROCYARD_SECRET;
+});
+
+async function waitHealthy(id: string, timeoutMs = 10000): Promise<boolean> {
+  return waitFor(() => backend.healthCheck(id, { timeoutMs: 500 }), timeoutMs, 25);
+}
+
+async function firstLogLine(id: string, match: (line: string) => boolean): Promise<string> {
+  const stream = await backend.logs(id);
+  try {
+    for await (const line of stream) if (match(line)) return line;
+  } finally {
+    stream.close();
+  }
+  throw new Error(`worker ${id} ended without a matching line`);
+}
+
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+describe('worker lifecycle', () => {
+  it('serves, reports usage across the tree, stops, and frees its port and UID', async () => {
+    await backend.spawn(appSpec('life-1'));
+    expect(await waitHealthy('life-1')).toBe(true);
+    const addr = await backend.addr('life-1');
+    expect(addr).toMatch(/^127\.0\.0\.1:201\d\d$/);
+    const port = Number(addr.split(':')[1]);
+    expect(await httpGet(addr)).toBe(`hello from uid ${isRoot ? UIDS[0] : 0}\n`);
+
+    const usage = await backend.workerResourceUsage('life-1');
+    expect(usage).not.toBeNull();
+    // bwrap monitor + init + node: node alone is tens of MB.
+    expect(usage!.memoryUsageBytes).toBeGreaterThan(20 * 1024 * 1024);
+    expect(usage!.cpuPercent).toBe(0);
+    expect(usage!.memoryLimitBytes).toBe(0);
+    await httpGet(addr);
+    const second = await backend.workerResourceUsage('life-1');
+    expect(second!.cpuPercent).toBeGreaterThanOrEqual(0);
+    expect(backend.inUse).toEqual({ ports: 1, uids: 1 });
+
+    await backend.stop('life-1');
+    expect(await backend.healthCheck('life-1')).toBe(false);
+    expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+    expect(await portIsFree(port)).toBe(true);
+    await expect(backend.addr('life-1')).rejects.toThrow('worker "life-1" not found');
+    expect(exits.some((e) => e.workerId === 'life-1')).toBe(true);
+
+    // The same port and UID go to the next worker.
+    await backend.spawn(appSpec('life-2'));
+    expect(await backend.addr('life-2')).toBe(addr);
+    expect(await waitHealthy('life-2')).toBe(true);
+    expect(await httpGet(addr)).toBe(`hello from uid ${isRoot ? UIDS[0] : 0}\n`);
+    await backend.stop('life-2');
+  });
+
+  it('keeps an exited worker listed with replayable logs until stop or removal', async () => {
+    await backend.spawn(appSpec('exits', 'serve', { cmd: ['/bin/sh', '-c', 'echo one; echo two >&2; exit 4'] }));
+    const stream = await backend.logs('exits');
+    const lines: string[] = [];
+    for await (const line of stream) lines.push(line);
+    expect(lines.sort()).toEqual(['one', 'two']);
+    expect(await waitFor(() => exits.some((e) => e.workerId === 'exits'), 2000)).toBe(true);
+    expect(exits.find((e) => e.workerId === 'exits')).toEqual({ workerId: 'exits', code: 4, signal: null });
+    expect((await backend.listManaged()).map((r) => r.id)).toContain('exits');
+    expect(await backend.healthCheck('exits')).toBe(false);
+    expect(await backend.workerResourceUsage('exits')).toBeNull();
+    expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+    const replay: string[] = [];
+    for await (const line of await backend.logs('exits')) replay.push(line);
+    expect(replay.sort()).toEqual(['one', 'two']);
+    // An exited worker is replaced by a new spawn with its id.
+    await backend.spawn(appSpec('exits', 'serve', { cmd: ['/bin/sh', '-c', 'echo three'] }));
+    const third: string[] = [];
+    for await (const line of await backend.logs('exits')) third.push(line);
+    expect(third).toEqual(['three']);
+    await backend.removeResource({ id: 'exits', kind: 'container', labels: {} });
+    expect(await backend.listManaged()).toEqual([]);
+  });
+
+  it('rejects a second spawn of a running id, and unknown ids', async () => {
+    await backend.spawn(appSpec('dup', 'serve', { labels: { app: 'dup' } }));
+    await expect(backend.spawn(appSpec('dup'))).rejects.toThrow('worker "dup" is already running');
+    expect(await backend.listManaged()).toEqual([{ id: 'dup', kind: 'container', labels: { app: 'dup' } }]);
+    await backend.removeResource({ id: 'dup', kind: 'container', labels: {} });
+    expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+    await expect(backend.stop('nope')).rejects.toThrow('worker "nope" not found');
+    await expect(backend.logs('nope')).rejects.toThrow('worker "nope" not found');
+    expect(await backend.healthCheck('nope')).toBe(false);
+    expect(await backend.workerResourceUsage('nope')).toBeNull();
+    await backend.removeResource({ id: 'nope', kind: 'container', labels: {} });
+    await expect(backend.updateResources('dup', 1, 1)).rejects.toBeInstanceOf(NotSupportedError);
+  });
+
+  it('rejects bad specs naming the field, leaking nothing', async () => {
+    const fds = openFds().length;
+    const bad: [object, RegExp][] = [
+      [appSpec(''), /workerId/],
+      [appSpec('a/b'), /workerId/],
+      [appSpec('x'.repeat(129)), /workerId/],
+      [appSpec('ok', 'serve', { bundlePath: '/does/not/exist' }), /bundlePath "\/does\/not\/exist" does not exist/],
+      [appSpec('ok', 'serve', { workerMount: 'relative' }), /workerMount must be an absolute path/],
+      [appSpec('ok', 'serve', { env: { 'A=B': 'x' } }), /env key "A=B"/],
+      [appSpec('ok', 'serve', { cmd: ['a\0b'] }), /cmd\[0\] must not contain a NUL/],
+      [appSpec('ok', 'serve', { cmd: [] }), /cmd must be a non-empty array/],
+      [appSpec('ok', 'serve', { dataMounts: [{ source: '/nope', target: '/data' }] }), /dataMounts\[0\]\.source/],
+      [appSpec('ok', 'serve', { cmd: ['/nonexistent-binary'] }), /execvp \/nonexistent-binary/],
+    ];
+    for (const [spec, message] of bad) {
+      const err = await backend.spawn(spec as never).then(() => null, (e: Error) => e);
+      // A program missing inside the sandbox is bwrap's to report: it exits 1.
+      if (err === null) {
+        const lines: string[] = [];
+        for await (const line of await backend.logs('ok')) lines.push(line);
+        expect(lines.join('\n')).toMatch(message);
+        await backend.stop('ok');
+        continue;
+      }
+      expect(err.message).toMatch(message);
+    }
+    expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+    expect(await backend.listManaged()).toEqual([]);
+    // Pipe handles close on the loop's next turns.
+    expect(await waitFor(() => openFds().length === fds, 1000)).toBe(true);
+  });
+});
+
+describe('isolation', () => {
+  it('gives the app a scrubbed env, its own uid, a read-only root, a capped /tmp and no privileges', async () => {
+    const env = { APP_SETTING: 'on' };
+    await backend.spawn(appSpec('inspect', 'inspect', { env }));
+    const facts = JSON.parse(await firstLogLine('inspect', (l) => l.startsWith('{'))) as Record<string, unknown>;
+    const port = (await backend.addr('inspect')).split(':')[1];
+    expect(facts.env).toEqual({
+      PATH: '/usr/bin:/usr/local/bin:/bin',
+      HOME: '/tmp',
+      TMPDIR: '/tmp',
+      LANG: 'C.UTF-8',
+      R_LIBS: '/blockyard-lib',
+      APP_SETTING: 'on',
+      // Set by bwrap's --chdir.
+      PWD: '/tmp',
+      SHINY_PORT: port,
+      SHINY_HOST: '127.0.0.1',
+    });
+    expect(JSON.stringify(facts)).not.toContain('must-not-leak');
+    expect(facts.capEff).toBe('0000000000000000');
+    expect(facts.noNewPrivs).toBe('1');
+    expect(facts.writeRoot).toBe('EROFS');
+    expect(facts.writeEtc).toBe('EROFS');
+    expect(facts.writeBundle).toBe('EROFS');
+    expect(facts.writeTmp).toBe('ok');
+    expect(facts.fillTmp).toBe('ENOSPC');
+    expect(facts.unshareUser).not.toBe(0);
+    // Only its own processes: bwrap's init (1) and the app (2).
+    expect(facts.procPids).toEqual([1, 2]);
+    await backend.stop('inspect');
+  });
+
+  it.runIf(isRoot)('runs every process of the tree as the worker UID on the host', async () => {
+    await backend.spawn(appSpec('uid-view'));
+    expect(await waitHealthy('uid-view')).toBe(true);
+    const port = Number((await backend.addr('uid-view')).split(':')[1]);
+    // The bwrap monitor is our direct child (its init, below it, is bwrap too).
+    const monitors = childrenOf(process.pid).filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('/usr/bin/bwrap');
+      } catch {
+        return false;
+      }
+    });
+    expect(monitors.length).toBe(1);
+    const tree = treeOf(monitors[0]);
+    expect(tree.length).toBe(3);
+    for (const pid of tree) {
+      const s = procStatus(pid);
+      expect(s.Uid.split(/\s+/)[0]).toBe(`${UIDS[0]}`);
+      expect(s.Gid.split(/\s+/)[0]).toBe('65534');
+    }
+    expect(port).toBeGreaterThan(0);
+    await backend.stop('uid-view');
+    expect(await waitFor(() => tree.every(isDead), 2000)).toBe(true);
+  });
+});
+
+describe('graceful stop', () => {
+  it('delivers SIGTERM to the app, whose handler runs before the sandbox goes', async () => {
+    const transfer = tempDir();
+    chmodSync(transfer.dir, 0o777);
+    try {
+      await backend.spawn(appSpec('term', 'serve', { transferDir: transfer.dir }));
+      expect(await waitHealthy('term')).toBe(true);
+      const started = Date.now();
+      await backend.stop('term');
+      expect(Date.now() - started).toBeLessThan(2500);
+      expect(existsSync(`${transfer.dir}/terminated`)).toBe(true);
+      expect(readFileSync(`${transfer.dir}/terminated`, 'utf8')).toBe('pid 2\n');
+    } finally {
+      transfer.cleanup();
+    }
+  });
+
+  it('kills an app that ignores SIGTERM after stopGraceMs', async () => {
+    await backend.spawn(appSpec('stubborn', 'ignore-term'));
+    expect(await waitHealthy('stubborn')).toBe(true);
+    const started = Date.now();
+    await backend.stop('stubborn');
+    const took = Date.now() - started;
+    expect(took).toBeGreaterThanOrEqual(2900);
+    expect(took).toBeLessThan(3000 + 1500);
+    expect(await backend.healthCheck('stubborn')).toBe(false);
+    expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+  });
+
+  it('shares one stop between concurrent callers and lets removeResource cut it short', async () => {
+    await backend.spawn(appSpec('race', 'ignore-term'));
+    expect(await waitHealthy('race')).toBe(true);
+    const started = Date.now();
+    const stops = [backend.stop('race'), backend.stop('race')];
+    await new Promise((r) => setTimeout(r, 100));
+    await backend.removeResource({ id: 'race', kind: 'container', labels: {} });
+    await Promise.all(stops.map((p) => p.catch(() => {})));
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+  });
+});
+
+describe('logs', () => {
+  it('splits a 200 KiB line into 64 KiB pieces and keeps reading', async () => {
+    await backend.spawn(appSpec('long', 'longline'));
+    const lines: string[] = [];
+    const stream = await backend.logs('long');
+    for await (const line of stream) {
+      lines.push(line);
+      if (line === 'after-long-line') break;
+    }
+    expect(lines.slice(0, 4).map((l) => l.length)).toEqual([65536, 65536, 65536, 200 * 1024 - 3 * 65536]);
+    expect(lines[4]).toBe('after-long-line');
+    expect(await waitHealthy('long')).toBe(true);
+    await backend.stop('long');
+  });
+
+  it('feeds many readers at once, each from the start', async () => {
+    const script = 'for i in 1 2 3 4 5; do echo line$i; sleep 0.05; done';
+    await backend.spawn(appSpec('readers', 'serve', { cmd: ['/bin/sh', '-c', script] }));
+    const read = async () => {
+      const out: string[] = [];
+      for await (const line of await backend.logs('readers')) out.push(line);
+      return out;
+    };
+    const all = await Promise.all([read(), read(), read()]);
+    for (const lines of all) expect(lines).toEqual(['line1', 'line2', 'line3', 'line4', 'line5']);
+    await backend.stop('readers');
+  });
+});
+
+describe('build', () => {
+  it('runs a command to completion, streaming lines to logWriter', async () => {
+    const seen: string[] = [];
+    const result = await backend.build({
+      appId: 'a',
+      bundleId: 'b1',
+      cmd: ['/bin/sh', '-c', 'echo building; echo warn >&2; echo $BUILD_FLAG; id -u'],
+      env: ['BUILD_FLAG=yes'],
+      logWriter: (line) => seen.push(line),
+    });
+    expect(result.success).toBe(true);
+    expect(result.exitCode).toBe(0);
+    expect(seen.sort()).toEqual(['building', 'warn', 'yes', `${isRoot ? UIDS[0] : 0}`].sort());
+    expect(result.logs.split('\n').sort()).toEqual(seen.sort());
+    expect(backend.inUse.uids).toBe(0);
+  });
+
+  it('reports failure with the exit code and logs', async () => {
+    const result = await backend.build({ appId: 'a', bundleId: 'b2', cmd: ['/bin/sh', '-c', 'echo boom; exit 7'] });
+    expect(result).toEqual({ success: false, exitCode: 7, logs: 'boom' });
+  });
+
+  it('kills the whole build tree on abort', async () => {
+    const controller = new AbortController();
+    const marker = tempDir();
+    chmodSync(marker.dir, 0o777);
+    try {
+      const pending = backend.build(
+        {
+          appId: 'a',
+          bundleId: 'b3',
+          cmd: ['/bin/sh', '-c', 'sleep 30 & echo started; wait; touch /out/finished'],
+          mounts: [{ source: marker.dir, target: '/tmp/out-host', readOnly: false }],
+          logWriter: (line) => line === 'started' && controller.abort(),
+        },
+        { signal: controller.signal },
+      );
+      const started = Date.now();
+      const result = await pending;
+      expect(result.success).toBe(false);
+      expect(result.exitCode).not.toBe(0);
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect(existsSync(`${marker.dir}/finished`)).toBe(false);
+      expect(backend.inUse.uids).toBe(0);
+    } finally {
+      marker.cleanup();
+    }
+  });
+
+  it('mounts what it is given: read-only when asked, else read-write', async () => {
+    const dir = tempDir();
+    chmodSync(dir.dir, 0o777);
+    try {
+      const result = await backend.build({
+        appId: 'a',
+        bundleId: 'b4',
+        cmd: ['/bin/sh', '-c', 'echo hi > /tmp/rw/out && ! touch /tmp/ro/x 2>/dev/null && cat /tmp/rw/out'],
+        mounts: [
+          { source: dir.dir, target: '/tmp/rw' },
+          { source: dir.dir, target: '/tmp/ro', readOnly: true },
+        ],
+      });
+      expect(result).toMatchObject({ success: true, logs: 'hi' });
+      expect(readFileSync(`${dir.dir}/out`, 'utf8')).toBe('hi\n');
+    } finally {
+      dir.cleanup();
+    }
+  });
+
+  it('reports a pinned R version that is gone', async () => {
+    const result = await backend.build({ appId: 'a', bundleId: 'b5', cmd: ['Rscript', '-e', '1'], rVersion: '3.1.9' });
+    expect(result).toEqual({
+      success: false,
+      exitCode: 1,
+      logs: 'R 3.1.9 was available at deploy time but is no longer installed',
+    });
+  });
+});
+
+describe('construction', () => {
+  it('fails clearly when bwrap is missing or the bundle mount point is bad', () => {
+    expect(() => new ProcessBackend({ process: { bwrapPath: '/nope/bwrap' } })).toThrow(
+      'bwrap not found at "/nope/bwrap": install the bubblewrap package or set process.bwrapPath',
+    );
+    expect(() => new ProcessBackend({ storage: { bundleWorkerPath: 'relative' } })).toThrow(/absolute path/);
+    expect(() => new ProcessBackend({ storage: { bundleWorkerPath: '' } })).toThrow(/absolute path/);
+    expect(() => new ProcessBackend({ storage: { bundleWorkerPath: '/etc/passwd' } })).toThrow(/not a directory/);
+    expect(() => new ProcessBackend({ storage: { bundleWorkerPath: '/proc/procyard/x' } })).toThrow(/cannot be created/);
+  });
+});

@@ -1,0 +1,165 @@
+// loadConfig: the original server's TOML mapped to Config, defaults applied once.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig, PROCESS_DEFAULTS, resolveProcessConfig } from '../src/config.js';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'procyard-config-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+let n = 0;
+function file(text: string): string {
+  const p = path.join(dir, `config-${n++}.toml`);
+  writeFileSync(p, text);
+  return p;
+}
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('loadConfig', () => {
+  it('maps a full example file', () => {
+    const p = file(`
+[server]
+bind = "0.0.0.0:8080"            # the server's own keys are ignored
+default_memory_limit = "2g"
+default_cpu_limit = 1.5
+
+[process]
+bwrap_path = "/opt/bwrap"
+r_path = "/opt/R/4.4.1/bin/R"
+rig_base = "/opt/rig"
+seccomp_profile = "builtin"
+port_range_start = 22000
+port_range_end = 22099
+worker_uid_range_start = 63000
+worker_uid_range_end = 63099
+worker_gid = 63999
+skip_metadata_check = true
+metadata_addr = "127.0.0.1:9"
+stop_grace_ms = 2500
+log_lines = 500
+tmp_size_bytes = 1048576
+
+[redis]
+url = "redis://:secret@127.0.0.1:16400/0"
+
+[openbao]
+address = "http://127.0.0.1:8200"
+
+[database]
+driver = "postgres"
+url = "postgres://by:pw@127.0.0.1:5432/by"
+
+[storage]
+bundle_worker_path = "/srv/app"
+bundle_server_path = "/data/bundles"
+`);
+    expect(loadConfig(p)).toEqual({
+      process: {
+        bwrapPath: '/opt/bwrap',
+        rPath: '/opt/R/4.4.1/bin/R',
+        rigBase: '/opt/rig',
+        seccompProfile: 'builtin',
+        portRangeStart: 22000,
+        portRangeEnd: 22099,
+        workerUidStart: 63000,
+        workerUidEnd: 63099,
+        workerGid: 63999,
+        skipMetadataCheck: true,
+        metadataAddr: '127.0.0.1:9',
+        stopGraceMs: 2500,
+        logLines: 500,
+        tmpSizeBytes: 1048576,
+      },
+      server: { defaultMemoryLimit: '2g', defaultCpuLimit: 1.5 },
+      redis: { url: 'redis://:secret@127.0.0.1:16400/0' },
+      openbao: { address: 'http://127.0.0.1:8200' },
+      database: { driver: 'postgres', url: 'postgres://by:pw@127.0.0.1:5432/by' },
+      storage: { bundleWorkerPath: '/srv/app' },
+    });
+  });
+
+  it('applies every default to an empty file', () => {
+    const config = loadConfig(file(''));
+    expect(config.process).toEqual(PROCESS_DEFAULTS);
+    expect(config.storage).toEqual({ bundleWorkerPath: '/app' });
+    expect(config.redis).toBeUndefined();
+    expect(config.openbao).toBeUndefined();
+    expect(config.database).toBeUndefined();
+    // Applied once: resolving again changes nothing.
+    expect(resolveProcessConfig(config)).toEqual(config.process);
+  });
+
+  it('keeps defaults for keys a partial [process] leaves out', () => {
+    const config = loadConfig(file('[process]\nport_range_start = 22000\nport_range_end = 22009\n'));
+    expect(config.process).toEqual({ ...PROCESS_DEFAULTS, portRangeStart: 22000, portRangeEnd: 22009 });
+  });
+
+  it('accepts [vault] as the older name of [openbao]', () => {
+    expect(loadConfig(file('[vault]\naddress = "http://127.0.0.1:8200"\n')).openbao).toEqual({
+      address: 'http://127.0.0.1:8200',
+    });
+  });
+
+  it('defaults the database driver to sqlite', () => {
+    expect(loadConfig(file('[database]\npath = "/var/lib/by.db"\n')).database).toEqual({
+      driver: 'sqlite',
+      path: '/var/lib/by.db',
+    });
+  });
+
+  it('rejects an unknown [process] key, naming the key and the file', () => {
+    const p = file('[process]\nbwrap_pth = "/usr/bin/bwrap"\n');
+    const err = configError(() => loadConfig(p));
+    expect(err.message).toContain('bwrap_pth');
+    expect(err.message).toContain(p);
+    expect(err.message).toContain('did you mean "bwrap_path"');
+    expect(err.key).toBe('process.bwrap_pth');
+    expect(err.file).toBe(p);
+  });
+
+  it('ignores unknown keys in the other sections', () => {
+    const config = loadConfig(file('[server]\nbind = "x"\n[redis]\nurl = "redis://127.0.0.1:16400"\npool = 3\n[oidc]\nissuer = "x"\n'));
+    expect(config.redis).toEqual({ url: 'redis://127.0.0.1:16400' });
+  });
+
+  it.each([
+    ['[process]\nport_range_start = "10000"\n', 'process.port_range_start', 'non-negative integer'],
+    ['[process]\nworker_gid = -1\n', 'process.worker_gid', 'non-negative integer'],
+    ['[process]\nstop_grace_ms = 1.5\n', 'process.stop_grace_ms', 'non-negative integer'],
+    ['[process]\nskip_metadata_check = "yes"\n', 'process.skip_metadata_check', 'true or false'],
+    ['[process]\nbwrap_path = 42\n', 'process.bwrap_path', 'a string'],
+    ['[server]\ndefault_cpu_limit = "2"\n', 'server.default_cpu_limit', 'a number'],
+    ['[redis]\nurl = 6379\n', 'redis.url', 'a string'],
+    ['[database]\ndriver = "mysql"\n', 'database.driver', '"sqlite" or "postgres"'],
+    ['process = 3\n', 'process', 'must be a table'],
+  ])('rejects a wrong type: %s', (text, key, expected) => {
+    const p = file(text);
+    const err = configError(() => loadConfig(p));
+    expect(err.key).toBe(key);
+    expect(err.message).toContain(key);
+    expect(err.message).toContain(p);
+    expect(err.message).toContain(expected);
+  });
+
+  it('names the file and line of a TOML syntax error', () => {
+    const p = file('[process]\nbwrap_path = \n');
+    const err = configError(() => loadConfig(p));
+    expect(err.message).toMatch(new RegExp(`invalid TOML in ${p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:2:`));
+  });
+
+  it('names a file it cannot read', () => {
+    const err = configError(() => loadConfig(path.join(dir, 'missing.toml')));
+    expect(err.message).toContain('missing.toml');
+    expect(err.message).toContain('ENOENT');
+  });
+});
