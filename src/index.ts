@@ -19,3 +19,6 @@ export type { CheckResult, Severity } from './preflight/report.js';
 export { runPreflight } from './preflight/index.js';
 export { loadConfig, ConfigError } from './config.js';
 export { RedisUnreachableError } from './process/allocators/redis.js';
+export { ProcessBackend } from './process/process-backend.js';
+export type { ProcessBackendOptions } from './process/process-backend.js';
+export { resolveRBinary, installedRVersions } from './process/rversion.js';

@@ -1,0 +1,106 @@
+// npm run demo: preflight, then a real sandboxed Shiny app (or a Node app when
+// R/shiny are missing): its URL, health, usage, logs and a graceful stop.
+import { spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { ProcessBackend, runPreflight } from 'procyard';
+
+const here = (p) => fileURLToPath(new URL(p, import.meta.url));
+const config = {
+  process: {
+    portRangeStart: 10000,
+    portRangeEnd: 10099,
+    // A closed loopback port: the demo never sends traffic off this machine.
+    metadataAddr: '127.0.0.1:1',
+    stopGraceMs: 5000,
+  },
+  // Under /tmp the mount point lives in the sandbox's own tmpfs: no host dir needed.
+  storage: { bundleWorkerPath: '/tmp/app' },
+};
+
+function step(title) {
+  console.log(`\n== ${title}`);
+}
+
+function portIsFree(port) {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+async function waitHealthy(backend, id, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await backend.healthCheck(id, { timeoutMs: 500 })) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}
+
+step('preflight');
+const report = await runPreflight(config);
+for (const r of report.results) console.log(`${r.severity.padEnd(8)} ${r.name.padEnd(24)} ${r.message.split('\n')[0]}`);
+console.log(`summary: ${JSON.stringify(report.summary)}`);
+
+const hasShiny = spawnSync('Rscript', ['-e', 'library(shiny)'], { stdio: 'ignore' }).status === 0;
+const spec = hasShiny
+  ? { appId: 'demo', workerId: 'demo-shiny', bundlePath: here('./shiny'), workerMount: '/tmp/app' }
+  : {
+      appId: 'demo',
+      workerId: 'demo-node',
+      bundlePath: here('./node-app'),
+      workerMount: '/tmp/app',
+      cmd: [process.execPath, '/tmp/app/server.mjs'],
+    };
+
+const backend = new ProcessBackend(config);
+let failed = false;
+try {
+  step(hasShiny ? 'spawn a Shiny app (Rscript app.R) in bwrap' : 'R/shiny not found: spawn a Node web app in bwrap');
+  const started = performance.now();
+  await backend.spawn(spec);
+  console.log(`spawn() resolved in ${(performance.now() - started).toFixed(1)} ms`);
+  const addr = await backend.addr(spec.workerId);
+  console.log(`URL: http://${addr}/`);
+
+  step('health');
+  const healthy = await waitHealthy(backend, spec.workerId, 60000);
+  console.log(`healthy: ${healthy} after ${((performance.now() - started) / 1000).toFixed(2)} s`);
+  if (!healthy) throw new Error('the app did not answer within 60 s; see the logs below');
+  const page = await (await fetch(`http://${addr}/`)).text();
+  console.log(`GET / -> ${page.length} bytes, title: ${/<title>([^<]*)<\/title>/.exec(page)?.[1] ?? '(none)'}`);
+
+  step('resource usage (whole sandbox tree)');
+  await backend.workerResourceUsage(spec.workerId);
+  await new Promise((r) => setTimeout(r, 500));
+  const usage = await backend.workerResourceUsage(spec.workerId);
+  console.log(`rss: ${(usage.memoryUsageBytes / 2 ** 20).toFixed(1)} MiB, cpu: ${usage.cpuPercent.toFixed(1)} %`);
+  console.log(`held: ${JSON.stringify(backend.inUse)}`);
+} catch (err) {
+  failed = true;
+  console.error(`demo failed: ${err.message}`);
+} finally {
+  step('last log lines');
+  const stream = await backend.logs(spec.workerId).catch(() => null);
+  if (stream) {
+    const lines = [];
+    const reading = (async () => {
+      for await (const line of stream) lines.push(line);
+    })();
+    await new Promise((r) => setTimeout(r, 100));
+    stream.close();
+    await reading;
+    for (const line of lines.slice(-8)) console.log(`  | ${line}`);
+
+    step('graceful stop (SIGTERM to the app, SIGKILL after stopGraceMs)');
+    const port = Number((await backend.addr(spec.workerId)).split(':')[1]);
+    const stopStarted = performance.now();
+    await backend.stop(spec.workerId);
+    console.log(`stopped in ${(performance.now() - stopStarted).toFixed(0)} ms`);
+    console.log(`port ${port} free again: ${await portIsFree(port)}; held: ${JSON.stringify(backend.inUse)}`);
+  }
+  await backend.close();
+}
+process.exitCode = failed ? 1 : 0;

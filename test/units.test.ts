@@ -1,0 +1,191 @@
+// The pure parts: bwrap argv, the worker environment, line splitting and the
+// ring, R version resolution. No sandbox needed.
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { bwrapArgs, buildEnv, workerEnv, workerMounts } from '../src/process/bwrap.js';
+import { LineSplitter, LogRing, MAX_LINE } from '../src/process/logs.js';
+import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
+import { tempDir } from './helpers/backend.js';
+
+describe('bwrapArgs', () => {
+  const plan = { uid: 60001, gid: 65534, tmpSizeBytes: 1024, mounts: [], seccomp: false, cmd: ['Rscript', '/app/app.R'] };
+
+  it('isolates pid, user, uts and ipc, forbids nested user namespaces and caps /tmp', () => {
+    const args = bwrapArgs(plan);
+    for (const flag of ['--unshare-pid', '--unshare-user', '--disable-userns', '--unshare-uts', '--unshare-ipc', '--die-with-parent', '--new-session'])
+      expect(args).toContain(flag);
+    expect(args).not.toContain('--unshare-net');
+    expect(args.join(' ')).toContain('--uid 60001 --gid 65534');
+    expect(args.join(' ')).toContain('--ro-bind / / --size 1024 --tmpfs /tmp --proc /proc --dev /dev --chdir /tmp');
+    expect(args.join(' ')).toContain('--cap-drop ALL');
+    expect(args.slice(-5)).toEqual(['--json-status-fd', '3', '--', 'Rscript', '/app/app.R']);
+  });
+
+  it('leaves out --size when uncapped and adds --seccomp when asked', () => {
+    const args = bwrapArgs({ ...plan, tmpSizeBytes: 0, seccomp: true });
+    expect(args).not.toContain('--size');
+    expect(args.join(' ')).toContain('--seccomp 4 --json-status-fd 3');
+  });
+
+  it('binds the bundle read-only first, then libraries, token, transfer and data mounts', () => {
+    const mounts = workerMounts({
+      bundlePath: '/srv/b',
+      workerMount: '/app',
+      libraryPath: '/srv/lib',
+      libDir: '/srv/store',
+      tokenDir: '/srv/tok',
+      transferDir: '/srv/xfer',
+      dataMounts: [{ source: '/data', target: '/data' }, { source: '/ro', target: '/ro', readOnly: true }],
+    });
+    const args = bwrapArgs({ ...plan, mounts }).join(' ');
+    expect(args).toContain(
+      '--ro-bind /srv/b /app --ro-bind /srv/lib /blockyard-lib --ro-bind /srv/store /blockyard-lib-store ' +
+        '--ro-bind /srv/tok /var/run/blockyard --bind /srv/xfer /transfer --bind /data /data --ro-bind /ro /ro --cap-drop ALL',
+    );
+  });
+});
+
+describe('environment', () => {
+  it('is the minimal set, the spec env, then SHINY_* which a spec cannot override', () => {
+    const env = workerEnv({ env: { FOO: 'bar', SHINY_HOST: '0.0.0.0' }, rProfilePath: '/app/.Rprofile' }, 10001);
+    expect(env).toEqual([
+      'PATH=/usr/bin:/usr/local/bin:/bin',
+      'HOME=/tmp',
+      'TMPDIR=/tmp',
+      'LANG=C.UTF-8',
+      'R_LIBS=/blockyard-lib',
+      'R_PROFILE_USER=/app/.Rprofile',
+      'FOO=bar',
+      'SHINY_HOST=127.0.0.1',
+      'SHINY_PORT=10001',
+    ]);
+  });
+
+  it('points R_LIBS at the store library when libDir is set', () => {
+    expect(workerEnv({ libDir: '/x' }, 1)).toContain('R_LIBS=/blockyard-lib-store');
+  });
+
+  it('gives builds the minimal set plus their KEY=VALUE entries', () => {
+    expect(buildEnv(['A=1'])).toEqual(['PATH=/usr/bin:/usr/local/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8', 'A=1']);
+  });
+});
+
+describe('LineSplitter', () => {
+  function split(chunks: string[]): string[] {
+    const out: string[] = [];
+    const s = new LineSplitter((l) => out.push(l));
+    for (const c of chunks) s.push(c);
+    s.end();
+    return out;
+  }
+
+  it('joins lines across chunks, drops CR before LF, keeps a final partial line', () => {
+    expect(split(['a', 'b\nc\r\n', '\nd'])).toEqual(['ab', 'c', '', 'd']);
+  });
+
+  it('splits an over-long line into MAX_LINE pieces as it arrives', () => {
+    const out: string[] = [];
+    const s = new LineSplitter((l) => out.push(l));
+    s.push('x'.repeat(MAX_LINE + 10));
+    // The first piece is out before any newline arrives: the buffer stays bounded.
+    expect(out.map((l) => l.length)).toEqual([MAX_LINE]);
+    s.push('y\n');
+    expect(out.map((l) => l.length)).toEqual([MAX_LINE, 11]);
+  });
+});
+
+describe('LogRing', () => {
+  it('keeps the last capacity lines and replays them to a new reader', async () => {
+    const ring = new LogRing(3);
+    for (const l of ['1', '2', '3', '4']) ring.push(l);
+    ring.close();
+    const got: string[] = [];
+    for await (const l of ring.reader()) got.push(l);
+    expect(got).toEqual(['2', '3', '4']);
+    expect(ring.snapshot()).toEqual(['2', '3', '4']);
+  });
+
+  it('follows new lines and ends on close(); a reader can stop itself', async () => {
+    const ring = new LogRing(10);
+    ring.push('a');
+    const reader = ring.reader();
+    const got: string[] = [];
+    const done = (async () => {
+      for await (const l of reader) got.push(l);
+    })();
+    await new Promise((r) => setTimeout(r, 5));
+    ring.push('b');
+    ring.close();
+    await done;
+    expect(got).toEqual(['a', 'b']);
+
+    const open = new LogRing(10);
+    const stopped = open.reader();
+    const iteration = (async () => {
+      const seen: string[] = [];
+      for await (const l of stopped) seen.push(l);
+      return seen;
+    })();
+    open.push('x');
+    await new Promise((r) => setTimeout(r, 5));
+    stopped.close();
+    expect(await iteration).toEqual(['x']);
+  });
+
+  it('lets a slow reader skip what the ring no longer holds', async () => {
+    const ring = new LogRing(2);
+    const reader = ring.reader()[Symbol.asyncIterator]();
+    ring.push('1');
+    expect((await reader.next()).value).toBe('1');
+    for (const l of ['2', '3', '4']) ring.push(l);
+    ring.close();
+    expect((await reader.next()).value).toBe('3');
+    expect((await reader.next()).value).toBe('4');
+    expect((await reader.next()).done).toBe(true);
+  });
+});
+
+describe('R versions', () => {
+  const rig = tempDir('procyard-rig-');
+  afterAll(() => rig.cleanup());
+  for (const v of ['4.4.9', '4.4.10', '4.3.1', '4.2', 'junk']) {
+    const bin = path.join(rig.dir, v, 'bin');
+    mkdirSync(bin, { recursive: true });
+    if (v !== 'junk') {
+      writeFileSync(path.join(bin, 'R'), '#!/bin/sh\n');
+      chmodSync(path.join(bin, 'R'), 0o755);
+    }
+  }
+  const R = (v: string) => path.join(rig.dir, v, 'bin', 'R');
+
+  it('compares versions numerically', () => {
+    expect(compareVersions('4.4.10', '4.4.9')).toBeGreaterThan(0);
+    expect(compareVersions('4.10.0', '4.9.9')).toBeGreaterThan(0);
+    expect(compareVersions('4.4', '4.4.0')).toBeLessThan(0);
+  });
+
+  it('lists installs with an executable bin/R in numeric order', () => {
+    expect(installedRVersions(rig.dir)).toEqual(['4.2', '4.3.1', '4.4.9', '4.4.10']);
+    expect(installedRVersions('/nonexistent')).toEqual([]);
+  });
+
+  it('resolves exact, then highest patch, then bare major.minor, else falls back', () => {
+    expect(resolveRBinary('', '/usr/bin/R', rig.dir)).toEqual({ path: '/usr/bin/R', fellBack: false });
+    expect(resolveRBinary('4.3.1', '/usr/bin/R', rig.dir)).toEqual({ path: R('4.3.1'), fellBack: false });
+    expect(resolveRBinary('4.4.2', '/usr/bin/R', rig.dir)).toEqual({ path: R('4.4.10'), fellBack: false });
+    expect(resolveRBinary('4.2.3', '/usr/bin/R', rig.dir)).toEqual({ path: R('4.2'), fellBack: false });
+    expect(resolveRBinary('3.6.3', '/usr/bin/R', rig.dir)).toEqual({ path: '/usr/bin/R', fellBack: true });
+  });
+
+  it('checks a bundle version with messages a user can act on', () => {
+    expect(() => checkRVersion('', rig.dir)).not.toThrow();
+    expect(() => checkRVersion('4.4.1', rig.dir)).not.toThrow();
+    expect(() => checkRVersion('4.1.0', rig.dir)).toThrow(
+      'bundle requires R 4.1 which is not installed; available: 4.2, 4.3.1, 4.4.9, 4.4.10',
+    );
+    expect(() => checkRVersion('4.1.0', '/nonexistent')).toThrow(
+      'bundle requires R 4.1 which is not installed but no R versions are installed',
+    );
+  });
+});
