@@ -1,8 +1,9 @@
 // ProcessBackend with real bwrap sandboxes: lifecycle, isolation, stop, logs, build.
-import { chmodSync, existsSync, readFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NotSupportedError } from '../src/backend.js';
+import { pidfdSignal, spawnNative } from '../src/native.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import type { WorkerExitEvent } from '../src/backend.js';
 import { appSpec, httpGet, tempDir, testConfig } from './helpers/backend.js';
@@ -359,6 +360,32 @@ describe('build', () => {
       exitCode: 1,
       logs: 'R 3.1.9 was available at deploy time but is no longer installed',
     });
+  });
+});
+
+describe.runIf(isRoot)('sandboxes orphaned during set-up', () => {
+  it('are found and killed by cleanupOrphanResources', async () => {
+    // bwrap's init arms its parent-death signal only after set-up: kill the
+    // monitor right after exec and the init and app live on, reparented.
+    const orphans: number[] = [];
+    for (let attempt = 0; attempt < 5 && orphans.length === 0; attempt++) {
+      const child = await spawnNative({
+        file: '/usr/bin/bwrap',
+        argv: ['bwrap', '--unshare-pid', '--unshare-user', '--uid', `${UIDS[1]}`, '--gid', '65534', '--die-with-parent',
+          '--ro-bind', '/', '/', '--proc', '/proc', '--dev', '/dev', '--', '/bin/sleep', '30'],
+        env: [],
+        uid: UIDS[1],
+        gid: 65534,
+      });
+      const init = await waitFor(() => childrenOf(child.pid).length > 0, 1000, 1).then(() => childrenOf(child.pid));
+      pidfdSignal(child.pidfd, 9);
+      await new Promise((r) => setTimeout(r, 50));
+      for (const pid of init) if (!isDead(pid)) orphans.push(...treeOf(pid));
+      for (const fd of [child.pidfd, child.stdout, child.stderr]) closeSync(fd);
+    }
+    expect(orphans.length).toBeGreaterThan(0);
+    await backend.cleanupOrphanResources();
+    expect(await waitFor(() => orphans.every(isDead), 1000)).toBe(true);
   });
 });
 

@@ -31,6 +31,7 @@ import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
 import { ensureMountTarget, ensureMountTargetSync } from './mounts.js';
+import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
 import { validateBuildSpec, validateWorkerSpec } from './validate.js';
@@ -132,6 +133,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
     } else {
       this.allocators = memoryAllocators(ports, uids);
     }
+    // A previous server on this host may have died mid-spawn.
+    this.killOrphanSandboxes().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan sandbox scan failed'));
   }
 
   /** Ports and UIDs this instance holds (for tests and metrics). */
@@ -329,8 +332,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
     );
   }
 
+  /**
+   * Frees Redis claims of peers whose lease is gone, and (as root) kills
+   * sandboxes orphaned by a server that died in the middle of a spawn.
+   */
   async cleanupOrphanResources(): Promise<void> {
-    await this.allocators.cleanupOrphans();
+    await Promise.all([this.allocators.cleanupOrphans(), this.killOrphanSandboxes()]);
+  }
+
+  private async killOrphanSandboxes(): Promise<void> {
+    // Without root every sandbox runs as the server's own user: nothing marks one as ours.
+    if (!this.asRoot) return;
+    const killed = await killOrphanSandboxes(this.proc.bwrapPath, this.proc.workerUidStart, this.proc.workerUidEnd);
+    if (killed.length > 0) this.log.warn({ pids: killed }, 'procyard: killed sandboxes orphaned during set-up by a dead server');
   }
 
   async preflight(): Promise<PreflightReport> {

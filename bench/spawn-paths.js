@@ -1,0 +1,228 @@
+// Sections 1 and 2, run in a child node process at one parent size:
+// spawn latency of the same sandbox through four paths, and the event-loop
+// stall during a burst of spawns. run.js forks this with --max-old-space-size
+// and reads the result over IPC; with PROCYARD_BENCH_STANDALONE=1 it prints
+// the JSON instead.
+//
+// argv[2]: JSON { residentMb, spawns, warmup, burst, bundle, ports: [s,e], uids: [s,e], peerUid, statusPort }
+import { spawn as cpSpawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { setImmediate as yieldTurn } from 'node:timers/promises';
+import { execa } from 'execa';
+import { ProcessBackend } from '../dist/index.js';
+import { PidWatcherNative, spawnNative } from '../dist/native.js';
+import {
+  AS_ROOT,
+  BWRAP,
+  WORKER_GID,
+  backendConfig,
+  exitWaiter,
+  sandboxCommand,
+  summary,
+  withTimeout,
+  workerSpec,
+} from './lib.js';
+
+const opts = JSON.parse(process.argv[2]);
+// The parent went away: stop (the sandboxes die with us through PDEATHSIG).
+process.on('disconnect', () => process.exit(1));
+
+/** Allocates and touches residentMb of Buffers (off the V8 heap, but resident in this process). */
+function makeResident(mb) {
+  const chunks = [];
+  const chunk = 64 * 1024 * 1024;
+  for (let left = mb * 1024 * 1024, i = 0; left > 0 && i < 4096; left -= chunk, i++) {
+    const b = Buffer.allocUnsafeSlow(Math.min(chunk, left));
+    b.fill((i % 251) + 1); // write every page
+    chunks.push(b);
+  }
+  return chunks;
+}
+
+const credentials = AS_ROOT ? { uid: opts.peerUid, gid: WORKER_GID } : {};
+const peer = sandboxCommand(opts.bundle, opts.peerUid, opts.statusPort);
+// bwrap's --json-status-fd 3: /dev/null for the three peer paths (the backend uses its own pipe).
+const statusSink = openSync('/dev/null', 'w');
+
+/**
+ * Each path: start(i) resolves with { ms, done } once the spawn call has
+ * resolved (ms = call to resolution); done settles when the sandbox has
+ * exited and everything is cleaned up.
+ */
+function nativePath() {
+  return async () => {
+    const t0 = performance.now();
+    const child = await spawnNative({
+      file: BWRAP,
+      argv: [BWRAP, ...peer.args],
+      env: peer.env,
+      ...credentials,
+      fds: [{ source: statusSink, target: 3 }],
+    });
+    const ms = performance.now() - t0;
+    closeSync(child.stdout);
+    closeSync(child.stderr);
+    const done = new Promise((resolve, reject) => {
+      new PidWatcherNative(
+        child.pidfd,
+        (status) => {
+          closeSync(child.pidfd);
+          if (status.code === 0) resolve();
+          else reject(new Error(`native sandbox exited ${JSON.stringify(status)}`));
+        },
+        true,
+      );
+    });
+    return { ms, done };
+  };
+}
+
+function backendPath(backend, waiter) {
+  let seq = 0;
+  return async () => {
+    const id = `lat-${seq++}`;
+    const exited = waiter.expect(id);
+    const t0 = performance.now();
+    await backend.spawn(workerSpec(id, opts.bundle));
+    const ms = performance.now() - t0;
+    const done = exited.then(async (event) => {
+      await backend.removeResource({ id, kind: 'container', labels: {} });
+      if (event.code !== 0) throw new Error(`backend sandbox exited ${JSON.stringify(event)}`);
+    });
+    return { ms, done };
+  };
+}
+
+function childProcessPath() {
+  return async () => {
+    const t0 = performance.now();
+    const child = cpSpawn(BWRAP, peer.args, {
+      env: peer.envObject,
+      ...credentials,
+      stdio: ['ignore', 'pipe', 'pipe', statusSink],
+    });
+    const closed = new Promise((resolve, reject) =>
+      child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`child_process sandbox exited ${code}`)))),
+    );
+    await new Promise((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    const ms = performance.now() - t0;
+    return { ms, done: closed };
+  };
+}
+
+function execaPath() {
+  return async () => {
+    const t0 = performance.now();
+    const child = execa(BWRAP, peer.args, {
+      env: peer.envObject,
+      extendEnv: false,
+      ...credentials,
+      stdio: ['ignore', 'pipe', 'pipe', statusSink],
+      reject: false,
+    });
+    await new Promise((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    const ms = performance.now() - t0;
+    const done = child.then((result) => {
+      if (result.exitCode !== 0) throw new Error(`execa sandbox exited ${result.exitCode}: ${result.stderr}`);
+    });
+    return { ms, done };
+  };
+}
+
+/** Sequential spawns, each waiting for the sandbox to exit; paths interleave in rounds of 10 so drift hits all alike. */
+async function latency(paths) {
+  const samples = Object.fromEntries(Object.keys(paths).map((k) => [k, []]));
+  for (const [name, start] of Object.entries(paths)) {
+    for (let i = 0; i < opts.warmup; i++) await withTimeout((await start()).done, 30000, `${name} warm-up`);
+  }
+  const rounds = Math.ceil(opts.spawns / 10);
+  for (let r = 0; r < rounds; r++) {
+    for (const [name, start] of Object.entries(paths)) {
+      for (let i = 0; i < 10 && samples[name].length < opts.spawns; i++) {
+        const { ms, done } = await start();
+        samples[name].push(ms);
+        await withTimeout(done, 30000, `${name} sandbox exit`);
+      }
+    }
+  }
+  return Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, { ...summary(v), samples: v }]));
+}
+
+/**
+ * The event loop while `count` spawns are issued back to back, one per loop
+ * turn, all in flight together (as a server handling a burst of requests
+ * would), until every sandbox has exited.
+ */
+async function burst(start, count) {
+  const h = monitorEventLoopDelay({ resolution: 1 });
+  const done = [];
+  h.enable();
+  const t0 = performance.now();
+  for (let i = 0; i < count; i++) {
+    done.push(start().then((r) => r.done));
+    await yieldTurn();
+  }
+  await withTimeout(Promise.all(done), 120000, 'burst');
+  const durationMs = performance.now() - t0;
+  h.disable();
+  return { spawns: count, durationMs, maxMs: h.max / 1e6, p99Ms: h.percentile(99) / 1e6, p50Ms: h.percentile(50) / 1e6, ticks: h.count };
+}
+
+/** The same monitor with nothing to do: the machine's own jitter. */
+async function idle(ms) {
+  const h = monitorEventLoopDelay({ resolution: 1 });
+  h.enable();
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  h.disable();
+  return { spawns: 0, durationMs: ms, maxMs: h.max / 1e6, p99Ms: h.percentile(99) / 1e6, p50Ms: h.percentile(50) / 1e6, ticks: h.count };
+}
+
+async function main() {
+  const tAlloc = performance.now();
+  const resident = makeResident(opts.residentMb);
+  const allocMs = performance.now() - tAlloc;
+  const backend = new ProcessBackend(backendConfig(opts.ports, opts.uids));
+  const waiter = exitWaiter(backend);
+  try {
+    const paths = {
+      native: nativePath(),
+      backend: backendPath(backend, waiter),
+      childProcess: childProcessPath(),
+      execa: execaPath(),
+    };
+    const rssMb = process.memoryUsage().rss / 2 ** 20;
+    const lat = await latency(paths);
+    const bursts = { idle: await idle(1000) };
+    for (const [name, start] of Object.entries(paths)) bursts[name] = await burst(start, opts.burst);
+    return { residentMb: opts.residentMb, rssMb, allocMs, residentChunks: resident.length, latency: lat, bursts };
+  } finally {
+    waiter.dispose();
+    await backend.close();
+    closeSync(statusSink);
+  }
+}
+
+main().then(
+  (result) => {
+    if (process.send) process.send({ ok: true, result }, () => process.exit(0));
+    else {
+      console.log(JSON.stringify(result));
+      process.exit(0);
+    }
+  },
+  (err) => {
+    const message = err instanceof Error ? err.stack : String(err);
+    if (process.send) process.send({ ok: false, error: message }, () => process.exit(1));
+    else {
+      console.error(message);
+      process.exit(1);
+    }
+  },
+);
