@@ -1,6 +1,6 @@
 // The native core against real processes: spawn, exit watching, credentials,
 // parent death, fd and signal hygiene, probes, bitset, sampler, ports.
-import { spawn as cpSpawn } from 'node:child_process';
+import { execFileSync, spawn as cpSpawn } from 'node:child_process';
 import { closeSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -118,6 +118,9 @@ describe('spawn and exit', () => {
       expect(openFds(child.pid)).toEqual([0, 1, 2, 7]);
       expect(fdTarget(child.pid, 0)).toBe('/dev/null');
       expect(fdTarget(child.pid, 7)).toBe(fdTarget(process.pid, w));
+      // The vfork parent wakes inside execve, before the kernel records where
+      // the new environment lives: give exec a moment to finish.
+      await waitFor(() => procEnviron(child.pid).length > 0, 1000, 1);
       expect(procEnviron(child.pid)).toEqual(['ONLY=this', 'PATH=/bin']);
       // A new session: its own session id.
       const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
@@ -130,6 +133,27 @@ describe('spawn and exit', () => {
       closeSync(r);
       closeSync(w);
     }
+  });
+});
+
+describe('exit watcher and the event loop', () => {
+  const fixture = fileURLToPath(new URL('./fixtures/watch-ref.mjs', import.meta.url));
+  const runFixture = (mode: string) => {
+    const started = Date.now();
+    const out = execFileSync(process.execPath, [fixture, mode], { encoding: 'utf8' });
+    return { out: out.trim(), ms: Date.now() - started };
+  };
+
+  it('keeps Node alive until the child exits when ref\'d (the default)', () => {
+    const r = runFixture('ref');
+    expect(r.out).toBe('{"code":0,"signal":null}');
+    expect(r.ms).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('lets Node exit while the child runs when unref\'d', () => {
+    const r = runFixture('unref');
+    expect(r.out).toBe('');
+    expect(r.ms).toBeLessThan(900);
   });
 });
 
@@ -283,7 +307,13 @@ describe('sampler', () => {
       env: ['PATH=/usr/bin:/bin'],
     });
     try {
-      expect(await waitFor(async () => (await sampleTrees([child.pid]))[0].pids.length === 3, 2000)).toBe(true);
+      // Wait until both forks have exec'd sleep: a fork's RSS changes at exec.
+      const settled = async () => {
+        const [t] = await sampleTrees([child.pid]);
+        return t.pids.length === 3 && t.pids.slice(1).every((p) => readFileSync(`/proc/${p}/comm`, 'utf8') === 'sleep\n');
+      };
+      expect(await waitFor(settled, 2000)).toBe(true);
+      await new Promise((r) => setTimeout(r, 20));
       const [tree] = await sampleTrees([child.pid]);
       let expected = 0;
       for (const pid of tree.pids) expected += Number(procStatus(pid).VmRSS.split(' ')[0]) * 1024;
