@@ -154,7 +154,3 @@ export function pidsWithUidIn(lo, hi) {
 export function openFdCount() {
   return readdirSync('/proc/self/fd').length;
 }
-
-export function round(x, digits = 3) {
-  return Number.isFinite(x) ? Number(x.toFixed(digits)) : x;
-}

@@ -4,14 +4,19 @@
 // and reads the result over IPC; with PROCYARD_BENCH_STANDALONE=1 it prints
 // the JSON instead.
 //
-// argv[2]: JSON { residentMb, spawns, warmup, burst, bundle, ports: [s,e], uids: [s,e], peerUid, statusPort }
+// The C floor (bench/floor.c) runs beside it, holding the same resident size,
+// and its batches interleave with the Node paths' batches.
+//
+// argv[2]: JSON { residentMb, spawns, warmup, burst, burstInFlight: [n...], bundle,
+//                 ports: [s,e], uids: [s,e], peerUid, statusPort, floorBinary }
 import { spawn as cpSpawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { execa } from 'execa';
 import { ProcessBackend } from '../dist/index.js';
 import { PidWatcherNative, spawnNative } from '../dist/native.js';
+import { startFloor } from './floor.js';
 import {
   AS_ROOT,
   BWRAP,
@@ -136,12 +141,17 @@ function execaPath() {
   };
 }
 
-/** Sequential spawns, each waiting for the sandbox to exit; paths interleave in rounds of 10 so drift hits all alike. */
-async function latency(paths) {
-  const samples = Object.fromEntries(Object.keys(paths).map((k) => [k, []]));
+/**
+ * Sequential spawns, each waiting for the sandbox to exit; the paths (and
+ * the C floor) take turns in batches of 10 so drift on a shared machine hits
+ * all alike.
+ */
+async function latency(paths, floor) {
+  const samples = Object.fromEntries([...Object.keys(paths), 'floor'].map((k) => [k, []]));
   for (const [name, start] of Object.entries(paths)) {
     for (let i = 0; i < opts.warmup; i++) await withTimeout((await start()).done, 30000, `${name} warm-up`);
   }
+  await floor.batch(opts.warmup);
   const rounds = Math.ceil(opts.spawns / 10);
   for (let r = 0; r < rounds; r++) {
     for (const [name, start] of Object.entries(paths)) {
@@ -151,28 +161,62 @@ async function latency(paths) {
         await withTimeout(done, 30000, `${name} sandbox exit`);
       }
     }
+    samples.floor.push(...(await floor.batch(Math.min(10, opts.spawns - samples.floor.length))));
   }
   return Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, { ...summary(v), samples: v }]));
 }
 
 /**
- * The event loop while `count` spawns are issued back to back, one per loop
- * turn, all in flight together (as a server handling a burst of requests
- * would), until every sandbox has exited.
+ * The event loop during `count` spawns issued back to back, one per loop
+ * turn, with at most `inFlight` sandboxes alive at once (1: each spawn waits
+ * for the previous sandbox to exit; count: all in flight together).
  */
-async function burst(start, count) {
+async function burst(start, count, inFlight) {
   const h = monitorEventLoopDelay({ resolution: 1 });
-  const done = [];
+  let issued = 0;
+  const lane = async () => {
+    while (issued < count) {
+      issued++;
+      const { done } = await start();
+      await yieldTurn();
+      await done;
+    }
+  };
+  const before = mainThread();
   h.enable();
   const t0 = performance.now();
-  for (let i = 0; i < count; i++) {
-    done.push(start().then((r) => r.done));
+  const lanes = [];
+  for (let i = 0; i < Math.min(inFlight, count); i++) {
+    lanes.push(lane());
     await yieldTurn();
   }
-  await withTimeout(Promise.all(done), 120000, 'burst');
+  await withTimeout(Promise.all(lanes), 300000, 'burst');
   const durationMs = performance.now() - t0;
   h.disable();
-  return { spawns: count, durationMs, maxMs: h.max / 1e6, p99Ms: h.percentile(99) / 1e6, p50Ms: h.percentile(50) / 1e6, ticks: h.count };
+  const after = mainThread();
+  return {
+    spawns: count,
+    inFlight,
+    durationMs,
+    mainCpuMs: after.cpuMs - before.cpuMs,
+    runQueueWaitMs: after.waitMs - before.waitMs,
+    involuntarySwitches: after.involuntary - before.involuntary,
+    maxMs: h.max / 1e6,
+    p99Ms: h.percentile(99) / 1e6,
+    p50Ms: h.percentile(50) / 1e6,
+    ticks: h.count,
+  };
+}
+
+/**
+ * The main thread's scheduling so far: CPU time it ran, time it waited
+ * runnable for a CPU, and how often it was preempted. A loop stall with
+ * little CPU of our own but much waiting is the machine's, not our code's.
+ */
+function mainThread() {
+  const [run, wait] = readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ').map(Number);
+  const status = readFileSync(`/proc/self/task/${process.pid}/status`, 'utf8');
+  return { cpuMs: run / 1e6, waitMs: wait / 1e6, involuntary: Number(/nonvoluntary_ctxt_switches:\s+(\d+)/.exec(status)?.[1] ?? NaN) };
 }
 
 /** The same monitor with nothing to do: the machine's own jitter. */
@@ -185,12 +229,14 @@ async function idle(ms) {
 }
 
 async function main() {
+  const floor = await startFloor(opts.floorBinary, opts);
   const tAlloc = performance.now();
   const resident = makeResident(opts.residentMb);
   const allocMs = performance.now() - tAlloc;
   const backend = new ProcessBackend(backendConfig(opts.ports, opts.uids));
   const waiter = exitWaiter(backend);
   try {
+    await backend.cleanupOrphanResources(); // its start-up /proc scan, finished before timing
     const paths = {
       native: nativePath(),
       backend: backendPath(backend, waiter),
@@ -198,13 +244,16 @@ async function main() {
       execa: execaPath(),
     };
     const rssMb = process.memoryUsage().rss / 2 ** 20;
-    const lat = await latency(paths);
+    const lat = await latency(paths, floor);
     const bursts = { idle: await idle(1000) };
-    for (const [name, start] of Object.entries(paths)) bursts[name] = await burst(start, opts.burst);
+    for (const inFlight of opts.burstInFlight) {
+      for (const [name, start] of Object.entries(paths)) bursts[`${name}@${inFlight}`] = await burst(start, opts.burst, inFlight);
+    }
     return { residentMb: opts.residentMb, rssMb, allocMs, residentChunks: resident.length, latency: lat, bursts };
   } finally {
     waiter.dispose();
     await backend.close();
+    await floor.close();
     closeSync(statusSink);
   }
 }

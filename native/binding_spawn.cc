@@ -106,9 +106,12 @@ Napi::Value SpawnJs(const Napi::CallbackInfo& info) {
     req = ParseSpawnOptions(env, info[0]);
   } catch (...) {
     // The contract: closeBeforeClone is closed by every call, whatever happens.
+    // Only a value that is an fd number: truncating 19.5 or 2^32 + 19 would
+    // close fd 19, which the caller never named.
     if (info[0].IsObject()) {
       Napi::Value fd = info[0].As<Napi::Object>().Get("closeBeforeClone");
-      if (fd.IsNumber() && fd.As<Napi::Number>().Int32Value() >= 3) close(fd.As<Napi::Number>().Int32Value());
+      double d = fd.IsNumber() ? fd.As<Napi::Number>().DoubleValue() : -1;
+      if (d >= 3 && d <= (1 << 20) && d == static_cast<int>(d)) close(static_cast<int>(d));
     }
     throw;
   }
@@ -231,10 +234,16 @@ Napi::Value PidfdSignalJs(const Napi::CallbackInfo& info) {
 }
 
 // A pipe with both ends O_CLOEXEC: [read, write]. Node has no pipe(2).
+// pipe({nonBlockingRead: true}) makes the read end O_NONBLOCK, so that
+// fs.readSync on it returns EAGAIN instead of blocking the event loop.
 Napi::Value PipeJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  // Options first: a throwing getter must not leave a pipe behind.
+  bool nonBlockingRead = info.Length() > 0 && info[0].IsObject() &&
+                         info[0].As<Napi::Object>().Get("nonBlockingRead").ToBoolean();
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) < 0) throw SystemError(env, errno, "pipe2", "");
+  if (nonBlockingRead) fcntl(fds[0], F_SETFL, O_NONBLOCK);
   Napi::Array out = Napi::Array::New(env, 2);
   out.Set(0u, fds[0]);
   out.Set(1u, fds[1]);

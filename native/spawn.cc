@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -162,6 +163,17 @@ const char* StepSyscall(int step) {
   }
 }
 
+// The child's stack, one per spawning thread, kept for the thread's life: an
+// munmap per spawn would cost a TLB shootdown across every thread of Node.
+// One spawn at a time per thread: the vfork keeps this thread waiting until
+// the child has exec'd or exited, and only then is the stack free again.
+void* ThreadStack(size_t size) {
+  static thread_local void* stack = MAP_FAILED;
+  if (stack == MAP_FAILED)
+    stack = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  return stack;
+}
+
 std::vector<char*> CStringArray(const std::vector<std::string>& strings) {
   std::vector<char*> out;
   out.reserve(strings.size() + 1);
@@ -207,8 +219,7 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
   } else if ((devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
     failedCall = "open(/dev/null)";
   } else {
-    stack = mmap(nullptr, kStackSize, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    stack = ThreadStack(kStackSize);
     if (stack == MAP_FAILED) failedCall = "mmap";
   }
   if (failedCall) {
@@ -245,7 +256,13 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     // Closed as late as possible: the port stays ours until the clone, so no
     // other program can take it between reservation and the app's bind.
-    if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
+    // shutdown first: under load the listener was seen accepting for ~10 ms
+    // after close() returned (another reference outlived ours), long enough
+    // to pass a health check before the app listened. shutdown stops it now.
+    if (req.closeBeforeClone >= 0) {
+      shutdown(req.closeBeforeClone, SHUT_RDWR);
+      close(req.closeBeforeClone);
+    }
     char* top = static_cast<char*>(stack) + kStackSize;
     pid = clone(ChildMain, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
     if (pid < 0 && errno == EINVAL) {
@@ -263,7 +280,6 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
   CloseIfOpen(&outPipe[1]);
   CloseIfOpen(&errPipe[1]);
   CloseIfOpen(&devNull);
-  if (stack != MAP_FAILED) munmap(stack, kStackSize);
 
   if (!failedCall && args.failStep != kNone) {
     // The child never reached the program: reap it here, nobody else will.

@@ -14,7 +14,11 @@ export interface NativeSpawnOptions {
   gid?: number;
   /** Parent fds placed at `target` (>= 3) in the child. */
   fds?: { source: number; target: number }[];
-  /** Closed in the parent right before the clone (the held port listener); closed by every call, even one that fails. */
+  /**
+   * Closed in the parent right before the clone (the held port listener), shut
+   * down first so it stops accepting even if another reference to it lives on;
+   * closed by every call, even one that fails.
+   */
   closeBeforeClone?: number;
 }
 
@@ -81,7 +85,7 @@ interface Addon {
   PidWatcher: new (pidfd: number, onExit: (status: ExitStatus) => void, reap: boolean) => PidWatcher;
   pidfdOpen(pid: number): number;
   pidfdSignal(pidfd: number, signal: number): boolean;
-  pipe(): [number, number];
+  pipe(options?: { nonBlockingRead?: boolean }): [number, number];
   probeUserNamespace(credentials?: { uid: number; gid: number }): Promise<ProbeResult>;
   probePidfd(): ProbeResult;
   kernelRelease(): string;
@@ -110,7 +114,7 @@ export const PidWatcherNative = addon.PidWatcher;
 export const pidfdOpen = addon.pidfdOpen;
 /** Signals by pidfd; false when the process is already gone. */
 export const pidfdSignal = addon.pidfdSignal;
-/** pipe2(O_CLOEXEC): [readFd, writeFd]. */
+/** pipe2(O_CLOEXEC): [readFd, writeFd]; the read end O_NONBLOCK when asked. */
 export const pipe = addon.pipe;
 /** Creates a user namespace in a real child (as uid/gid when given). */
 export const probeUserNamespace = addon.probeUserNamespace;

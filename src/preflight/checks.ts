@@ -301,11 +301,12 @@ async function withProbeSandbox<T>(
       if (lines.length < 200) lines.push(line);
     },
   });
-  const killer = setTimeout(() => sandbox.signal('SIGKILL'), SANDBOX_TIMEOUT_MS);
+  // kill(), not a signal to the monitor: that would orphan a sandbox still in set-up.
+  const killer = setTimeout(() => void sandbox.kill(), SANDBOX_TIMEOUT_MS);
   try {
     return await use(sandbox, lines);
   } finally {
-    sandbox.signal('SIGKILL');
+    await sandbox.kill();
     await sandbox.exited;
     clearTimeout(killer);
   }

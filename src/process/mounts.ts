@@ -1,6 +1,6 @@
 // Mount targets on the read-only root: bwrap cannot mkdir them there.
 import { mkdirSync, statSync } from 'node:fs';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 /** Under the sandbox's own tmpfs /tmp, bwrap creates targets itself. */
@@ -73,5 +73,20 @@ export function ensureMountTargetSync(p: string, field: string, mustBeDir = true
     return null;
   } catch (err) {
     return cannotCreate(p, field, err);
+  }
+}
+
+/**
+ * The target as bwrap must be given it. bwrap 0.8 resolves an absolute
+ * symlink in a bind target against its set-up root, not the sandbox's:
+ * `/var/run/blockyard` (with /var/run -> /run) fails with "Can't mkdir".
+ * The sandbox root is the host's, so the host's real path is the same place.
+ */
+export async function bindTarget(p: string): Promise<string> {
+  if (underTmp(p)) return p;
+  try {
+    return await realpath(p);
+  } catch {
+    return p;
   }
 }

@@ -5,33 +5,31 @@
 // SIGKILLed mid-spawn), the init and the app live on, reparented. They are
 // recognisable: a bwrap process that is pid 1 of its own pid namespace, runs
 // as a worker UID, and whose parent is not a bwrap monitor.
+import { closeSync } from 'node:fs';
 import { readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import { pidfdOpen, pidfdSignal } from '../native.js';
-import { closeSync } from 'node:fs';
 
-interface ProcInfo {
+interface ProcStatus {
   uid: number;
   ppid: number;
   /** Innermost pid (NSpid's last field): 1 for a namespace init. */
   innerPid: number;
-  /** The executable (needs root for other users' processes). */
-  exe: string;
 }
 
-async function procInfo(pid: number): Promise<ProcInfo | null> {
+async function procStatus(pid: number): Promise<ProcStatus | null> {
   try {
-    const [status, exe] = await Promise.all([readFile(`/proc/${pid}/status`, 'utf8'), readlink(`/proc/${pid}/exe`)]);
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
     const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '';
     const nspid = field('NSpid').split(/\s+/);
-    return {
-      uid: Number(field('Uid').split(/\s+/)[0]),
-      ppid: Number(field('PPid')),
-      innerPid: Number(nspid[nspid.length - 1]),
-      exe,
-    };
+    return { uid: Number(field('Uid').split(/\s+/)[0]), ppid: Number(field('PPid')), innerPid: Number(nspid[nspid.length - 1]) };
   } catch {
     return null; // gone meanwhile
   }
+}
+
+/** The executable of pid (root can read anyone's), or '' when gone. */
+function exeOf(pid: number): Promise<string> {
+  return readlink(`/proc/${pid}/exe`).catch(() => '');
 }
 
 /**
@@ -43,12 +41,18 @@ async function procInfo(pid: number): Promise<ProcInfo | null> {
 export async function killOrphanSandboxes(bwrapPath: string, uidStart: number, uidEnd: number): Promise<number[]> {
   const bwrap = await realpath(bwrapPath);
   const pids = (await readdir('/proc')).filter((n) => /^\d+$/.test(n)).map(Number);
+  // One small read per process, 64 at a time: cheap, and never a long stall.
+  const candidates: { pid: number; ppid: number }[] = [];
+  for (let i = 0; i < pids.length; i += 64) {
+    const batch = pids.slice(i, i + 64);
+    const statuses = await Promise.all(batch.map(procStatus));
+    statuses.forEach((s, j) => {
+      if (s && s.innerPid === 1 && s.uid >= uidStart && s.uid <= uidEnd) candidates.push({ pid: batch[j], ppid: s.ppid });
+    });
+  }
   const killed: number[] = [];
-  for (const pid of pids) {
-    const info = await procInfo(pid);
-    if (!info || info.exe !== bwrap || info.innerPid !== 1 || info.uid < uidStart || info.uid > uidEnd) continue;
-    const parent = await procInfo(info.ppid);
-    if (parent?.exe === bwrap) continue;
+  for (const { pid, ppid } of candidates) {
+    if ((await exeOf(pid)) !== bwrap || (await exeOf(ppid)) === bwrap) continue;
     let pidfd: number;
     try {
       pidfd = pidfdOpen(pid);
@@ -56,8 +60,8 @@ export async function killOrphanSandboxes(bwrapPath: string, uidStart: number, u
       continue;
     }
     // Re-checked with the pid pinned, so a recycled pid is never hit.
-    const again = await procInfo(pid);
-    if (again && again.exe === bwrap && again.ppid === info.ppid && pidfdSignal(pidfd, 9)) killed.push(pid);
+    const again = await procStatus(pid);
+    if (again?.ppid === ppid && (await exeOf(pid)) === bwrap && pidfdSignal(pidfd, 9)) killed.push(pid);
     closeSync(pidfd);
   }
   return killed;

@@ -13,6 +13,7 @@ import {
   type LogStream,
   type Logger,
   type ManagedResource,
+  type MountEntry,
   type WorkerExitEvent,
   type WorkerResourceUsage,
   type WorkerSpec,
@@ -30,7 +31,7 @@ import { redisAllocators } from './allocators/redis.js';
 import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
-import { ensureMountTarget, ensureMountTargetSync } from './mounts.js';
+import { bindTarget, ensureMountTarget, ensureMountTargetSync } from './mounts.js';
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
@@ -84,9 +85,14 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private readonly builds = new Set<Sandbox>();
   /** Fixed mount targets that could not be created, with the message to show at spawn. */
   private readonly unreachableTargets = new Map<string, string>();
+  /** Mount targets known reachable, with the path bwrap is given for each. */
+  private readonly readyTargets = new Map<string, string>();
   private readonly asRoot = process.getuid?.() === 0;
   private readonly sweepTimer?: NodeJS.Timeout;
   private closed = false;
+  /** Spawns and builds in flight, and what to call when none is left (close() waits on it). */
+  private inFlight = 0;
+  private onIdle: () => void = () => {};
 
   constructor(config: Config, options: ProcessBackendOptions = {}) {
     super();
@@ -142,20 +148,30 @@ export class ProcessBackend extends EventEmitter implements Backend {
     return { ports: this.allocators.ports.inUse(), uids: this.allocators.uids.inUse() };
   }
 
-  async spawn(spec: WorkerSpec): Promise<void> {
-    this.assertOpen();
+  spawn(spec: WorkerSpec): Promise<void> {
+    return this.tracked(() => this.spawnWorker(spec));
+  }
+
+  private async spawnWorker(spec: WorkerSpec): Promise<void> {
     await validateWorkerSpec(spec);
+    this.assertOpen();
     const id = spec.workerId;
     if (this.starting.has(id) || this.workers.get(id)?.sandbox.running)
       throw new Error(`worker "${id}" is already running`);
     this.starting.add(id);
     try {
       const cmd = this.resolveCommand(spec.cmd ?? ['Rscript', `${spec.workerMount}/app.R`], spec.rVersion ?? '');
-      const mounts = workerMounts(spec);
-      await this.checkMountTargets(mounts.map((m) => m.target), 'spec');
+      const mounts = await this.bindableMounts(workerMounts(spec), 'spec');
       const previous = this.workers.get(id);
       if (previous) this.workers.delete(id);
-      this.workers.set(id, await this.startWorker(spec, cmd, mounts));
+      const worker = await this.startWorker(spec, cmd, mounts);
+      if (this.closed) {
+        // close() ran while this spawn was in flight and could not see it.
+        await worker.sandbox.kill();
+        await worker.released;
+        throw new Error('ProcessBackend is closed');
+      }
+      this.workers.set(id, worker);
     } finally {
       this.starting.delete(id);
     }
@@ -247,18 +263,24 @@ export class ProcessBackend extends EventEmitter implements Backend {
     return `127.0.0.1:${this.mustGet(id).port}`;
   }
 
-  async build(spec: BuildSpec, opts: { signal?: AbortSignal } = {}): Promise<BuildResult> {
-    this.assertOpen();
+  build(spec: BuildSpec, opts: { signal?: AbortSignal } = {}): Promise<BuildResult> {
+    return this.tracked(() => this.runBuild(spec, opts));
+  }
+
+  private async runBuild(spec: BuildSpec, opts: { signal?: AbortSignal } = {}): Promise<BuildResult> {
     await validateBuildSpec(spec);
+    this.assertOpen();
     const { signal } = opts;
+    // Checked before anything starts: failing on it later left the build running.
+    if (signal != null && (typeof signal.addEventListener !== 'function' || typeof signal.removeEventListener !== 'function'))
+      throw new TypeError('build: opts.signal must be an AbortSignal');
     let cmd: string[];
     try {
       cmd = this.resolveCommand(spec.cmd, spec.rVersion ?? '');
     } catch (err) {
       return { success: false, exitCode: 1, logs: (err as Error).message };
     }
-    const mounts = spec.mounts ?? [];
-    await this.checkMountTargets(mounts.map((m) => m.target), 'mounts');
+    const mounts = await this.bindableMounts(spec.mounts ?? [], 'mounts');
     if (signal?.aborted) return { success: false, exitCode: -1, logs: 'build aborted before it started' };
 
     const uid = await this.allocators.uids.alloc();
@@ -280,6 +302,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         },
       });
       this.builds.add(sandbox);
+      if (this.closed) void sandbox.kill();
       const abort = () => void sandbox.kill();
       signal?.addEventListener('abort', abort, { once: true });
       try {
@@ -363,8 +386,21 @@ export class ProcessBackend extends EventEmitter implements Backend {
     this.closed = true;
     clearInterval(this.sweepTimer);
     for (const build of this.builds) void build.kill();
+    // Spawns and builds in flight stop what they started once they see `closed`.
+    if (this.inFlight > 0) await new Promise<void>((resolve) => (this.onIdle = resolve));
     await Promise.all([...this.workers.keys()].map((id) => this.stop(id).catch(() => {})));
     await this.allocators.close();
+  }
+
+  /** Runs a spawn or build, counted so that close() can wait for it. */
+  private async tracked<T>(work: () => Promise<T>): Promise<T> {
+    this.assertOpen();
+    this.inFlight++;
+    try {
+      return await work();
+    } finally {
+      if (--this.inFlight === 0) this.onIdle();
+    }
   }
 
   private assertOpen(): void {
@@ -391,11 +427,23 @@ export class ProcessBackend extends EventEmitter implements Backend {
     return [program === 'R' ? r.path : path.join(path.dirname(r.path), 'Rscript'), ...rest];
   }
 
-  private async checkMountTargets(targets: string[], field: string): Promise<void> {
-    for (const target of targets) {
-      const problem = this.unreachableTargets.get(target) ?? (await ensureMountTarget(target, `${field} target`));
-      if (problem) throw new Error(problem);
-    }
+  private async bindableMounts(mounts: MountEntry[], field: string): Promise<MountEntry[]> {
+    return Promise.all(mounts.map(async (m) => ({ ...m, target: await this.bindableTarget(m.target, field) })));
+  }
+
+  /**
+   * Checks a target can be reached and gives it as bwrap must see it (see
+   * bindTarget). Remembered once it is: a mount point, once made, stays.
+   */
+  private async bindableTarget(target: string, field: string): Promise<string> {
+    const known = this.readyTargets.get(target);
+    if (known !== undefined) return known;
+    const problem = this.unreachableTargets.get(target) ?? (await ensureMountTarget(target, `${field} target`));
+    if (problem) throw new Error(problem);
+    const resolved = await bindTarget(target);
+    if (this.readyTargets.size >= 1024) this.readyTargets.clear();
+    this.readyTargets.set(target, resolved);
+    return resolved;
   }
 }
 

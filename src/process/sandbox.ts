@@ -1,7 +1,6 @@
 // One bwrap sandbox started through the native spawn: the shared path of
 // workers, builds and the preflight probes.
-import { closeSync, openSync, readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import {
@@ -59,14 +58,21 @@ export class Sandbox {
   readonly pid: number;
   /** Resolves with the bwrap monitor's exit once every output line is delivered. */
   readonly exited: Promise<ExitStatus>;
-  /** Host pid of the app (the child of bwrap's init), or null when it never started. */
-  readonly appPid: Promise<number | null>;
+  private readonly monitorExit: Promise<ExitStatus>;
   private exitStatus: ExitStatus | null = null;
   private readonly watcher: PidWatcher;
-  private appPidfd = -1;
+  /**
+   * Read end of bwrap's --json-status-fd, O_NONBLOCK. Read only when needed
+   * (stop, kill): bwrap's few writes fit the pipe buffer, and keeping it open
+   * until exit spares bwrap a SIGPIPE on its final write.
+   */
+  private statusFd: number;
+  private statusText = '';
+  private initLookup?: Promise<number | null>;
+  private appLookup?: Promise<number | null>;
   /** bwrap's init (pid 1 inside): SIGKILL to it ends the whole pid namespace. */
   private initPidfd = -1;
-  private readonly initKnown: Promise<void>;
+  private appPidfd = -1;
 
   /** @internal use startSandbox() */
   constructor(
@@ -78,49 +84,27 @@ export class Sandbox {
     onLine: (line: string) => void,
   ) {
     this.pid = pid;
-    const streams = [stdoutFd, stderrFd].map((fd) => {
-      const socket = new net.Socket({ fd, readable: true, writable: false });
-      socket.setEncoding('utf8');
-      const splitter = new LineSplitter(onLine);
-      socket.on('data', (text: string) => splitter.push(text));
-      socket.on('error', () => socket.destroy());
-      return new Promise<void>((resolve) =>
-        socket.once('close', () => {
-          splitter.end();
-          resolve();
-        }),
-      );
-    });
-    const initPid = readChildPid(statusFd);
-    this.initKnown = initPid.then((pid) => {
-      if (pid !== null && this.exitStatus === null) this.initPidfd = openChild(pid, this.pid);
-    });
-    this.appPid = initPid
-      .then((pid) => (pid === null ? null : findApp(pid, () => this.exitStatus !== null)))
-      .then((found) => {
-        if (!found) return null;
-        if (this.exitStatus !== null) {
-          closeQuietly(found.pidfd);
-          return null;
-        }
-        this.appPidfd = found.pidfd;
-        return found.pid;
-      });
+    this.statusFd = statusFd;
+    // The readers start on the next turn of the loop, so spawn() resolves
+    // without waiting for them; the pipes buffer 64 KiB meanwhile.
+    const streams = new Promise<void>((resolve) =>
+      setImmediate(() => void Promise.all([stdoutFd, stderrFd].map((fd) => readLines(fd, onLine))).then(() => resolve())),
+    );
     let onExit: (status: ExitStatus) => void = () => {};
-    const monitorExit = new Promise<ExitStatus>((resolve) => (onExit = resolve));
+    this.monitorExit = new Promise<ExitStatus>((resolve) => (onExit = resolve));
     this.watcher = new PidWatcherNative(
       pidfd,
       (status) => {
         this.exitStatus = status;
-        for (const fd of [this.pidfd, this.appPidfd, this.initPidfd]) if (fd >= 0) closeQuietly(fd);
-        this.appPidfd = this.initPidfd = -1;
+        for (const fd of [this.pidfd, this.appPidfd, this.initPidfd, this.statusFd]) if (fd >= 0) closeQuietly(fd);
+        this.appPidfd = this.initPidfd = this.statusFd = -1;
         onExit(status);
       },
       true,
     );
     // With the pid namespace gone every writer of the pipes is dead, so they
     // close promptly; the exit waits for them so no line is lost.
-    this.exited = Promise.all([monitorExit, ...streams]).then(([status]) => status);
+    this.exited = Promise.all([this.monitorExit, streams]).then(([status]) => status);
   }
 
   get status(): ExitStatus | null {
@@ -131,20 +115,36 @@ export class Sandbox {
     return this.exitStatus === null;
   }
 
+  /** Host pid of the app (the child of bwrap's init), or null when it never started. Looked up on first use. */
+  get appPid(): Promise<number | null> {
+    this.appLookup ??= this.initPid()
+      .then((init) => (init === null ? null : findApp(init, () => this.exitStatus !== null)))
+      .then((found) => {
+        if (!found) return null;
+        if (this.exitStatus !== null) {
+          closeQuietly(found.pidfd);
+          return null;
+        }
+        this.appPidfd = found.pidfd;
+        return found.pid;
+      });
+    return this.appLookup;
+  }
+
   /** Signals the bwrap monitor. */
   signal(sig: NodeJS.Signals | number): boolean {
     return this.exitStatus === null && pidfdSignal(this.pidfd, signalNumber(sig));
   }
 
   /**
-   * Kills the whole sandbox. Killing only the monitor is not enough: during
-   * bwrap's set-up its init has no parent-death signal yet (its uid change
-   * clears it), so it would live on, orphaned. So wait until bwrap has said
-   * who its init is, SIGKILL that (the pid namespace dies with it), then the
+   * Kills the whole sandbox. Killing only the monitor is not enough: bwrap's
+   * init arms its parent-death signal only after set-up, so in those first
+   * milliseconds it would live on, orphaned. So wait until bwrap has said who
+   * its init is, SIGKILL that (the pid namespace dies with it), then the
    * monitor.
    */
   async kill(): Promise<void> {
-    await Promise.race([this.initKnown, this.exited]);
+    await Promise.race([this.initPid(), this.monitorExit]);
     if (this.exitStatus !== null) return;
     if (this.initPidfd >= 0) pidfdSignal(this.initPidfd, osConstants.signals.SIGKILL);
     this.signal('SIGKILL');
@@ -168,6 +168,40 @@ export class Sandbox {
   unref(): void {
     this.watcher.unref();
   }
+
+  /** bwrap's `child-pid` (its init), pinned by a pidfd; null when bwrap exits first. */
+  private initPid(): Promise<number | null> {
+    this.initLookup ??= (async () => {
+      const deadline = Date.now() + 10_000;
+      for (let wait = 1; this.exitStatus === null && Date.now() < deadline; wait = Math.min(wait * 2, 25)) {
+        const pid = this.readStatus();
+        if (pid !== null) {
+          this.initPidfd = openChild(pid, this.pid);
+          return pid;
+        }
+        await Promise.race([new Promise((r) => setTimeout(r, wait)), this.monitorExit]);
+      }
+      return null;
+    })();
+    return this.initLookup;
+  }
+
+  /** Drains what bwrap has written to the status pipe; the init pid once it is there. */
+  private readStatus(): number | null {
+    const buf = Buffer.alloc(4096);
+    for (let i = 0; i < 16 && this.statusFd >= 0; i++) {
+      let n: number;
+      try {
+        n = readSync(this.statusFd, buf);
+      } catch {
+        break; // EAGAIN: nothing more yet
+      }
+      if (n === 0) break;
+      this.statusText += buf.toString('utf8', 0, n);
+    }
+    const match = /"child-pid"\s*:\s*(\d+)/.exec(this.statusText);
+    return match ? Number(match[1]) : null;
+  }
 }
 
 /**
@@ -179,8 +213,13 @@ export class Sandbox {
 async function findApp(initPid: number, gone: () => boolean): Promise<{ pid: number; pidfd: number } | null> {
   const deadline = Date.now() + 5000;
   for (let wait = 1; !gone() && Date.now() < deadline; wait = Math.min(wait * 2, 25)) {
-    const children = await readFile(`/proc/${initPid}/task/${initPid}/children`, 'utf8').catch(() => null);
-    if (children === null) return null;
+    let children: string;
+    try {
+      // procfs is in memory: a sync read is cheaper than a pool round trip.
+      children = readFileSync(`/proc/${initPid}/task/${initPid}/children`, 'utf8');
+    } catch {
+      return null;
+    }
     const pid = Number(children.trim().split(' ')[0]);
     if (pid > 0) {
       const pidfd = openChild(pid, initPid);
@@ -189,6 +228,21 @@ async function findApp(initPid: number, gone: () => boolean): Promise<{ pid: num
     await new Promise((r) => setTimeout(r, wait));
   }
   return null;
+}
+
+/** Reads a pipe on the event loop into lines; resolves when the pipe closes. */
+function readLines(fd: number, onLine: (line: string) => void): Promise<void> {
+  const socket = new net.Socket({ fd, readable: true, writable: false });
+  socket.setEncoding('utf8');
+  const splitter = new LineSplitter(onLine);
+  socket.on('data', (text: string) => splitter.push(text));
+  socket.on('error', () => socket.destroy());
+  return new Promise<void>((resolve) =>
+    socket.once('close', () => {
+      splitter.end();
+      resolve();
+    }),
+  );
 }
 
 /** A pidfd on pid if it is still a child of parentPid, else -1. */
@@ -214,30 +268,6 @@ function parentOf(pid: number): number {
   }
 }
 
-/** Reads bwrap's --json-status-fd until `child-pid` shows up (or the pipe closes). */
-function readChildPid(fd: number): Promise<number | null> {
-  return new Promise((resolve) => {
-    const socket = new net.Socket({ fd, readable: true, writable: false });
-    socket.setEncoding('utf8');
-    let text = '';
-    let settled = false;
-    const settle = (pid: number | null) => {
-      if (!settled) {
-        settled = true;
-        resolve(pid);
-      }
-    };
-    socket.on('data', (chunk: string) => {
-      text += chunk;
-      const match = /"child-pid"\s*:\s*(\d+)/.exec(text);
-      if (match) settle(Number(match[1]));
-      if (text.length > 65536) text = text.slice(-1024);
-    });
-    socket.on('error', () => socket.destroy());
-    socket.on('close', () => settle(null));
-  });
-}
-
 /**
  * Starts `bwrap <plan> -- cmd` through the native spawn. closeBeforeClone is
  * closed whatever happens (also when this rejects before the spawn call).
@@ -247,7 +277,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
   let statusRead = -1;
   let spawnCalled = false;
   try {
-    const [r, w] = pipe();
+    const [r, w] = pipe({ nonBlockingRead: true });
     statusRead = r;
     owned.push(w);
     const fds = [{ source: w, target: STATUS_FD }];

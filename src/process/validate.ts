@@ -30,6 +30,13 @@ function describe(value: unknown): string {
   return typeof value === 'string' ? JSON.stringify(value.slice(0, 40)) : typeof value;
 }
 
+/** rVersion names a dir under rigBase: '../..' would pick any binary on the host. */
+function checkVersion(value: unknown, field: string): void {
+  checkString(value, field);
+  if (typeof value === 'string' && (value.includes('/') || value === '.' || value === '..'))
+    fail(`${field} must be a version like 4.4.1, not a path, got ${describe(value)}`);
+}
+
 function checkAbsolute(value: string, field: string): void {
   if (!path.posix.isAbsolute(value)) fail(`${field} must be an absolute path, got ${JSON.stringify(value)}`);
   if (value.split('/').includes('..')) fail(`${field} must not contain "..", got ${JSON.stringify(value)}`);
@@ -87,15 +94,20 @@ export async function validateWorkerSpec(spec: WorkerSpec): Promise<void> {
   checkString(spec.workerMount, 'workerMount', { required: true, nonEmpty: true });
   checkAbsolute(spec.workerMount, 'workerMount');
   if (spec.cmd !== undefined) checkStringArray(spec.cmd, 'cmd');
-  for (const field of ['libraryPath', 'libDir', 'transferDir', 'tokenDir', 'rProfilePath', 'rVersion'] as const)
+  for (const field of ['libraryPath', 'libDir', 'transferDir', 'tokenDir', 'rProfilePath'] as const)
     checkString(spec[field], field);
+  checkVersion(spec.rVersion, 'rVersion');
   checkRecord(spec.env, 'env', ENV_KEY);
   checkRecord(spec.labels, 'labels');
   checkMounts(spec.dataMounts, 'dataMounts');
-  await checkExists(spec.bundlePath, 'bundlePath', 'dir');
-  for (const field of ['libraryPath', 'libDir', 'transferDir', 'tokenDir'] as const)
-    if (spec[field]) await checkExists(spec[field], field, 'dir');
-  for (const [i, m] of (spec.dataMounts ?? []).entries()) await checkExists(m.source, `dataMounts[${i}].source`, 'any');
+  // Concurrently: each stat is a thread-pool round trip.
+  await Promise.all([
+    checkExists(spec.bundlePath, 'bundlePath', 'dir'),
+    ...(['libraryPath', 'libDir', 'transferDir', 'tokenDir'] as const)
+      .filter((field) => spec[field])
+      .map((field) => checkExists(spec[field]!, field, 'dir')),
+    ...(spec.dataMounts ?? []).map((m, i) => checkExists(m.source, `dataMounts[${i}].source`, 'any')),
+  ]);
 }
 
 /** Checks a BuildSpec; rejects with a SpecError naming the field. */
@@ -104,7 +116,7 @@ export async function validateBuildSpec(spec: BuildSpec): Promise<void> {
   checkString(spec.appId, 'appId', { required: true });
   checkString(spec.bundleId, 'bundleId', { required: true });
   checkStringArray(spec.cmd, 'cmd');
-  checkString(spec.rVersion, 'rVersion');
+  checkVersion(spec.rVersion, 'rVersion');
   if (spec.env !== undefined) {
     if (!Array.isArray(spec.env)) fail('env must be an array of "KEY=VALUE" strings');
     spec.env.forEach((e, i) => {
@@ -116,5 +128,5 @@ export async function validateBuildSpec(spec: BuildSpec): Promise<void> {
   if (spec.logWriter !== undefined && typeof spec.logWriter !== 'function') fail('logWriter must be a function');
   checkRecord(spec.labels, 'labels');
   checkMounts(spec.mounts, 'mounts');
-  for (const [i, m] of (spec.mounts ?? []).entries()) await checkExists(m.source, `mounts[${i}].source`, 'any');
+  await Promise.all((spec.mounts ?? []).map((m, i) => checkExists(m.source, `mounts[${i}].source`, 'any')));
 }

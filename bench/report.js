@@ -1,0 +1,232 @@
+// Turns the results into markdown tables and the list of targets (met or not).
+
+function ms(x) {
+  if (!Number.isFinite(x)) return 'n/a';
+  if (x < 1) return `${x.toFixed(3)} ms`;
+  if (x < 100) return `${x.toFixed(2)} ms`;
+  return `${x.toFixed(0)} ms`;
+}
+
+function ratio(x) {
+  if (!Number.isFinite(x)) return 'n/a';
+  if (x >= 100) return `${x.toFixed(0)}x`;
+  if (x >= 10) return `${x.toFixed(1)}x`;
+  return `${x.toFixed(2)}x`;
+}
+
+function rate(x) {
+  if (x >= 1e6) return `${(x / 1e6).toFixed(2)} M/s`;
+  if (x >= 1e3) return `${(x / 1e3).toFixed(1)} k/s`;
+  return `${x.toFixed(0)} /s`;
+}
+
+function table(head, rows) {
+  const line = (cells) => `| ${cells.join(' | ')} |`;
+  return [line(head), line(head.map(() => '---')), ...rows.map(line)].join('\n');
+}
+
+const PATHS = [
+  ['native', 'procyard native spawn'],
+  ['backend', 'ProcessBackend.spawn (full spec)'],
+  ['childProcess', 'child_process.spawn'],
+  ['execa', 'execa'],
+];
+
+export function buildReport(r) {
+  const { small, big } = r.spawn;
+  const bigLabel = `${big.residentMb} MB resident${r.quick ? ' (quick)' : ''}`;
+  const smallLabel = `small heap (RSS ${small.rssMb.toFixed(0)} MB)`;
+  const sections = [];
+  const targets = [];
+  const target = (name, measured, met, note = '') => targets.push({ name, measured, met, note });
+
+  // 1 + floor
+  const cpSmall = small.latency.childProcess.p50;
+  const cpBig = big.latency.childProcess.p50;
+  const rows = PATHS.map(([key, label]) => {
+    const s = small.latency[key];
+    const b = big.latency[key];
+    return [label, ms(s.p50), ms(s.p99), ms(b.p50), ms(b.p99), ratio(b.p50 / s.p50), ratio(s.p50 / cpSmall), ratio(b.p50 / cpBig)];
+  });
+  const fs = small.latency.floor;
+  const fb = big.latency.floor;
+  rows.push(['C floor (bench/floor.c, same clone child)', ms(fs.p50), ms(fs.p99), ms(fb.p50), ms(fb.p99), ratio(fb.p50 / fs.p50), ratio(fs.p50 / cpSmall), ratio(fb.p50 / cpBig)]);
+  sections.push(
+    `### 1. Spawn latency: call to resolution, \`bwrap <worker flags> -- /bin/true\` (${small.latency.native.n} spawns per path and size, one at a time)\n\n` +
+      `Small = ${smallLabel}; large = ${bigLabel}. "vs child_process" is this path's p50 over child_process.spawn's at the same size (below 1 = faster).\n\n` +
+      table(
+        ['path', 'small p50', 'small p99', 'large p50', 'large p99', 'large / small p50', 'vs child_process, small', 'vs child_process, large'],
+        rows,
+      ),
+  );
+  const be = { s: small.latency.backend.p50, b: big.latency.backend.p50 };
+  target('ProcessBackend.spawn p50 <= 0.3x child_process.spawn, small heap', `${ms(be.s)} vs ${ms(cpSmall)} = ${ratio(be.s / cpSmall)}`, be.s <= 0.3 * cpSmall);
+  target(
+    `ProcessBackend.spawn >= 100x faster than child_process.spawn at ${bigLabel}`,
+    `${ms(be.b)} vs ${ms(cpBig)} = ${ratio(cpBig / be.b)} faster`,
+    cpBig / be.b >= 100,
+  );
+  target(`ProcessBackend.spawn p50 at ${bigLabel} within 1.5x of small heap`, `${ms(be.b)} vs ${ms(be.s)} = ${ratio(be.b / be.s)}`, be.b <= 1.5 * be.s);
+  const nat = { s: small.latency.native.p50, b: big.latency.native.p50 };
+  target('native spawn p50 within 1.5x of the C floor, small heap', `${ms(nat.s)} vs ${ms(fs.p50)} = ${ratio(nat.s / fs.p50)}`, nat.s <= 1.5 * fs.p50);
+  target(`native spawn p50 within 1.5x of the C floor, ${bigLabel}`, `${ms(nat.b)} vs ${ms(fb.p50)} = ${ratio(nat.b / fb.p50)}`, nat.b <= 1.5 * fb.p50);
+
+  // 2
+  const burstN = small.bursts[`native@1`].spawns;
+  const cell = (b) => (b ? `${ms(b.maxMs)} / ${ms(b.p99Ms)}` : 'n/a');
+  const eldRows = [['idle, no spawns (the machine\'s own jitter)', cell(small.bursts.idle), '', cell(big.bursts.idle), '']];
+  for (const [key, label] of PATHS)
+    eldRows.push([label, cell(small.bursts[`${key}@1`]), cell(small.bursts[`${key}@${burstN}`]), cell(big.bursts[`${key}@1`]), cell(big.bursts[`${key}@${burstN}`])]);
+  sections.push(
+    `### 2. Event-loop delay during a burst of ${burstN} spawns: max / p99\n\n` +
+      `perf_hooks.monitorEventLoopDelay({ resolution: 1 }); its samples are whole timer intervals, so an idle loop reads about 1.1 ms. ` +
+      `"One at a time": each spawn is issued when the previous sandbox has exited (what the spawn call itself costs the loop). ` +
+      `"All in flight": the ${burstN} spawns are issued one per loop turn without waiting, so up to ${burstN} sandboxes start together on ${r.machine.cores} cores.\n\n` +
+      table(['path', 'small, one at a time', 'small, all in flight', 'large, one at a time', 'large, all in flight'], eldRows) +
+      `\n\nThe main thread during the all-in-flight burst (small heap): CPU it ran, time it waited runnable for a core, times it was preempted.\n\n` +
+      table(
+        ['path', 'main-thread CPU', 'run-queue wait', 'preempted'],
+        PATHS.map(([key, label]) => {
+          const b = small.bursts[`${key}@${burstN}`];
+          return [label, ms(b.mainCpuMs), ms(b.runQueueWaitMs), String(b.involuntarySwitches)];
+        }),
+      ),
+  );
+  for (const [variant, suffix] of [['one at a time', '1'], ['all in flight', String(burstN)]]) {
+    const vals = [
+      ['native', small.bursts[`native@${suffix}`], 'small'],
+      ['native', big.bursts[`native@${suffix}`], 'large'],
+      ['backend', small.bursts[`backend@${suffix}`], 'small'],
+      ['backend', big.bursts[`backend@${suffix}`], 'large'],
+    ];
+    target(
+      `event-loop max delay <= 2 ms for procyard, both sizes (${variant})`,
+      vals.map(([k, b, size]) => `${k} ${size} ${ms(b.maxMs)}`).join(', ') + `; idle ${ms(small.bursts.idle.maxMs)} / ${ms(big.bursts.idle.maxMs)}`,
+      vals.every(([, b]) => b.maxMs <= 2),
+    );
+  }
+
+  // 3
+  const o = r.overhead;
+  sections.push(
+    `### 3. Backend overhead: spawn-to-exit of the /bin/true sandbox (${o.backend.n} round trips each)\n\n` +
+      table(
+        ['', 'p50', 'p99', 'main-thread CPU per round trip'],
+        [
+          ["ProcessBackend: spawn() to its 'exit' event", ms(o.backend.p50), ms(o.backend.p99), ms(o.backend.mainCpuMsPerRoundTrip)],
+          ['bare sandbox: native spawn to pidfd exit', ms(o.bare.p50), ms(o.bare.p99), ms(o.bare.mainCpuMsPerRoundTrip)],
+          ['ratio', ratio(o.backend.p50 / o.bare.p50), ratio(o.backend.p99 / o.bare.p99), ratio(o.backend.mainCpuMsPerRoundTrip / o.bare.mainCpuMsPerRoundTrip)],
+        ],
+      ),
+  );
+  target('backend spawn-to-exit <= 1.2x the bare sandbox round trip', `${ms(o.backend.p50)} vs ${ms(o.bare.p50)} = ${ratio(o.backend.p50 / o.bare.p50)}`, o.backend.p50 <= 1.2 * o.bare.p50);
+
+  // 3b
+  const bd = r.breakdown;
+  if (bd && !bd.unavailable) {
+    const calls = (c) => Object.entries(c).filter(([, n]) => n > 0).map(([k, n]) => `${n} ${k}`).join(', ') || 'none';
+    sections.push(
+      `### 3b. Where ProcessBackend.spawn's time goes (each step alone, same inputs, small heap, ${Object.values(bd.steps)[0].n} runs each)
+
+` +
+        table(
+          ['step', 'p50', 'p99'],
+          Object.entries(bd.steps).map(([k, v]) => [k, ms(v.p50), ms(v.p99)]),
+        ) +
+        `
+
+fs/promises calls per worker (spawn to removal): /bin/true ${calls(bd.fsPromisesCallsPerWorker.binTrue)}; ` +
+        `sleep, stopped after 300 ms: ${calls(bd.fsPromisesCallsPerWorker.sleepThenStop)}. Each readFile is four libuv pool jobs (open, fstat, read, close), queued behind the spawns on the same 4 threads. ` +
+        `The orphan scan a backend starts on construction (cleanupOrphanResources) took ${ms(bd.orphanScan.ms)} over ${bd.orphanScan.hostProcesses} host processes; ` +
+        `a spawn issued right after construction took ${ms(bd.spawnRightAfterConstruction.p50)} (p50 of ${bd.spawnRightAfterConstruction.n}).`,
+    );
+  } else if (bd) {
+    sections.push(`### 3b. Where ProcessBackend.spawn's time goes
+
+unavailable: ${bd.unavailable}`);
+  }
+
+  // 4
+  const rd = r.ready;
+  sections.push(
+    `### 4. Spawn to ready: spawn call to the first accepted TCP connection, minimal node server (${rd.sandboxed.n} runs each)\n\n` +
+      table(
+        ['', 'p50', 'p99'],
+        [
+          ['in the sandbox (ProcessBackend.spawn)', ms(rd.sandboxed.p50), ms(rd.sandboxed.p99)],
+          ['no sandbox (child_process.spawn)', ms(rd.plain.p50), ms(rd.plain.p99)],
+          ['ratio (the sandbox costs the difference)', `${ratio(rd.sandboxed.p50 / rd.plain.p50)} (+${ms(rd.sandboxed.p50 - rd.plain.p50)})`, ratio(rd.sandboxed.p99 / rd.plain.p99)],
+        ],
+      ),
+  );
+
+  // 5
+  const sm = r.sampling;
+  sections.push(
+    `### 5. Sampling: one tick over ${sm.workers} live sleep workers (${sm.ticks} ticks, all workers at once)\n\n` +
+      table(
+        ['', 'tick p50', 'tick max', 'per worker', 'RSS summed over all trees'],
+        [
+          [`backend.workerResourceUsage() x ${sm.workers}`, ms(sm.procyard.p50), ms(sm.procyard.max), ms(sm.procyard.p50 / sm.workers), `${(sm.procyard.rssBytes / 2 ** 20).toFixed(0)} MB`],
+          [`pidtree(root, {root: true}) + pidusage(pids) x ${sm.workers}`, ms(sm.peer.p50), ms(sm.peer.max), ms(sm.peer.p50 / sm.workers), `${(sm.peer.rssBytes / 2 ** 20).toFixed(0)} MB`],
+          ['(for reference) native sampleTrees(all roots), one call', ms(sm.sampleTreesOneCall.p50), ms(sm.sampleTreesOneCall.max), ms(sm.sampleTreesOneCall.p50 / sm.workers), ''],
+          ['pidusage + pidtree / procyard', ratio(sm.peer.p50 / sm.procyard.p50), '', '', ''],
+        ],
+      ),
+  );
+  target('sampling >= 10x faster than pidusage + pidtree', `${ms(sm.procyard.p50)} vs ${ms(sm.peer.p50)} per tick = ${ratio(sm.peer.p50 / sm.procyard.p50)} faster`, sm.peer.p50 / sm.procyard.p50 >= 10);
+
+  // 6
+  const a = r.alloc;
+  sections.push(
+    `### 6. Allocation over a ${a.slots}-slot range\n\n` +
+      table(
+        ['', '10% occupied', '90% occupied'],
+        [
+          ['native Bitset alloc + release', rate(a.bitset['10%']), rate(a.bitset['90%'])],
+          ['MemoryUidAllocator (the backend\'s, async) alloc + release', rate(a.memoryAllocator['10%']), rate(a.memoryAllocator['90%'])],
+          ['(reference) JS array scanned from slot 0', rate(a.arrayScan['10%']), rate(a.arrayScan['90%'])],
+          ['Redis reserve p50 / p99, procyard (one Lua script: BITPOS)', `${ms(a.redis['10%'].procyard.p50)} / ${ms(a.redis['10%'].procyard.p99)}`, `${ms(a.redis['90%'].procyard.p50)} / ${ms(a.redis['90%'].procyard.p99)}`],
+          ['Redis reserve p50 / p99, original (SET NX PX per slot from the first)', `${ms(a.redis['10%'].scan.p50)} / ${ms(a.redis['10%'].scan.p99)}`, `${ms(a.redis['90%'].scan.p50)} / ${ms(a.redis['90%'].scan.p99)}`],
+          ['original / procyard (p50)', ratio(a.redis['10%'].scan.p50 / a.redis['10%'].procyard.p50), ratio(a.redis['90%'].scan.p50 / a.redis['90%'].procyard.p50)],
+          ['(reference) Redis PING round trip p50', ms(a.redis.pingMs.p50), ''],
+        ],
+      ),
+  );
+  const r90 = a.redis['90%'];
+  target('Redis reserve at 90% occupancy >= 5x faster than the per-slot SETNX scan', `${ms(r90.procyard.p50)} vs ${ms(r90.scan.p50)} = ${ratio(r90.scan.p50 / r90.procyard.p50)} faster`, r90.scan.p50 / r90.procyard.p50 >= 5);
+
+  // 7: scale
+  const sc = r.scale;
+  const leakText = Object.entries(sc.leaks)
+    .filter(([, v]) => v !== 0)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(', ');
+  sections.push(
+    `### 7. Scale: ${sc.workers} sandboxed sleep workers, Redis allocators, on ${r.machine.cores} cores\n\n` +
+      table(
+        ['spawn all (all requested at once)', 'all running', 'one sampling tick over all', 'stop all (graceful)', 'parent RSS per worker', 'parent fds per worker', 'leak check after stop'],
+        [[ms(sc.spawnAllMs), ms(sc.allRunningMs), ms(sc.tickMs), ms(sc.stopAllMs), `${sc.parentRssPerWorkerKb.toFixed(0)} KB`, sc.fdsPerWorker.toFixed(1), sc.leakFree ? 'none (ports, UIDs, entries, Redis claims and lease, fds, zombies, stray processes)' : `LEAKS: ${leakText}`]],
+      ),
+  );
+  target(`no leaks after ${sc.workers} workers spawned and stopped`, sc.leakFree ? 'none' : leakText, sc.leakFree);
+  if (r.leftovers)
+    target(
+      'no process left with a bench UID after the whole run',
+      r.leftovers.live === 0 ? `none (${r.leftovers.zombies} zombies awaiting the host's PID 1)` : `${r.leftovers.live} live: ${r.leftovers.pids.join(' ')}`,
+      r.leftovers.live === 0,
+    );
+
+  const targetTable = table(
+    ['target', 'measured (p50 unless said)', 'met'],
+    targets.map((t) => [t.name, t.measured, t.met ? 'yes' : '**no**']),
+  );
+  return { markdown: sections.join('\n\n'), targetTable, targets };
+}
+
+export function machineMarkdown(m) {
+  return table(
+    ['cores', 'CPU', 'memory', 'kernel', 'Node', 'bwrap', 'load average (start / end)'],
+    [[String(m.cores), m.cpu, `${m.memoryGb} GB`, m.kernel, m.node, m.bwrap, `${m.loadStart} / ${m.loadEnd}`]],
+  );
+}
