@@ -35,7 +35,7 @@ import { bindTarget, ensureMountTarget, ensureMountTargetSync } from './mounts.j
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
-import { validateBuildSpec, validateWorkerSpec } from './validate.js';
+import { checkWorkerPaths, checkWorkerSpec, validateBuildSpec } from './validate.js';
 
 export interface ProcessBackendOptions {
   /** Coordinates ports and UIDs with other servers on this host; absent = in-memory allocators. */
@@ -59,6 +59,8 @@ interface Worker {
   readonly released: Promise<void>;
   stopping?: Promise<void>;
   lastSample?: { ticks: number; at: number };
+  /** A spawn that failed after the clone: no 'exit' event for it. */
+  quiet: boolean;
 }
 
 const noopLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
@@ -153,7 +155,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   }
 
   private async spawnWorker(spec: WorkerSpec): Promise<void> {
-    await validateWorkerSpec(spec);
+    checkWorkerSpec(spec);
     this.assertOpen();
     const id = spec.workerId;
     if (this.starting.has(id) || this.workers.get(id)?.sandbox.running)
@@ -161,15 +163,26 @@ export class ProcessBackend extends EventEmitter implements Backend {
     this.starting.add(id);
     try {
       const cmd = this.resolveCommand(spec.cmd ?? ['Rscript', `${spec.workerMount}/app.R`], spec.rVersion ?? '');
-      const mounts = await this.bindableMounts(workerMounts(spec), 'spec');
-      const previous = this.workers.get(id);
-      if (previous) this.workers.delete(id);
-      const worker = await this.startWorker(spec, cmd, mounts);
-      if (this.closed) {
-        // close() ran while this spawn was in flight and could not see it.
+      // The host paths' stats (thread-pool round trips) run alongside the
+      // spawn instead of before it. A missing path then kills the fresh
+      // sandbox (bwrap fails on it anyway) and the error names the field.
+      const pathsChecked = checkWorkerPaths(spec).then(
+        () => null,
+        (err: unknown) => err,
+      );
+      let worker: Worker;
+      try {
+        worker = await this.startWorker(spec, cmd, await this.bindableMounts(workerMounts(spec), 'spec'));
+      } catch (err) {
+        throw (await pathsChecked) ?? err;
+      }
+      // close() may have run while this spawn was in flight and could not see it.
+      const problem = (await pathsChecked) ?? (this.closed ? new Error('ProcessBackend is closed') : null);
+      if (problem) {
+        worker.quiet = true;
         await worker.sandbox.kill();
         await worker.released;
-        throw new Error('ProcessBackend is closed');
+        throw problem;
       }
       this.workers.set(id, worker);
     } finally {
@@ -203,17 +216,26 @@ export class ProcessBackend extends EventEmitter implements Backend {
       await Promise.all([ports.release(lease), uids.release(uid)]);
       throw err;
     }
-    const released = sandbox.exited.then(async (status) => {
-      ring.close();
-      await Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
-        this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
-      );
-      const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal };
-      this.log.info(event, 'procyard: worker exited');
-      this.emit('exit', event);
-    });
+    const worker: Worker = {
+      spec,
+      port: lease.port,
+      uid,
+      sandbox,
+      ring,
+      quiet: false,
+      released: sandbox.exited.then(async (status) => {
+        ring.close();
+        await Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
+          this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
+        );
+        if (worker.quiet) return;
+        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal };
+        this.log.info(event, 'procyard: worker exited');
+        this.emit('exit', event);
+      }),
+    };
     this.log.info({ workerId: spec.workerId, pid: sandbox.pid, port: lease.port, uid }, 'procyard: worker started');
-    return { spec, port: lease.port, uid, sandbox, ring, released };
+    return worker;
   }
 
   async stop(id: string): Promise<void> {

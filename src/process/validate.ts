@@ -83,8 +83,8 @@ async function checkExists(p: string, field: string, kind: 'dir' | 'any'): Promi
   if (kind === 'dir' && !info.isDirectory()) fail(`${field} ${JSON.stringify(p)} is not a directory`);
 }
 
-/** Checks a WorkerSpec; rejects with a SpecError naming the field. */
-export async function validateWorkerSpec(spec: WorkerSpec): Promise<void> {
+/** The checks of a WorkerSpec that need no I/O; throws a SpecError naming the field. */
+export function checkWorkerSpec(spec: WorkerSpec): void {
   if (typeof spec !== 'object' || spec === null) fail('spec must be an object');
   checkString(spec.workerId, 'workerId', { required: true });
   if (!WORKER_ID.test(spec.workerId))
@@ -100,6 +100,10 @@ export async function validateWorkerSpec(spec: WorkerSpec): Promise<void> {
   checkRecord(spec.env, 'env', ENV_KEY);
   checkRecord(spec.labels, 'labels');
   checkMounts(spec.dataMounts, 'dataMounts');
+}
+
+/** That the host paths of a checked WorkerSpec exist; rejects with a SpecError naming the field. */
+export async function checkWorkerPaths(spec: WorkerSpec): Promise<void> {
   // Concurrently: each stat is a thread-pool round trip.
   await Promise.all([
     checkExists(spec.bundlePath, 'bundlePath', 'dir'),
