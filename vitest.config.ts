@@ -8,5 +8,8 @@ export default defineConfig({
     pool: 'forks',
     // Real sandboxes on a 2-core machine: two files at once keeps timings honest.
     maxWorkers: 2,
+    // CI also writes a JSON summary, from which .ci/run prints its closing line.
+    reporters: process.env.CI ? ['default', 'json'] : ['default'],
+    outputFile: { json: 'test-results.json' },
   },
 });
