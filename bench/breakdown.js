@@ -7,13 +7,13 @@ import { closeSync, readFileSync, readdirSync } from 'node:fs';
 import fsPromises, { readFile, stat } from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { ProcessBackend } from '../dist/index.js';
-import { PidWatcherNative, pipe, sampleTrees, spawnNative } from '../dist/native.js';
+import { PidWatcherNative, pipe, sampleTrees } from '../dist/native.js';
 import { memoryAllocators } from '../dist/process/allocators/memory.js';
 import { LogRing } from '../dist/process/logs.js';
 import { Sandbox, startSandbox } from '../dist/process/sandbox.js';
 import { checkWorkerPaths, checkWorkerSpec } from '../dist/process/validate.js';
 import { workerEnv, workerMounts } from '../dist/process/bwrap.js';
-import { AS_ROOT, BWRAP, WORKER_GID, backendConfig, exitWaiter, sandboxCommand, summary, withTimeout, workerSpec } from './lib.js';
+import { AS_ROOT, BWRAP, WORKER_GID, backendConfig, exitWaiter, sandboxCommand, spawnPeer, summary, withTimeout, workerSpec } from './lib.js';
 
 function exitOf(pidfd) {
   return withTimeout(new Promise((resolve) => new PidWatcherNative(pidfd, resolve, true)), 30000, 'sandbox exit');
@@ -64,14 +64,7 @@ export async function runBreakdown({ bundle, runs, ports, uids, peerUid, statusP
       const lease = await alloc.ports.reserve();
       const t = performance.now();
       const [r, w] = pipe();
-      const child = await spawnNative({
-        file: BWRAP,
-        argv: [BWRAP, ...peer.args],
-        env: peer.env,
-        ...credentials,
-        fds: [{ source: w, target: 3 }],
-        closeBeforeClone: lease.listenerFd,
-      });
+      const child = await spawnPeer(peer, credentials, w, { closeBeforeClone: lease.listenerFd });
       const ms = performance.now() - t;
       lease.listenerFd = -1;
       for (const fd of [w, child.stdout, child.stderr]) closeSync(fd);
@@ -85,7 +78,7 @@ export async function runBreakdown({ bundle, runs, ports, uids, peerUid, statusP
     },
     'new Sandbox(...) (src/process/sandbox.ts: 2 sockets deferred a turn, watcher)': async () => {
       const [r, w] = pipe();
-      const child = await spawnNative({ file: BWRAP, argv: [BWRAP, ...peer.args], env: peer.env, ...credentials, fds: [{ source: w, target: 3 }] });
+      const child = await spawnPeer(peer, credentials, w);
       closeSync(w);
       const t = performance.now();
       const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, r, () => {});

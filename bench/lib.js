@@ -1,5 +1,6 @@
 // Shared helpers of the benchmark: statistics, the sandbox under test, /proc views.
 import { readFileSync, readdirSync } from 'node:fs';
+import { spawnNative } from '../dist/native.js';
 import { bwrapArgs, workerEnv, workerMounts } from '../dist/process/bwrap.js';
 
 export const BWRAP = '/usr/bin/bwrap';
@@ -41,6 +42,21 @@ export function sandboxCommand(bundlePath, uid, port, cmd = ['/bin/true']) {
   const args = bwrapArgs({ uid, gid: WORKER_GID, tmpSizeBytes: TMP_SIZE, mounts: workerMounts(spec), seccomp: false, cmd });
   const env = workerEnv(spec, port);
   return { args, env, envObject: Object.fromEntries(env.map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)])) };
+}
+
+/**
+ * Starts a sandboxCommand() through procyard's native spawn, with bwrap's
+ * status fd (3) on statusFd: the bare sandbox every path is compared with.
+ */
+export function spawnPeer(peer, credentials, statusFd, extra = {}) {
+  return spawnNative({
+    file: BWRAP,
+    argv: [BWRAP, ...peer.args],
+    env: peer.env,
+    ...credentials,
+    fds: [{ source: statusFd, target: 3 }],
+    ...extra,
+  });
 }
 
 /** Nearest-rank percentile of a numeric array (not mutated). */

@@ -5,8 +5,8 @@
 // the cost that turns into event-loop delay when many workers start at once.
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { ProcessBackend } from '../dist/index.js';
-import { PidWatcherNative, spawnNative } from '../dist/native.js';
-import { AS_ROOT, BWRAP, WORKER_GID, backendConfig, exitWaiter, sandboxCommand, summary, withTimeout, workerSpec } from './lib.js';
+import { PidWatcherNative } from '../dist/native.js';
+import { AS_ROOT, WORKER_GID, backendConfig, exitWaiter, sandboxCommand, spawnPeer, summary, withTimeout, workerSpec } from './lib.js';
 
 /** CPU time (ms) this process's main thread has run: schedstat of the thread whose tid is the pid. */
 export function mainThreadCpuMs() {
@@ -34,13 +34,7 @@ export async function runOverhead({ bundle, rounds, ports, uids, peerUid, status
   };
   const bare = async () => {
     const t0 = performance.now();
-    const child = await spawnNative({
-      file: BWRAP,
-      argv: [BWRAP, ...peer.args],
-      env: peer.env,
-      ...credentials,
-      fds: [{ source: statusSink, target: 3 }],
-    });
+    const child = await spawnPeer(peer, credentials, statusSink);
     closeSync(child.stdout);
     closeSync(child.stderr);
     const status = await withTimeout(

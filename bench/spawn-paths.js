@@ -15,7 +15,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { execa } from 'execa';
 import { ProcessBackend } from '../dist/index.js';
-import { PidWatcherNative, spawnNative } from '../dist/native.js';
+import { PidWatcherNative } from '../dist/native.js';
 import { startFloor } from './floor.js';
 import {
   AS_ROOT,
@@ -25,6 +25,7 @@ import {
   exitWaiter,
   sandboxCommand,
   summary,
+  spawnPeer,
   withTimeout,
   workerSpec,
 } from './lib.js';
@@ -58,13 +59,7 @@ const statusSink = openSync('/dev/null', 'w');
 function nativePath() {
   return async () => {
     const t0 = performance.now();
-    const child = await spawnNative({
-      file: BWRAP,
-      argv: [BWRAP, ...peer.args],
-      env: peer.env,
-      ...credentials,
-      fds: [{ source: statusSink, target: 3 }],
-    });
+    const child = await spawnPeer(peer, credentials, statusSink);
     const ms = performance.now() - t0;
     closeSync(child.stdout);
     closeSync(child.stderr);
