@@ -107,10 +107,6 @@ export class Sandbox {
     this.exited = Promise.all([this.monitorExit, streams]).then(([status]) => status);
   }
 
-  get status(): ExitStatus | null {
-    return this.exitStatus;
-  }
-
   get running(): boolean {
     return this.exitStatus === null;
   }
