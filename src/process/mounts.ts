@@ -1,6 +1,6 @@
 // Mount targets on the read-only root: bwrap cannot mkdir them there.
 import { mkdirSync, statSync } from 'node:fs';
-import { mkdir, realpath, stat } from 'node:fs/promises';
+import { realpath } from 'node:fs/promises';
 import path from 'node:path';
 
 /** Under the sandbox's own tmpfs /tmp, bwrap creates targets itself. */
@@ -40,27 +40,12 @@ function existsSync(dir: string): boolean {
 }
 
 /**
- * Makes sure a bind target can be reached inside the sandbox; returns an
- * error message naming the path and the fix, or null when it is fine.
+ * Makes sure a bind target can be reached inside the sandbox, creating it on
+ * the host when missing; returns an error message naming the path and the
+ * fix, or null when it is fine. Synchronous: a few stats of local paths, and
+ * the backend remembers a target once it is reachable.
  */
-export async function ensureMountTarget(p: string, field: string): Promise<string | null> {
-  if (underTmp(p)) return null;
-  try {
-    await stat(p);
-    return null;
-  } catch {
-    // fall through to create it
-  }
-  try {
-    for (const dir of missingChain(p, existsSync)) await mkdir(dir, { mode: 0o755 });
-    return null;
-  } catch (err) {
-    return cannotCreate(p, field, err);
-  }
-}
-
-/** ensureMountTarget for construction time, where the checks are synchronous. */
-export function ensureMountTargetSync(p: string, field: string, mustBeDir = true): string | null {
+export function ensureMountTarget(p: string, field: string, mustBeDir: boolean): string | null {
   if (underTmp(p)) return null;
   try {
     const info = statSync(p);

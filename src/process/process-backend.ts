@@ -31,7 +31,7 @@ import { redisAllocators } from './allocators/redis.js';
 import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
-import { bindTarget, ensureMountTarget, ensureMountTargetSync } from './mounts.js';
+import { bindTarget, ensureMountTarget } from './mounts.js';
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
@@ -115,10 +115,10 @@ export class ProcessBackend extends EventEmitter implements Backend {
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
     if (!bundleWorkerPath || !path.isAbsolute(bundleWorkerPath))
       throw new Error(`storage.bundleWorkerPath must be an absolute path, got ${JSON.stringify(bundleWorkerPath)}`);
-    const bundleProblem = ensureMountTargetSync(bundleWorkerPath, 'storage.bundleWorkerPath');
+    const bundleProblem = ensureMountTarget(bundleWorkerPath, 'storage.bundleWorkerPath', true);
     if (bundleProblem) throw new Error(bundleProblem);
     for (const target of Object.values(MOUNT_TARGETS)) {
-      const problem = ensureMountTargetSync(target, 'mount target');
+      const problem = ensureMountTarget(target, 'mount target', true);
       if (problem) this.unreachableTargets.set(target, problem);
     }
 
@@ -460,7 +460,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private async bindableTarget(target: string, field: string): Promise<string> {
     const known = this.readyTargets.get(target);
     if (known !== undefined) return known;
-    const problem = this.unreachableTargets.get(target) ?? (await ensureMountTarget(target, `${field} target`));
+    const problem = this.unreachableTargets.get(target) ?? ensureMountTarget(target, `${field} target`, false);
     if (problem) throw new Error(problem);
     const resolved = await bindTarget(target);
     if (this.readyTargets.size >= 1024) this.readyTargets.clear();

@@ -5,6 +5,7 @@ import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import {
   builtinSeccompFilter,
+  parseStat,
   pidfdOpen,
   pidfdSignal,
   pipe,
@@ -257,8 +258,7 @@ function openChild(pid: number, parentPid: number): number {
 
 function parentOf(pid: number): number {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.ppid ?? -1;
   } catch {
     return -1;
   }
