@@ -255,6 +255,25 @@ describe('graceful stop', () => {
   });
 });
 
+describe('the end of a worker', () => {
+  // A SIGKILLed bwrap monitor exits at once while its init and app are still
+  // tearing down; 1 GiB of touched memory makes that teardown take a while.
+  it.each(['stop', 'removeResource'] as const)('%s resolves only once every process of the tree is gone', async (how) => {
+    const id = `heavy-${how}`;
+    await backend.spawn(appSpec(id, 'heavy'));
+    expect(await waitHealthy(id, 20000)).toBe(true);
+    const port = Number((await backend.addr(id)).split(':')[1]);
+    const workers = (backend as unknown as { workers: Map<string, { sandbox: { pid: number } }> }).workers;
+    const tree = treeOf(workers.get(id)!.sandbox.pid);
+    expect(tree.length).toBeGreaterThanOrEqual(3);
+    if (how === 'stop') await backend.stop(id);
+    else await backend.removeResource({ id, kind: 'container', labels: {} });
+    expect(tree.filter((pid) => !isDead(pid))).toEqual([]);
+    expect(await portIsFree(port)).toBe(true);
+    expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+  }, 30_000);
+});
+
 describe('logs', () => {
   it('splits a 200 KiB line into 64 KiB pieces and keeps reading', async () => {
     await backend.spawn(appSpec('long', 'longline'));

@@ -93,19 +93,26 @@ export class Sandbox {
     );
     let onExit: (status: ExitStatus) => void = () => {};
     this.monitorExit = new Promise<ExitStatus>((resolve) => (onExit = resolve));
+    let initGone: Promise<void> = Promise.resolve();
     this.watcher = new PidWatcherNative(
       pidfd,
       (status) => {
         this.exitStatus = status;
-        for (const fd of [this.pidfd, this.appPidfd, this.initPidfd, this.statusFd]) if (fd >= 0) closeQuietly(fd);
+        for (const fd of [this.pidfd, this.appPidfd, this.statusFd]) if (fd >= 0) closeQuietly(fd);
+        if (this.initPidfd >= 0) initGone = untilGone(this.initPidfd);
         this.appPidfd = this.initPidfd = this.statusFd = -1;
         onExit(status);
       },
       true,
     );
+    // A SIGKILLed monitor exits before its init has finished dying, and the
+    // init's exit waits for every process of its pid namespace: so the
+    // sandbox has exited (ports closed, UIDs unused) only once the init has.
     // With the pid namespace gone every writer of the pipes is dead, so they
-    // close promptly; the exit waits for them so no line is lost.
-    this.exited = Promise.all([this.monitorExit, streams]).then(([status]) => status);
+    // close promptly; the exit waits for them too so no line is lost.
+    this.exited = Promise.all([this.monitorExit.then((status) => initGone.then(() => status)), streams]).then(
+      ([status]) => status,
+    );
   }
 
   get running(): boolean {
@@ -225,6 +232,30 @@ async function findApp(initPid: number, gone: () => boolean): Promise<{ pid: num
     await new Promise((r) => setTimeout(r, wait));
   }
   return null;
+}
+
+/**
+ * Resolves once the process behind pidfd (not our child: bwrap's init) has
+ * exited, and closes pidfd. SIGKILLs it first: with its monitor gone the
+ * sandbox is over, and an init killed before it armed its parent-death
+ * signal would otherwise live on.
+ */
+function untilGone(pidfd: number): Promise<void> {
+  try {
+    pidfdSignal(pidfd, osConstants.signals.SIGKILL);
+  } catch {
+    // gone already
+  }
+  return new Promise<void>((resolve) => {
+    new PidWatcherNative(
+      pidfd,
+      () => {
+        closeQuietly(pidfd);
+        resolve();
+      },
+      false,
+    );
+  });
 }
 
 /** Reads a pipe on the event loop into lines; resolves when the pipe closes. */
