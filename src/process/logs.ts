@@ -45,19 +45,19 @@ export class LineSplitter {
 
 /** A fixed-size ring of lines with a follow-able end. */
 export class LogRing {
-  private readonly lines: string[];
+  /** Grows to capacity (most workers never fill it), then wraps. */
+  private readonly lines: string[] = [];
   /** Sequence number of the next line to be written. */
   private written = 0;
   private closed = false;
   private waiters: (() => void)[] = [];
 
-  constructor(readonly capacity: number) {
-    this.lines = new Array<string>(capacity);
-  }
+  constructor(readonly capacity: number) {}
 
   push(line: string): void {
     if (this.closed) return;
-    this.lines[this.written % this.capacity] = line;
+    if (this.lines.length < this.capacity) this.lines.push(line);
+    else this.lines[this.written % this.capacity] = line;
     this.written++;
     this.wake();
   }

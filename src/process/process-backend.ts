@@ -163,21 +163,24 @@ export class ProcessBackend extends EventEmitter implements Backend {
     this.starting.add(id);
     try {
       const cmd = this.resolveCommand(spec.cmd ?? ['Rscript', `${spec.workerMount}/app.R`], spec.rVersion ?? '');
-      // The host paths' stats (thread-pool round trips) run alongside the
-      // spawn instead of before it. A missing path then kills the fresh
-      // sandbox (bwrap fails on it anyway) and the error names the field.
-      const pathsChecked = checkWorkerPaths(spec).then(
-        () => null,
-        (err: unknown) => err,
-      );
+      // The host paths' stats (thread-pool round trips) start once the clone
+      // is queued and run alongside it, instead of before it. A missing path
+      // then kills the fresh sandbox (bwrap fails on it anyway) and the error
+      // names the field.
+      let pathsChecked: Promise<unknown> | undefined;
+      const checkPaths = () =>
+        (pathsChecked ??= checkWorkerPaths(spec).then(
+          () => null,
+          (err: unknown) => err,
+        ));
       let worker: Worker;
       try {
-        worker = await this.startWorker(spec, cmd, await this.bindableMounts(workerMounts(spec), 'spec'));
+        worker = await this.startWorker(spec, cmd, await this.bindableMounts(workerMounts(spec), 'spec'), checkPaths);
       } catch (err) {
-        throw (await pathsChecked) ?? err;
+        throw (await checkPaths()) ?? err;
       }
       // close() may have run while this spawn was in flight and could not see it.
-      const problem = (await pathsChecked) ?? (this.closed ? new Error('ProcessBackend is closed') : null);
+      const problem = (await checkPaths()) ?? (this.closed ? new Error('ProcessBackend is closed') : null);
       if (problem) {
         worker.quiet = true;
         await worker.sandbox.kill();
@@ -190,7 +193,12 @@ export class ProcessBackend extends EventEmitter implements Backend {
     }
   }
 
-  private async startWorker(spec: WorkerSpec, cmd: string[], mounts: ReturnType<typeof workerMounts>): Promise<Worker> {
+  private async startWorker(
+    spec: WorkerSpec,
+    cmd: string[],
+    mounts: ReturnType<typeof workerMounts>,
+    whileCloning: () => void,
+  ): Promise<Worker> {
     const { ports, uids } = this.allocators;
     const lease = await ports.reserve();
     let uid: number;
@@ -210,6 +218,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         env: workerEnv(spec, lease.port),
         hostCredentials: this.asRoot,
         closeBeforeClone: takeListener(lease),
+        whileCloning,
         onLine: (line) => ring.push(line),
       });
     } catch (err) {

@@ -27,6 +27,8 @@ export interface SandboxOptions {
   hostCredentials: boolean;
   /** Closed right before the clone: the held port listener. */
   closeBeforeClone?: number;
+  /** Called once the clone is queued, to overlap other work with it. */
+  whileCloning?: () => void;
   /** Each output line, stdout and stderr as they arrive. */
   onLine: (line: string) => void;
 }
@@ -315,7 +317,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       fds.push({ source: fd, target: SECCOMP_FD });
     }
     spawnCalled = true;
-    const child = await spawnNative({
+    const spawning = spawnNative({
       file: opts.bwrapPath,
       argv: [opts.bwrapPath, ...bwrapArgs({ ...opts.plan, seccomp })],
       env: opts.env,
@@ -325,6 +327,8 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
         ? { closeBeforeClone: opts.closeBeforeClone }
         : {}),
     });
+    opts.whileCloning?.();
+    const child = await spawning;
     const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, r, opts.onLine);
     statusRead = -1;
     return sandbox;
