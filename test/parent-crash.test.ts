@@ -1,11 +1,11 @@
 // Parent crash: a server with 20 live workers (root mode, one host UID each)
 // is SIGKILLed. Every process of every worker tree must be dead within 1 s,
 // and a new backend on the same ranges must get every port and UID back.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { FIXTURES, NODE, appSpec, testConfig } from './helpers/backend.js';
 import { isDead, isRoot, procState, procStatus, treeOf, waitFor } from './helpers/proc.js';
@@ -15,7 +15,6 @@ import { isDead, isRoot, procState, procStatus, treeOf, waitFor } from './helper
 const PORTS: [number, number] = [23000, 23019];
 const UIDS: [number, number] = [64000, 64019];
 const COUNT = 20;
-const ROOT = path.resolve(FIXTURES, '..', '..');
 
 interface Report {
   trees: { monitor: number; pids: number[]; uid: number }[];
@@ -43,11 +42,6 @@ function hostUid(pid: number): number {
 
 let backend: ProcessBackend | undefined;
 let server: ChildProcess | undefined;
-
-beforeAll(() => {
-  // The server imports the package as a user would: from dist/.
-  execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'pipe' });
-}, 120_000);
 
 afterAll(async () => {
   // A failure before the crash must not leave the server and its 20 workers behind.

@@ -2,9 +2,8 @@
 // processes: one server, a second one that is stopped mid-run, and a
 // 3-master cluster. Worker ports 21000-21499 and UIDs 62000-62499 belong to
 // this file.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +15,6 @@ import { closeListener } from '../src/process/allocators/memory.js';
 import type { PortLease } from '../src/process/allocators/types.js';
 import { startCluster, startRedis, type RedisCluster, type RedisServer } from './helpers/redis.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const PEER = fileURLToPath(new URL('./fixtures/redis-peer.mjs', import.meta.url));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -115,12 +113,6 @@ describe('Redis allocators', () => {
   }
 
   beforeAll(async () => {
-    // The child peer imports dist/; others' files may not typecheck yet, tsc still emits.
-    try {
-      execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'pipe' });
-    } catch (err) {
-      if (!existsSync(`${ROOT}dist/process/allocators/redis.js`)) throw err;
-    }
     server = await startRedis({ port: 16379 });
   });
 

@@ -1,9 +1,9 @@
 // Two ProcessBackends sharing one host through Redis (SPEC §5), judged by
 // the host's view: /proc/net/tcp for ports, /proc/<pid>/status for UIDs.
 // Worker ports 21500-21599 and UIDs 62500-62599 belong to this file.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -15,7 +15,6 @@ import { tempDir } from './helpers/backend.js';
 import { childrenOf, isDead, procStatus, treeOf, waitFor } from './helpers/proc.js';
 import { startRedis, type RedisServer } from './helpers/redis.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const PEER = fileURLToPath(new URL('./fixtures/redis-peer.mjs', import.meta.url));
 const PORTS: [number, number] = [21500, 21599];
 const UIDS: [number, number] = [62500, 62599];
@@ -91,12 +90,6 @@ describe('two ProcessBackends on one Redis', () => {
   }
 
   beforeAll(async () => {
-    // The crashed peer runs from dist/; others' files may not typecheck yet, tsc still emits.
-    try {
-      execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'pipe' });
-    } catch (err) {
-      if (!existsSync(`${ROOT}dist/process/allocators/redis.js`)) throw err;
-    }
     server = await startRedis({ port: 16381 });
   });
 
