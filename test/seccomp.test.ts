@@ -201,12 +201,23 @@ describe('built-in seccomp filter', () => {
     expect(filtered.get('ioctl_fionread')).toBe('ok');
   });
 
+  // A door is closed when the call is refused, by the filter or by the kernel:
+  // a kernel built without IA32 emulation (or booted with it off) answers
+  // int 0x80 with SIGSEGV before seccomp sees it. What the filter adds is
+  // asserted only where the unfiltered kernel would have run the call.
   it.skipIf(!x64)('closes the x32 and i386 doors on x86_64', () => {
     expect(filtered.get('x32_getpid')).toBe('EPERM');
     expect(unfiltered.get('x32_getpid')).not.toBe('EPERM');
-    // i386 ptrace through int 0x80: another ABI's numbers, so the filter kills.
-    expect(filtered.get('int80_ptrace')).toBe('SIGSYS');
-    expect(unfiltered.get('int80_ptrace')).toMatch(/^(ok|ENOSYS)$/);
+    const i386 = unfiltered.get('int80_ptrace');
+    expect(i386, 'the probe reports int 0x80 either way').toBeDefined();
+    const kernelRunsI386 = i386 !== 'SIGSEGV';
+    if (kernelRunsI386) {
+      // i386 ptrace through int 0x80: another ABI's numbers, so the filter kills.
+      expect(i386).toMatch(/^(ok|E[A-Z]+)$/);
+      expect(filtered.get('int80_ptrace')).toBe('SIGSYS');
+    } else {
+      expect(filtered.get('int80_ptrace')).toMatch(/^(SIGSYS|SIGSEGV)$/);
+    }
   });
 
   it('runs sh and ls under the filter', async () => {
