@@ -2,6 +2,7 @@
 #include "binding_util.h"
 #include "bindings.h"
 #include "bitset.h"
+#include "memfd.h"
 #include "port.h"
 #include "probe.h"
 #include "procstat.h"
@@ -177,7 +178,18 @@ Napi::Value ReservePortJs(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+Napi::Value SealedMemfdJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = ToCString(env, info[0], "name");
+  if (!info[1].IsBuffer()) ThrowType(env, "data must be a Buffer");
+  Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
+  MemfdResult memfd = SealedMemfd(name.c_str(), data.Data(), data.Length());
+  if (memfd.fd < 0) throw SystemError(env, memfd.err, memfd.step, name);
+  return Napi::Number::New(env, memfd.fd);
+}
+
 void InitMisc(Napi::Env env, Napi::Object exports) {
+  exports.Set("sealedMemfd", Napi::Function::New(env, SealedMemfdJs, "sealedMemfd"));
   exports.Set("probeUserNamespace", Napi::Function::New(env, ProbeUserNamespaceJs, "probeUserNamespace"));
   exports.Set("probePidfd", Napi::Function::New(env, ProbePidfdJs, "probePidfd"));
   exports.Set("kernelRelease", Napi::Function::New(env, KernelReleaseJs, "kernelRelease"));

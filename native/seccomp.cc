@@ -14,6 +14,7 @@
 
 #include "binding_util.h"
 #include "bindings.h"
+#include "memfd.h"
 
 #if defined(__x86_64__)
 #define PROCYARD_AUDIT_ARCH AUDIT_ARCH_X86_64
@@ -260,31 +261,12 @@ SeccompMemfd BuiltinSeccompMemfd() {
     out.step = "seccomp filter for this architecture";
     return out;
   }
-  int fd = -1;
-  auto fail = [&](const char* step) {
-    out.err = errno;
-    out.step = step;
-    if (fd >= 0) close(fd);
-    out.fd = -1;
-    return out;
-  };
-  fd = memfd_create("procyard-seccomp", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return fail("memfd_create");
-  const char* data = reinterpret_cast<const char*>(program.data());
-  size_t left = program.size() * sizeof(sock_filter);
-  while (left > 0) {
-    ssize_t n = write(fd, data, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return fail("write");
-    data += n;
-    left -= static_cast<size_t>(n);
-  }
   // Sealed, the program every sandbox reads is the one generated here, even
   // if a bug elsewhere got the fd written to.
-  if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
-    return fail("fcntl(F_ADD_SEALS)");
-  if (lseek(fd, 0, SEEK_SET) < 0) return fail("lseek");
-  out.fd = fd;
+  MemfdResult memfd = SealedMemfd("procyard-seccomp", program.data(), program.size() * sizeof(sock_filter));
+  out.fd = memfd.fd;
+  out.err = memfd.err;
+  out.step = memfd.step;
   return out;
 }
 

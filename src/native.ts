@@ -96,6 +96,7 @@ interface Addon {
   reservePort(port: number): number;
   builtinSeccompFilter(): number;
   builtinSeccompRules(): string[];
+  sealedMemfd(name: string, data: Buffer): number;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -129,5 +130,7 @@ export const clockTicksPerSecond = addon.clockTicksPerSecond;
 export const reservePort = addon.reservePort;
 /** A memfd holding procyard's built-in seccomp BPF program (see native/seccomp.cc). */
 export const builtinSeccompFilter = addon.builtinSeccompFilter;
+/** A sealed memfd holding exactly data (O_CLOEXEC, offset 0): for a child to read by fd. */
+export const sealedMemfd = addon.sealedMemfd;
 /** What the built-in filter denies, one entry per rule (`ptrace`, `ioctl(TIOCSTI)`, `clone3`...). */
 export const builtinSeccompRules = addon.builtinSeccompRules;

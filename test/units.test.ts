@@ -3,7 +3,7 @@
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { bwrapArgs, buildEnv, workerEnv, workerMounts } from '../src/process/bwrap.js';
+import { bwrapArgs, buildEnv, envArgs, workerEnv, workerMounts } from '../src/process/bwrap.js';
 import { LineSplitter, LogRing, MAX_LINE } from '../src/process/logs.js';
 import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
 import { tempDir } from './helpers/backend.js';
@@ -17,8 +17,13 @@ describe('bwrapArgs', () => {
       expect(args).toContain(flag);
     expect(args).not.toContain('--unshare-net');
     expect(args.join(' ')).toContain('--uid 60001 --gid 65534');
-    expect(args.join(' ')).toContain('--ro-bind / / --size 1024 --tmpfs /tmp --proc /proc --dev /dev --chdir /tmp');
-    expect(args.join(' ')).toContain('--cap-drop ALL');
+    expect(args.join(' ')).toContain('--ro-bind / / --size 1024 --tmpfs /tmp --proc /proc --tmpfs /dev ');
+    expect(args.join(' ')).toContain('--size 1024 --tmpfs /dev/shm --remount-ro /dev --chdir /tmp');
+    // Devices by hand: no devpts, so no /dev/ptmx.
+    expect(args).not.toContain('--dev');
+    expect(args.join(' ')).toContain('--dev-bind /dev/null /dev/null');
+    expect(args.join(' ')).not.toContain('pts');
+    expect(args.join(' ')).toContain('--cap-drop ALL --args 5');
     expect(args.slice(-5)).toEqual(['--json-status-fd', '3', '--', 'Rscript', '/app/app.R']);
   });
 
@@ -43,6 +48,19 @@ describe('bwrapArgs', () => {
       '--ro-bind /srv/b /app --ro-bind /srv/lib /blockyard-lib --ro-bind /srv/store /blockyard-lib-store ' +
         '--ro-bind /srv/tok /var/run/blockyard --bind /srv/xfer /transfer --bind /data /data --ro-bind /ro /ro --cap-drop ALL',
     );
+  });
+});
+
+describe('envArgs', () => {
+  it('clears bwrap\'s environment and sets the app\'s, NUL-separated, values kept whole', () => {
+    const data = envArgs(['A=1', 'B=x=y', 'C=']).toString('utf8');
+    expect(data.split('\0')).toEqual(['--clearenv', '--setenv', 'A', '1', '--setenv', 'B', 'x=y', '--setenv', 'C', '', '']);
+  });
+
+  it('refuses an entry that could smuggle in a bwrap option', () => {
+    expect(() => envArgs(['A=1\0--bind\0/\0/x'])).toThrow(/not KEY=VALUE/);
+    expect(() => envArgs(['=x'])).toThrow(/not KEY=VALUE/);
+    expect(() => envArgs(['NOEQUALS'])).toThrow(/not KEY=VALUE/);
   });
 });
 

@@ -12,6 +12,17 @@ export const MOUNT_TARGETS = Object.freeze({
 /** fd numbers in the child for bwrap's side channels. */
 export const STATUS_FD = 3;
 export const SECCOMP_FD = 4;
+/** bwrap reads the app's environment options from here (--args): not in argv, which any host user can read. */
+export const ARGS_FD = 5;
+
+/**
+ * bwrap's own environment. The app's never reaches bwrap: LD_PRELOAD and the
+ * like in it would run code in bwrap, on the host, before any sandbox exists.
+ */
+export const BWRAP_ENV: readonly string[] = Object.freeze(['PATH=/usr/bin:/bin', 'LANG=C.UTF-8']);
+
+/** Host devices a sandbox gets in its /dev; nothing else (no ptys, no disks). */
+const DEVICES = ['null', 'zero', 'full', 'random', 'urandom', 'tty'];
 
 export interface SandboxPlan {
   /** Sandbox uid and gid (also the host's view when the server runs as root). */
@@ -44,12 +55,43 @@ export function bwrapArgs(plan: SandboxPlan): string[] {
   ];
   // The private /tmp is RAM: uncapped, one worker could fill half the host.
   if (plan.tmpSizeBytes > 0) args.push('--size', String(plan.tmpSizeBytes));
-  args.push('--tmpfs', '/tmp', '--proc', '/proc', '--dev', '/dev', '--chdir', '/tmp');
+  args.push('--tmpfs', '/tmp', '--proc', '/proc', ...devArgs(plan.tmpSizeBytes), '--chdir', '/tmp');
   for (const m of plan.mounts) args.push(m.readOnly ? '--ro-bind' : '--bind', m.source, m.target);
-  args.push('--cap-drop', 'ALL');
+  args.push('--cap-drop', 'ALL', '--args', String(ARGS_FD));
   if (plan.seccomp) args.push('--seccomp', String(SECCOMP_FD));
   args.push('--json-status-fd', String(STATUS_FD), '--', ...plan.cmd);
   return args;
+}
+
+/**
+ * A /dev made by hand rather than bwrap's --dev, which leaves the whole /dev
+ * tmpfs writable (half the host's RAM), /dev/shm uncapped, and a devpts whose
+ * /dev/ptmx lets one worker take every pty of the host. Here: the usual
+ * device nodes, a /dev/shm capped like /tmp, and the rest read-only.
+ */
+function devArgs(shmSizeBytes: number): string[] {
+  const args = ['--tmpfs', '/dev'];
+  for (const node of DEVICES) args.push('--dev-bind', `/dev/${node}`, `/dev/${node}`);
+  args.push('--symlink', '/proc/self/fd', '/dev/fd');
+  ['stdin', 'stdout', 'stderr'].forEach((name, fd) => args.push('--symlink', `/proc/self/fd/${fd}`, `/dev/${name}`));
+  if (shmSizeBytes > 0) args.push('--size', String(shmSizeBytes));
+  args.push('--tmpfs', '/dev/shm', '--remount-ro', '/dev');
+  return args;
+}
+
+/**
+ * What bwrap reads from ARGS_FD: clear its own environment and set the
+ * app's, NUL-separated. Entries are KEY=VALUE with a non-empty KEY and no NUL
+ * (a NUL would smuggle in bwrap options); the validators guarantee it.
+ */
+export function envArgs(env: readonly string[]): Buffer {
+  const parts = ['--clearenv'];
+  for (const entry of env) {
+    const eq = entry.indexOf('=');
+    if (eq <= 0 || entry.includes('\0')) throw new Error(`environment entry ${JSON.stringify(entry.slice(0, 40))} is not KEY=VALUE`);
+    parts.push('--setenv', entry.slice(0, eq), entry.slice(eq + 1));
+  }
+  return Buffer.from(parts.map((p) => `${p}\0`).join(''), 'utf8');
 }
 
 export interface WorkerMountsInput {

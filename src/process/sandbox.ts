@@ -10,11 +10,12 @@ import {
   pidfdSignal,
   pipe,
   PidWatcherNative,
+  sealedMemfd,
   spawnNative,
   type ExitStatus,
   type PidWatcher,
 } from '../native.js';
-import { bwrapArgs, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
+import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
 import { LineSplitter } from './logs.js';
 
 export interface SandboxOptions {
@@ -22,6 +23,7 @@ export interface SandboxOptions {
   plan: Omit<SandboxPlan, 'seccomp'>;
   /** '' for none, 'builtin', or the path of a compiled BPF program. */
   seccompProfile: string;
+  /** The app's environment (KEY=VALUE). bwrap itself runs with BWRAP_ENV. */
   env: string[];
   /** Run bwrap as plan.uid/plan.gid on the host (needs root). */
   hostCredentials: boolean;
@@ -309,7 +311,12 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
     const [r, w] = pipe({ nonBlockingRead: true });
     statusRead = r;
     owned.push(w);
-    const fds = [{ source: w, target: STATUS_FD }];
+    const args = sealedMemfd('procyard-env', envArgs(opts.env));
+    owned.push(args);
+    const fds = [
+      { source: w, target: STATUS_FD },
+      { source: args, target: ARGS_FD },
+    ];
     const seccomp = opts.seccompProfile !== '';
     if (seccomp) {
       const fd = openSeccomp(opts.seccompProfile);
@@ -320,7 +327,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
     const spawning = spawnNative({
       file: opts.bwrapPath,
       argv: [opts.bwrapPath, ...bwrapArgs({ ...opts.plan, seccomp })],
-      env: opts.env,
+      env: [...BWRAP_ENV],
       ...(opts.hostCredentials ? { uid: opts.plan.uid, gid: opts.plan.gid } : {}),
       fds,
       ...(opts.closeBeforeClone !== undefined && opts.closeBeforeClone >= 0

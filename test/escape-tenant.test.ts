@@ -1,0 +1,146 @@
+// A hostile tenant's attacks through what it controls: its environment, its
+// output, the files it writes and the /dev it is given. Each attack succeeded
+// on the code before the fix that closed it (see the commit that added it).
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { WorkerSpec } from '../src/backend.js';
+import { ProcessBackend } from '../src/process/process-backend.js';
+import { NODE, appSpec, tempDir, testConfig } from './helpers/backend.js';
+import { isRoot, procEnviron, procState, waitFor } from './helpers/proc.js';
+
+// Ports 24400-24449 and UIDs 65400-65449 belong to this file.
+const MiB = 1024 * 1024;
+const backend = new ProcessBackend(testConfig([24400, 24429], [65400, 65429], { tmpSizeBytes: 64 * MiB }));
+
+const work = tempDir('procyard-tenant-');
+let seq = 0;
+
+beforeAll(() => chmodSync(work.dir, 0o777));
+afterAll(async () => {
+  await backend.close();
+  work.cleanup();
+});
+
+/** Runs cmd in a fresh worker until it exits; its output lines. */
+async function run(cmd: string[], extra: Partial<WorkerSpec> = {}, b = backend): Promise<string[]> {
+  const id = `tenant-${++seq}`;
+  await b.spawn(appSpec(id, 'serve', { cmd, ...extra }));
+  const lines: string[] = [];
+  const stream = await b.logs(id);
+  const timer = setTimeout(() => stream.close(), 20_000);
+  for await (const line of stream) lines.push(line);
+  clearTimeout(timer);
+  await b.removeResource({ id, kind: 'container', labels: {} });
+  return lines;
+}
+
+const sh = (script: string): string[] => ['/bin/sh', '-c', script];
+
+describe('environment (LD_PRELOAD and friends)', () => {
+  // A shared object shipped in the bundle whose constructor writes a marker
+  // into the host's /tmp: inside the sandbox /tmp is a private tmpfs, so the
+  // marker can appear on the host only if the code ran outside the sandbox.
+  const bundle = path.join(work.dir, 'bundle');
+  const marker = path.join(work.dir, 'markers');
+  const so = path.join(bundle, 'evil.so');
+
+  beforeAll(() => {
+    mkdirSync(bundle, { recursive: true });
+    mkdirSync(marker, { recursive: true });
+    chmodSync(marker, 0o777);
+    const src = path.join(work.dir, 'evil.c');
+    writeFileSync(
+      src,
+      `#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void pwn(void) {
+  char p[512];
+  snprintf(p, sizeof p, "${marker}/ran-as-%d-pid-%d", (int)getuid(), (int)getpid());
+  FILE* f = fopen(p, "w");
+  if (f) fclose(f);
+}
+`,
+    );
+    execFileSync('cc', ['-shared', '-fPIC', '-o', so, src]);
+  });
+
+  const escaped = () => readdirSync(marker);
+
+  it('spec.env LD_PRELOAD never runs in bwrap (on the host), and still reaches the app', async () => {
+    const lines = await run(sh('echo "preload=$LD_PRELOAD"; echo "mine=$TENANT_VAR"'), {
+      bundlePath: bundle,
+      env: { LD_PRELOAD: so, LD_LIBRARY_PATH: bundle, GCONV_PATH: bundle, TENANT_VAR: 'kept' },
+    });
+    expect(lines).toContain(`preload=${so}`);
+    expect(lines).toContain('mine=kept');
+    expect(escaped()).toEqual([]);
+  });
+
+  it('BuildSpec.env LD_PRELOAD never runs in bwrap either, and still reaches the build', async () => {
+    const result = await backend.build({
+      appId: 'tenant',
+      bundleId: 'b1',
+      cmd: sh('echo "preload=$LD_PRELOAD"'),
+      env: [`LD_PRELOAD=${so}`],
+    });
+    expect(result.logs).toContain(`preload=${so}`);
+    expect(escaped()).toEqual([]);
+  });
+
+  it("bwrap's own environment is procyard's fixed set, whatever the spec says", async () => {
+    const id = `tenant-env-${++seq}`;
+    await backend.spawn(appSpec(id, 'serve', { env: { LD_PRELOAD: '/nonexistent.so', TENANT_VAR: 'x' } }));
+    try {
+      const pid = (backend as unknown as { workers: Map<string, { sandbox: { pid: number } }> }).workers.get(id)!.sandbox.pid;
+      const env = procEnviron(pid);
+      expect(env.some((e) => e.startsWith('LD_PRELOAD='))).toBe(false);
+      expect(env.some((e) => e.startsWith('TENANT_VAR='))).toBe(false);
+      expect(env.some((e) => e.startsWith('SHINY_PORT='))).toBe(false);
+    } finally {
+      await backend.removeResource({ id, kind: 'container', labels: {} });
+    }
+  });
+});
+
+describe('/dev', () => {
+  it('is read-only, and /dev/shm is capped like /tmp', async () => {
+    const lines = await run(
+      sh(
+        'touch /dev/planted 2>/dev/null && echo dev=writable || echo dev=refused; ' +
+          'mkdir /dev/dir 2>/dev/null && echo devdir=writable || echo devdir=refused; ' +
+          'dd if=/dev/zero of=/dev/shm/fill bs=1M count=200 2>/dev/null; ' +
+          'echo shm=$(( $(stat -c %s /dev/shm/fill) / 1048576 )); ' +
+          'echo null=$(echo x > /dev/null && echo ok)',
+      ),
+    );
+    expect(lines).toContain('dev=refused');
+    expect(lines).toContain('devdir=refused');
+    expect(lines).toContain('null=ok');
+    const shm = Number(lines.find((l) => l.startsWith('shm='))?.slice(4));
+    expect(shm).toBeGreaterThan(0);
+    expect(shm).toBeLessThanOrEqual(64);
+  });
+
+  it('has no pseudo-terminals: /dev/ptmx and /dev/pts/ptmx cannot be opened', async () => {
+    const lines = await run([
+      '/usr/bin/python3',
+      '-c',
+      [
+        'import os',
+        'for p in ("/dev/ptmx", "/dev/pts/ptmx"):',
+        '    try:',
+        '        os.close(os.open(p, os.O_RDWR | os.O_NOCTTY)); print(p, "opened")',
+        '    except OSError as e:',
+        '        print(p, "refused")',
+        'try:',
+        '    os.openpty(); print("openpty opened")',
+        'except OSError:',
+        '    print("openpty refused")',
+      ].join('\n'),
+    ]);
+    expect(lines).toEqual(['/dev/ptmx refused', '/dev/pts/ptmx refused', 'openpty refused']);
+  });
+});
