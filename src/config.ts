@@ -29,6 +29,13 @@ export interface ProcessConfig {
   stopGraceMs?: number;
   /** Log lines kept per worker. Default 10000. */
   logLines?: number;
+  /**
+   * Server memory the kept log lines of one worker may take, in bytes, counted
+   * as V8 holds them (two bytes a character for non-ASCII text, plus a small
+   * overhead per line). Default 16 MiB: a thousand flooding workers fit in one
+   * server. The newest line is always kept (at most 128 KiB).
+   */
+  logBytes?: number;
   /** Cap of each worker's private /tmp in bytes; 0 = none. Default 1 GiB. */
   tmpSizeBytes?: number;
 }
@@ -60,6 +67,7 @@ export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   metadataAddr: '169.254.169.254:80',
   stopGraceMs: 10000,
   logLines: 10000,
+  logBytes: 16 * 1024 * 1024,
   tmpSizeBytes: 1024 ** 3,
 });
 
@@ -112,6 +120,7 @@ const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
   metadata_addr: ['metadataAddr', 'string'],
   stop_grace_ms: ['stopGraceMs', 'integer'],
   log_lines: ['logLines', 'integer'],
+  log_bytes: ['logBytes', 'integer'],
   tmp_size_bytes: ['tmpSizeBytes', 'integer'],
 };
 

@@ -144,3 +144,69 @@ describe('/dev', () => {
     expect(lines).toEqual(['/dev/ptmx refused', '/dev/pts/ptmx refused', 'openpty refused']);
   });
 });
+
+describe('output floods', () => {
+  // Four workers at once write 48 MB each of four-byte UTF-8 characters in
+  // lines of just under 64 KiB. Kept whole, the rings would pin ~190 MB of the
+  // server's heap (before the byte bound they kept 10,000 such lines: 650 MB a
+  // worker, and four killed the server). Bounded, each holds at most logBytes.
+  const WORKERS = 4;
+  const PER_WORKER = 48 * MiB;
+  const LOG_BYTES = 8 * MiB;
+  const flooder = new ProcessBackend(testConfig([24430, 24439], [65430, 65439], { logBytes: LOG_BYTES }));
+  afterAll(() => flooder.close());
+
+  /** Heap in use after a full collection. */
+  async function heapUsed(): Promise<number> {
+    const v8 = await import('node:v8');
+    const vm = await import('node:vm');
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    gc();
+    gc();
+    return v8.getHeapStatistics().used_heap_size;
+  }
+
+  it(`holds the server's heap to logBytes a worker while ${WORKERS} workers flood wide UTF-8`, async () => {
+    const script = `
+      const line = '\\u{1F600}'.repeat(16000);
+      const total = ${PER_WORKER};
+      let written = 0, n = 0;
+      const next = () => {
+        while (written < total) {
+          const text = (n++) + ' ' + line + '\\n';
+          written += Buffer.byteLength(text);
+          if (!process.stdout.write(text)) return process.stdout.once('drain', next);
+        }
+        process.stdout.write('last ' + n + '\\n');
+      };
+      next();`;
+    const before = await heapUsed();
+    const ids = Array.from({ length: WORKERS }, (_, i) => `wide-${i}`);
+    const exited = new Set<string>();
+    const allExited = new Promise<void>((resolve) =>
+      flooder.on('exit', (e: { workerId: string }) => {
+        exited.add(e.workerId);
+        if (exited.size === WORKERS) resolve();
+      }),
+    );
+    await Promise.all(ids.map((id) => flooder.spawn(appSpec(id, 'serve', { cmd: [NODE, '-e', script] }))));
+    await Promise.race([allExited, new Promise((r) => setTimeout(r, 60_000))]);
+    expect(exited.size, 'every flooding worker finished: nothing held its writes back').toBe(WORKERS);
+    const growth = (await heapUsed()) - before;
+
+    for (const id of ids) {
+      const lines: string[] = [];
+      for await (const line of await flooder.logs(id)) lines.push(line);
+      // The newest lines are there, in order, the last one whole.
+      expect(lines.at(-1)).toMatch(/^last \d+$/);
+      const held = lines.reduce((sum, l) => sum + 2 * l.length + 32, 0);
+      expect(held).toBeLessThanOrEqual(LOG_BYTES);
+      expect(held).toBeGreaterThan(LOG_BYTES / 2);
+    }
+    console.log(`wide flood: ${WORKERS} x ${PER_WORKER / MiB} MiB, server heap grew ${(growth / MiB).toFixed(1)} MiB (bound ${(WORKERS * LOG_BYTES) / MiB} MiB)`);
+    // The rings plus slack for what else the test holds.
+    expect(growth).toBeLessThan(WORKERS * LOG_BYTES + 24 * MiB);
+    await Promise.all(ids.map((id) => flooder.stop(id)));
+  }, 90_000);
+});

@@ -4,7 +4,7 @@ import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { bwrapArgs, buildEnv, envArgs, workerEnv, workerMounts } from '../src/process/bwrap.js';
-import { LineSplitter, LogRing, MAX_LINE } from '../src/process/logs.js';
+import { LineSplitter, LogRing, MAX_LINE, retainedBytes } from '../src/process/logs.js';
 import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
 import { tempDir } from './helpers/backend.js';
 
@@ -110,6 +110,54 @@ describe('LineSplitter', () => {
     expect(out.map((l) => l.length)).toEqual([MAX_LINE]);
     s.push('y\n');
     expect(out.map((l) => l.length)).toEqual([MAX_LINE, 11]);
+  });
+});
+
+describe('LineSplitter on bytes', () => {
+  it('never cuts a UTF-8 character when it splits an over-long line, and reports each piece\'s bytes', () => {
+    const out: [string, number][] = [];
+    const s = new LineSplitter((l, n) => out.push([l, n]));
+    // 3 ASCII bytes then four-byte characters: MAX_LINE falls inside one of them.
+    const text = 'abc' + '\u{1F600}'.repeat(MAX_LINE / 4 + 10);
+    const bytes = Buffer.from(text + '\n');
+    // Arrives in awkward chunks, one split inside a character.
+    s.push(bytes.subarray(0, 1001));
+    s.push(bytes.subarray(1001, 70001));
+    s.push(bytes.subarray(70001));
+    s.end();
+    expect(out.map(([l]) => l).join('')).toBe(text);
+    for (const [line, n] of out) {
+      expect(n).toBe(Buffer.byteLength(line));
+      expect(n).toBeLessThanOrEqual(MAX_LINE);
+      expect(line).not.toContain('\uFFFD');
+    }
+    expect(out).toHaveLength(2);
+  });
+});
+
+describe('LogRing bounded in bytes', () => {
+  it('counts two bytes a character for non-ASCII text, one for ASCII, plus a per-line overhead', () => {
+    expect(retainedBytes('abcd', 4) - retainedBytes('', 0)).toBe(4);
+    expect(retainedBytes('\u00e9\u00e9', 4) - retainedBytes('', 0)).toBe(4);
+    // Invalid UTF-8 decodes to U+FFFD one for one: same length, still two bytes each.
+    expect(retainedBytes('\uFFFD\uFFFD', 2) - retainedBytes('', 0)).toBe(4);
+    expect(retainedBytes('ab') - retainedBytes('')).toBe(2);
+  });
+
+  it('drops the oldest lines to stay within maxBytes, always keeping the newest', async () => {
+    const wide = '\u4e00'.repeat(1000); // 2000 bytes held each
+    const ring = new LogRing(1000, 10_000);
+    for (let i = 0; i < 50; i++) ring.push(`${wide}${i}`);
+    expect(ring.retained).toBeLessThanOrEqual(10_000);
+    const held = ring.snapshot();
+    expect(held.length).toBe(4);
+    expect(held.at(-1)).toBe(`${wide}49`);
+    ring.push('x'.repeat(20_000));
+    expect(ring.snapshot()).toEqual(['x'.repeat(20_000)]);
+    ring.close();
+    const got: string[] = [];
+    for await (const l of ring.reader()) got.push(l);
+    expect(got).toEqual(['x'.repeat(20_000)]);
   });
 });
 

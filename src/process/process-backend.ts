@@ -109,6 +109,9 @@ export class ProcessBackend extends EventEmitter implements Backend {
     }
     if (p.portRangeStart > p.portRangeEnd || p.portRangeStart < 1 || p.portRangeEnd > 65535)
       throw new Error(`process.portRangeStart..portRangeEnd must be a range within 1-65535, got ${p.portRangeStart}-${p.portRangeEnd}`);
+    for (const key of ['logLines', 'logBytes'] as const)
+      if (!Number.isSafeInteger(p[key]) || p[key] < 1)
+        throw new Error(`process.${key} must be a positive integer, got ${String(p[key])}`);
     if (p.workerUidStart > p.workerUidEnd || p.workerUidStart < 1)
       throw new Error(`process.workerUidStart..workerUidEnd must be a non-empty range of non-root UIDs, got ${p.workerUidStart}-${p.workerUidEnd}`);
 
@@ -208,7 +211,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
       await ports.release(lease);
       throw err;
     }
-    const ring = new LogRing(this.proc.logLines);
+    const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
     let sandbox: Sandbox;
     try {
       sandbox = await startSandbox({
@@ -219,7 +222,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         hostCredentials: this.asRoot,
         closeBeforeClone: takeListener(lease),
         whileCloning,
-        onLine: (line) => ring.push(line),
+        onLine: (line, bytes) => ring.push(line, bytes),
       });
     } catch (err) {
       await Promise.all([ports.release(lease), uids.release(uid)]);
@@ -315,7 +318,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     if (signal?.aborted) return { success: false, exitCode: -1, logs: 'build aborted before it started' };
 
     const uid = await this.allocators.uids.alloc();
-    const ring = new LogRing(this.proc.logLines);
+    const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
     try {
       const sandbox = await startSandbox({
         bwrapPath: this.proc.bwrapPath,
@@ -323,8 +326,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
         seccompProfile: this.proc.seccompProfile,
         env: buildEnv(spec.env),
         hostCredentials: this.asRoot,
-        onLine: (line) => {
-          ring.push(line);
+        onLine: (line, bytes) => {
+          ring.push(line, bytes);
           try {
             spec.logWriter?.(line);
           } catch (err) {

@@ -31,8 +31,8 @@ export interface SandboxOptions {
   closeBeforeClone?: number;
   /** Called once the clone is queued, to overlap other work with it. */
   whileCloning?: () => void;
-  /** Each output line, stdout and stderr as they arrive. */
-  onLine: (line: string) => void;
+  /** Each output line, stdout and stderr as they arrive, with its length in UTF-8 bytes. */
+  onLine: (line: string, utf8Bytes: number) => void;
 }
 
 let builtinFilterFd = -1;
@@ -86,7 +86,7 @@ export class Sandbox {
     stdoutFd: number,
     stderrFd: number,
     statusFd: number,
-    onLine: (line: string) => void,
+    onLine: (line: string, utf8Bytes: number) => void,
   ) {
     this.pid = pid;
     this.statusFd = statusFd;
@@ -263,11 +263,10 @@ function untilGone(pidfd: number): Promise<void> {
 }
 
 /** Reads a pipe on the event loop into lines; resolves when the pipe closes. */
-function readLines(fd: number, onLine: (line: string) => void): Promise<void> {
+function readLines(fd: number, onLine: (line: string, utf8Bytes: number) => void): Promise<void> {
   const socket = new net.Socket({ fd, readable: true, writable: false });
-  socket.setEncoding('utf8');
   const splitter = new LineSplitter(onLine);
-  socket.on('data', (text: string) => splitter.push(text));
+  socket.on('data', (chunk: Buffer) => splitter.push(chunk));
   socket.on('error', () => socket.destroy());
   return new Promise<void>((resolve) =>
     socket.once('close', () => {
