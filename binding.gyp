@@ -12,7 +12,8 @@
         "native/procstat.cc",
         "native/port.cc",
         "native/seccomp.cc",
-        "native/memfd.cc"
+        "native/memfd.cc",
+        "native/mounttarget.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

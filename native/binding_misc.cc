@@ -3,6 +3,7 @@
 #include "bindings.h"
 #include "bitset.h"
 #include "memfd.h"
+#include "mounttarget.h"
 #include "port.h"
 #include "probe.h"
 #include "procstat.h"
@@ -188,7 +189,39 @@ Napi::Value SealedMemfdJs(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, memfd.fd);
 }
 
+// resolveMountTarget(path, {create, workerUids?: [start, end], workerGid?, trustedUid})
+//   -> {path} | {problem, code}
+Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = ToCString(env, info[0], "path");
+  if (path.empty() || path[0] != '/') ThrowType(env, "path must be absolute");
+  if (!info[1].IsObject()) ThrowType(env, "options must be an object");
+  Napi::Object o = info[1].As<Napi::Object>();
+  TargetPolicy policy;
+  policy.create = o.Get("create").ToBoolean().Value();
+  policy.trustedUid = static_cast<uid_t>(ToInteger(env, o.Get("trustedUid"), "trustedUid", 0, 0xfffffffe));
+  if (Has(o, "workerUids")) {
+    Napi::Value range = o.Get("workerUids");
+    if (!range.IsArray() || range.As<Napi::Array>().Length() != 2) ThrowType(env, "workerUids must be [start, end]");
+    Napi::Array r = range.As<Napi::Array>();
+    policy.guardWorkers = true;
+    policy.workerUidStart = static_cast<uid_t>(ToInteger(env, r.Get(0u), "workerUids[0]", 0, 0xfffffffe));
+    policy.workerUidEnd = static_cast<uid_t>(ToInteger(env, r.Get(1u), "workerUids[1]", 0, 0xfffffffe));
+    policy.workerGid = static_cast<gid_t>(ToInteger(env, o.Get("workerGid"), "workerGid", 0, 0xfffffffe));
+  }
+  TargetResult result = ResolveMountTarget(path, policy);
+  Napi::Object out = Napi::Object::New(env);
+  if (result.ok) {
+    out.Set("path", result.path);
+  } else {
+    out.Set("problem", result.problem);
+    out.Set("code", result.err ? ErrnoName(result.err) : "");
+  }
+  return out;
+}
+
 void InitMisc(Napi::Env env, Napi::Object exports) {
+  exports.Set("resolveMountTarget", Napi::Function::New(env, ResolveMountTargetJs, "resolveMountTarget"));
   exports.Set("sealedMemfd", Napi::Function::New(env, SealedMemfdJs, "sealedMemfd"));
   exports.Set("probeUserNamespace", Napi::Function::New(env, ProbeUserNamespaceJs, "probeUserNamespace"));
   exports.Set("probePidfd", Napi::Function::New(env, ProbePidfdJs, "probePidfd"));

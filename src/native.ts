@@ -97,6 +97,10 @@ interface Addon {
   builtinSeccompFilter(): number;
   builtinSeccompRules(): string[];
   sealedMemfd(name: string, data: Buffer): number;
+  resolveMountTarget(
+    path: string,
+    options: { create: boolean; trustedUid: number; workerUids?: [number, number]; workerGid?: number },
+  ): { path: string; problem?: undefined; code?: undefined } | { problem: string; code: string; path?: undefined };
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -132,5 +136,11 @@ export const reservePort = addon.reservePort;
 export const builtinSeccompFilter = addon.builtinSeccompFilter;
 /** A sealed memfd holding exactly data (O_CLOEXEC, offset 0): for a child to read by fd. */
 export const sealedMemfd = addon.sealedMemfd;
+/**
+ * Walks an absolute path from / without following untrusted symlinks (see
+ * native/mounttarget.h), creating missing directories when asked: the real
+ * path, or what is wrong (`code` '' for a policy refusal, else an errno name).
+ */
+export const resolveMountTarget = addon.resolveMountTarget;
 /** What the built-in filter denies, one entry per rule (`ptrace`, `ioctl(TIOCSTI)`, `clone3`...). */
 export const builtinSeccompRules = addon.builtinSeccompRules;

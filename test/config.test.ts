@@ -47,6 +47,7 @@ skip_metadata_check = true
 metadata_addr = "127.0.0.1:9"
 stop_grace_ms = 2500
 log_lines = 500
+log_bytes = 4194304
 tmp_size_bytes = 1048576
 
 [redis]
@@ -78,6 +79,7 @@ bundle_server_path = "/data/bundles"
         metadataAddr: '127.0.0.1:9',
         stopGraceMs: 2500,
         logLines: 500,
+        logBytes: 4194304,
         tmpSizeBytes: 1048576,
       },
       server: { defaultMemoryLimit: '2g', defaultCpuLimit: 1.5 },

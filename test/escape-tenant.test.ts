@@ -2,7 +2,7 @@
 // output, the files it writes and the /dev it is given. Each attack succeeded
 // on the code before the fix that closed it (see the commit that added it).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -209,4 +209,44 @@ describe('output floods', () => {
     expect(growth).toBeLessThan(WORKERS * LOG_BYTES + 24 * MiB);
     await Promise.all(ids.map((id) => flooder.stop(id)));
   }, 90_000);
+});
+
+describe('mount targets (created by the server as root)', () => {
+  // A rw data mount bound at its own host path: the worker writes into a host
+  // directory that later spawns use as part of a mount target.
+  const base = mkdtempSync(path.join('/var/tmp', 'procyard-tenant-'));
+  const shared = path.join(base, 'shared');
+  const protectedDir = path.join(base, 'protected');
+  const source = path.join(base, 'source');
+  afterAll(() => rmSync(base, { recursive: true, force: true }));
+  beforeAll(() => {
+    chmodSync(base, 0o755);
+    for (const d of [shared, protectedDir, source]) mkdirSync(d, { mode: 0o755 });
+    chmodSync(shared, 0o777);
+  });
+
+  it.skipIf(!isRoot)('are never created through a symlink a worker planted, nor under a directory a worker can write', async () => {
+    const lines = await run(sh(`ln -s ${protectedDir} ${shared}/link && echo planted`), {
+      dataMounts: [{ source: shared, target: shared }],
+    });
+    expect(lines, lines.join('\n')).toContain('planted');
+    const next = (target: string, id: string) =>
+      backend.spawn(appSpec(id, 'serve', { dataMounts: [{ source, target, readOnly: true }] }));
+    await expect(next(`${shared}/link/created`, 'tenant-through-link')).rejects.toThrow(/symlink|workers can write/);
+    expect(existsSync(path.join(protectedDir, 'created'))).toBe(false);
+    // Without the symlink too: the worker could swap the directory for one later.
+    await expect(next(`${shared}/plain/created`, 'tenant-under-shared')).rejects.toThrow(new RegExp(`${shared}.*workers can write`));
+    expect(existsSync(path.join(shared, 'plain'))).toBe(false);
+    expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+  });
+
+  it.skipIf(!isRoot)('still follow root-owned symlinks in root-owned directories (/var/run -> /run)', async () => {
+    const link = path.join(base, 'root-link');
+    symlinkSync(protectedDir, link);
+    const lines = await run(sh(`test -d ${protectedDir}/made && echo mounted`), {
+      dataMounts: [{ source, target: `${link}/made` }],
+    });
+    expect(lines).toContain('mounted');
+    expect(existsSync(path.join(protectedDir, 'made'))).toBe(true);
+  });
 });

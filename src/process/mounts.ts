@@ -1,77 +1,54 @@
-// Mount targets on the read-only root: bwrap cannot mkdir them there.
-import { mkdirSync, statSync } from 'node:fs';
-import { realpath } from 'node:fs/promises';
-import path from 'node:path';
+// Mount targets on the host. bwrap cannot mkdir them on the read-only root,
+// so the server creates them, as root: without following anything a worker
+// could have planted (see native/mounttarget.cc).
+import { lstatSync } from 'node:fs';
+import { resolveMountTarget } from '../native.js';
 
-/** Under the sandbox's own tmpfs /tmp, bwrap creates targets itself. */
+/** Under the sandbox's own tmpfs /tmp, bwrap creates targets itself, in the sandbox. */
 function underTmp(p: string): boolean {
   return p === '/tmp' || p.startsWith('/tmp/');
 }
 
-function cannotCreate(p: string, field: string, err: unknown): string {
-  const reason = (err as NodeJS.ErrnoException).code ?? String(err);
-  return (
-    `${field} "${p}" does not exist on the host and cannot be created (${reason}); ` +
-    `bwrap binds onto the read-only host root, so the directory must exist: ` +
-    `create it as root (mkdir -p ${p}) or use a path under /tmp`
-  );
+/** Who the server must not trust (as root): the worker UIDs and group. */
+export interface WorkerIdentities {
+  uids: [number, number];
+  gid: number;
 }
+
+export type PreparedTarget = { path: string; problem?: undefined } | { problem: string; path?: undefined };
 
 /**
- * Each missing ancestor of p, top-down. Node's recursive mkdir is not used:
- * on /proc (mkdir gives ENOENT under an existing parent) it loops forever.
+ * Makes a bind target reachable inside the sandbox, creating missing
+ * directories on the host, and gives the path bwrap must be given: the real
+ * path, because bwrap 0.8 resolves an absolute symlink in a target against its
+ * set-up root (`/var/run/blockyard` with /var/run -> /run fails otherwise).
+ * Follows only symlinks owned by root (or the server's own uid) and, as root,
+ * refuses any target under a directory a worker can write: a worker could
+ * otherwise plant a symlink there and make root create directories anywhere,
+ * or swap a directory before bwrap mounts onto it. `guard` is null when the
+ * server is not root (workers then run as the server's own user).
  */
-function missingChain(p: string, exists: (dir: string) => boolean): string[] {
-  const chain: string[] = [];
-  for (let dir = path.resolve(p); !exists(dir); dir = path.dirname(dir)) {
-    chain.unshift(dir);
-    if (dir === '/') break;
+export function prepareMountTarget(p: string, field: string, mustBeDir: boolean, guard: WorkerIdentities | null): PreparedTarget {
+  if (underTmp(p)) return { path: p };
+  const r = resolveMountTarget(p, {
+    create: true,
+    trustedUid: process.geteuid?.() ?? 0,
+    ...(guard ? { workerUids: guard.uids, workerGid: guard.gid } : {}),
+  });
+  if (r.problem !== undefined) {
+    if (r.code === '')
+      return {
+        problem:
+          `${field} "${p}": ${r.problem}, so a worker could redirect this mount through it; ` +
+          'use a target outside directories that workers can write',
+      };
+    return {
+      problem:
+        `${field} "${p}" does not exist on the host and cannot be created (${r.code}: ${r.problem}); ` +
+        'bwrap binds onto the read-only host root, so the directory must exist: ' +
+        `create it as root (mkdir -p ${p}) or use a path under /tmp`,
+    };
   }
-  return chain;
-}
-
-function existsSync(dir: string): boolean {
-  try {
-    statSync(dir);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Makes sure a bind target can be reached inside the sandbox, creating it on
- * the host when missing; returns an error message naming the path and the
- * fix, or null when it is fine. Synchronous: a few stats of local paths, and
- * the backend remembers a target once it is reachable.
- */
-export function ensureMountTarget(p: string, field: string, mustBeDir: boolean): string | null {
-  if (underTmp(p)) return null;
-  try {
-    const info = statSync(p);
-    return mustBeDir && !info.isDirectory() ? `${field} "${p}" exists and is not a directory` : null;
-  } catch {
-    // fall through to create it
-  }
-  try {
-    for (const dir of missingChain(p, existsSync)) mkdirSync(dir, { mode: 0o755 });
-    return null;
-  } catch (err) {
-    return cannotCreate(p, field, err);
-  }
-}
-
-/**
- * The target as bwrap must be given it. bwrap 0.8 resolves an absolute
- * symlink in a bind target against its set-up root, not the sandbox's:
- * `/var/run/blockyard` (with /var/run -> /run) fails with "Can't mkdir".
- * The sandbox root is the host's, so the host's real path is the same place.
- */
-export async function bindTarget(p: string): Promise<string> {
-  if (underTmp(p)) return p;
-  try {
-    return await realpath(p);
-  } catch {
-    return p;
-  }
+  if (mustBeDir && !lstatSync(r.path).isDirectory()) return { problem: `${field} "${p}" exists and is not a directory` };
+  return { path: r.path };
 }

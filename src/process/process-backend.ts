@@ -31,11 +31,11 @@ import { redisAllocators } from './allocators/redis.js';
 import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
-import { bindTarget, ensureMountTarget } from './mounts.js';
+import { prepareMountTarget, type WorkerIdentities } from './mounts.js';
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
-import { checkWorkerPaths, checkWorkerSpec, validateBuildSpec } from './validate.js';
+import { checkWorkerPaths, checkWorkerSpec, SpecError, validateBuildSpec } from './validate.js';
 
 export interface ProcessBackendOptions {
   /** Coordinates ports and UIDs with other servers on this host; absent = in-memory allocators. */
@@ -90,6 +90,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
   /** Mount targets known reachable, with the path bwrap is given for each. */
   private readonly readyTargets = new Map<string, string>();
   private readonly asRoot = process.getuid?.() === 0;
+  /** Identities mount-target creation must not trust; null when not root. */
+  private readonly targetGuard: WorkerIdentities | null;
   private readonly sweepTimer?: NodeJS.Timeout;
   private closed = false;
   /** Spawns and builds in flight, and what to call when none is left (close() waits on it). */
@@ -118,11 +120,13 @@ export class ProcessBackend extends EventEmitter implements Backend {
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
     if (!bundleWorkerPath || !path.isAbsolute(bundleWorkerPath))
       throw new Error(`storage.bundleWorkerPath must be an absolute path, got ${JSON.stringify(bundleWorkerPath)}`);
-    const bundleProblem = ensureMountTarget(bundleWorkerPath, 'storage.bundleWorkerPath', true);
-    if (bundleProblem) throw new Error(bundleProblem);
+    this.targetGuard = this.asRoot ? { uids: [p.workerUidStart, p.workerUidEnd], gid: p.workerGid } : null;
+    const bundle = prepareMountTarget(bundleWorkerPath, 'storage.bundleWorkerPath', true, this.targetGuard);
+    if (bundle.problem !== undefined) throw new Error(bundle.problem);
     for (const target of Object.values(MOUNT_TARGETS)) {
-      const problem = ensureMountTarget(target, 'mount target', true);
-      if (problem) this.unreachableTargets.set(target, problem);
+      const prepared = prepareMountTarget(target, 'mount target', true, this.targetGuard);
+      if (prepared.problem !== undefined) this.unreachableTargets.set(target, prepared.problem);
+      else this.readyTargets.set(target, prepared.path);
     }
 
     const ports: [number, number] = [p.portRangeStart, p.portRangeEnd];
@@ -462,22 +466,24 @@ export class ProcessBackend extends EventEmitter implements Backend {
   }
 
   private async bindableMounts(mounts: MountEntry[], field: string): Promise<MountEntry[]> {
-    return Promise.all(mounts.map(async (m) => ({ ...m, target: await this.bindableTarget(m.target, field) })));
+    return mounts.map((m) => ({ ...m, target: this.bindableTarget(m.target, field) }));
   }
 
   /**
    * Checks a target can be reached and gives it as bwrap must see it (see
-   * bindTarget). Remembered once it is: a mount point, once made, stays.
+   * prepareMountTarget). Remembered once it is: a mount point, once made,
+   * stays, and no directory on its path is one a worker can change.
    */
-  private async bindableTarget(target: string, field: string): Promise<string> {
+  private bindableTarget(target: string, field: string): string {
     const known = this.readyTargets.get(target);
     if (known !== undefined) return known;
-    const problem = this.unreachableTargets.get(target) ?? ensureMountTarget(target, `${field} target`, false);
-    if (problem) throw new Error(problem);
-    const resolved = await bindTarget(target);
+    const unreachable = this.unreachableTargets.get(target);
+    if (unreachable) throw new SpecError(unreachable);
+    const prepared = prepareMountTarget(target, `${field} target`, false, this.targetGuard);
+    if (prepared.problem !== undefined) throw new SpecError(prepared.problem);
     if (this.readyTargets.size >= 1024) this.readyTargets.clear();
-    this.readyTargets.set(target, resolved);
-    return resolved;
+    this.readyTargets.set(target, prepared.path);
+    return prepared.path;
   }
 }
 
