@@ -1,4 +1,7 @@
 // napi glue for probes, the bitset, the /proc sampler and port reservation.
+#include <sys/prctl.h>
+#include <unistd.h>
+
 #include "binding_util.h"
 #include "bindings.h"
 #include "bitset.h"
@@ -79,6 +82,14 @@ Napi::Value ProbePidfdJs(const Napi::CallbackInfo& info) {
   out.Set("errno", err);
   out.Set("code", ok ? std::string() : ErrnoName(err));
   return out;
+}
+
+// Whether orphans are reparented to this process: it is PID 1 of its pid
+// namespace (a container without an init) or a child subreaper.
+Napi::Value AdoptsOrphansJs(const Napi::CallbackInfo& info) {
+  int subreaper = 0;
+  bool adopts = getpid() == 1 || (prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0) == 0 && subreaper != 0);
+  return Napi::Boolean::New(info.Env(), adopts);
 }
 
 Napi::Value KernelReleaseJs(const Napi::CallbackInfo& info) {
@@ -225,6 +236,7 @@ void InitMisc(Napi::Env env, Napi::Object exports) {
   exports.Set("sealedMemfd", Napi::Function::New(env, SealedMemfdJs, "sealedMemfd"));
   exports.Set("probeUserNamespace", Napi::Function::New(env, ProbeUserNamespaceJs, "probeUserNamespace"));
   exports.Set("probePidfd", Napi::Function::New(env, ProbePidfdJs, "probePidfd"));
+  exports.Set("adoptsOrphans", Napi::Function::New(env, AdoptsOrphansJs, "adoptsOrphans"));
   exports.Set("kernelRelease", Napi::Function::New(env, KernelReleaseJs, "kernelRelease"));
   exports.Set("Bitset", BitsetJs::Define(env));
   exports.Set("parseStat", Napi::Function::New(env, ParseStatJs, "parseStat"));

@@ -122,7 +122,8 @@ Napi::Value SpawnJs(const Napi::CallbackInfo& info) {
 }
 
 // Watches a pidfd on the event loop; when the process exits, reaps it (if it
-// is our child) and calls back with {code, signal}. Never waitpid(-1): that
+// is our child, also by reparenting) and calls back with {code, signal}
+// (both null for a process we did not clone). Never waitpid(-1): that
 // would steal libuv's own children.
 class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
  public:
@@ -161,6 +162,13 @@ class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
       if (waitid(static_cast<idtype_t>(P_PIDFD), self->pidfd_, &info, WEXITED | WNOHANG) == 0 &&
           info.si_pid == 0)
         return;  // spurious wakeup: still running
+    } else if (status == 0) {
+      // Not a child we cloned, but it may have become ours: when we are PID 1
+      // (a container without an init) or a child subreaper, an orphaned bwrap
+      // init is reparented to us, and nobody else would reap it. The pidfd
+      // names exactly this process; ECHILD when it is not our child.
+      siginfo_t ignored{};
+      waitid(static_cast<idtype_t>(P_PIDFD), self->pidfd_, &ignored, WEXITED | WNOHANG);
     }
     self->StopPolling();
     Napi::Env env = self->Env();

@@ -89,6 +89,7 @@ interface Addon {
   probeUserNamespace(credentials?: { uid: number; gid: number }): Promise<ProbeResult>;
   probePidfd(): ProbeResult;
   kernelRelease(): string;
+  adoptsOrphans(): boolean;
   Bitset: new (size: number) => NativeBitset;
   parseStat(line: string): StatFields | null;
   sampleTrees(pids: number[]): Promise<TreeSample[]>;
@@ -113,7 +114,7 @@ const addon = createRequire(import.meta.url)(path.join(root, 'build', 'Release',
  * Error naming the failed step (`execve(/nope): ENOENT`), with `code`.
  */
 export const spawnNative = addon.spawn;
-/** Watches a pidfd; `reap` only for our own children. */
+/** Watches a pidfd; `reap` for children we cloned (their status is reported); without it, a process reparented to us (PID 1, subreaper) is still reaped. */
 export const PidWatcherNative = addon.PidWatcher;
 /** A pidfd for any pid (for signalling a process we did not clone). */
 export const pidfdOpen = addon.pidfdOpen;
@@ -125,6 +126,8 @@ export const pipe = addon.pipe;
 export const probeUserNamespace = addon.probeUserNamespace;
 export const probePidfd = addon.probePidfd;
 export const kernelRelease = addon.kernelRelease;
+/** Orphans are reparented to this process: it is PID 1 (a container without an init) or a child subreaper. */
+export const adoptsOrphans = addon.adoptsOrphans;
 export const Bitset = addon.Bitset;
 export const parseStat = addon.parseStat;
 /** Per root pid: summed RSS and CPU ticks over its process tree. */

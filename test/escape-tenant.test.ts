@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkerSpec } from '../src/backend.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
-import { NODE, appSpec, tempDir, testConfig } from './helpers/backend.js';
+import { FIXTURES, NODE, appSpec, tempDir, testConfig } from './helpers/backend.js';
 import { isRoot, procEnviron, procState, waitFor } from './helpers/proc.js';
 
 // Ports 24400-24449 and UIDs 65400-65449 belong to this file.
@@ -248,5 +248,21 @@ describe('mount targets (created by the server as root)', () => {
     });
     expect(lines).toContain('mounted');
     expect(existsSync(path.join(protectedDir, 'made'))).toBe(true);
+  });
+});
+
+describe('a server that is PID 1', () => {
+  const hasUnshare = spawnSync('unshare', ['--version']).status === 0;
+
+  it.skipIf(!isRoot || !hasUnshare)('reaps the sandbox inits reparented to it: no zombies after stops and exits', () => {
+    const fixture = path.join(FIXTURES, 'pid1-server.mjs');
+    const out = execFileSync('unshare', ['--pid', '--fork', '--mount-proc', NODE, fixture, '24440-24449', '65440-65449'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    const report = JSON.parse(out.trim().split('\n').at(-1)!) as { pid: number; exits: number; zombies: unknown[] };
+    expect(report.pid).toBe(1);
+    expect(report.exits).toBe(8);
+    expect(report.zombies).toEqual([]);
   });
 });

@@ -7,7 +7,7 @@
 // as a worker UID, and whose parent is not a bwrap monitor.
 import { closeSync } from 'node:fs';
 import { readdir, readFile, readlink, realpath } from 'node:fs/promises';
-import { pidfdOpen, pidfdSignal } from '../native.js';
+import { pidfdOpen, pidfdSignal, PidWatcherNative } from '../native.js';
 
 interface ProcStatus {
   uid: number;
@@ -61,8 +61,14 @@ export async function killOrphanSandboxes(bwrapPath: string, uidStart: number, u
     }
     // Re-checked with the pid pinned, so a recycled pid is never hit.
     const again = await procStatus(pid);
-    if (again?.ppid === ppid && (await exeOf(pid)) === bwrap && pidfdSignal(pidfd, 9)) killed.push(pid);
-    closeSync(pidfd);
+    if (again?.ppid === ppid && (await exeOf(pid)) === bwrap && pidfdSignal(pidfd, 9)) {
+      killed.push(pid);
+      // When we are PID 1 or a subreaper the orphan is our child now: the
+      // watcher reaps it once it is dead, so it does not stay a zombie.
+      new PidWatcherNative(pidfd, () => closeSync(pidfd), false).unref();
+    } else {
+      closeSync(pidfd);
+    }
   }
   return killed;
 }

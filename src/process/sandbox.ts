@@ -4,6 +4,7 @@ import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import {
+  adoptsOrphans,
   builtinSeccompFilter,
   parseStat,
   pidfdOpen,
@@ -102,6 +103,14 @@ export class Sandbox {
       pidfd,
       (status) => {
         this.exitStatus = status;
+        // bwrap's monitor exits as soon as its init reports the app's exit
+        // code, before the init is gone: orphaned, the init is then ours to
+        // reap when we are PID 1 or a subreaper (nobody else will). As its
+        // reaper we hold its pid until we reap it, so the pid is not recycled.
+        if (this.initPidfd < 0 && adoptsOrphans()) {
+          const init = this.readStatus();
+          if (init !== null) this.initPidfd = openChild(init, process.pid);
+        }
         for (const fd of [this.pidfd, this.appPidfd, this.statusFd]) if (fd >= 0) closeQuietly(fd);
         if (this.initPidfd >= 0) initGone = untilGone(this.initPidfd);
         this.appPidfd = this.initPidfd = this.statusFd = -1;
