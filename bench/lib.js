@@ -1,7 +1,7 @@
 // Shared helpers of the benchmark: statistics, the sandbox under test, /proc views.
 import { readFileSync, readdirSync } from 'node:fs';
 import { spawnNative } from '../dist/native.js';
-import { bwrapArgs, workerEnv, workerMounts } from '../dist/process/bwrap.js';
+import { BWRAP_ENV, bwrapArgs, envArgs, workerEnv, workerMounts } from '../dist/process/bwrap.js';
 
 export const BWRAP = '/usr/bin/bwrap';
 export const WORKER_GID = 65534;
@@ -35,12 +35,17 @@ export function workerSpec(workerId, bundlePath, cmd = ['/bin/true']) {
 
 /**
  * The argv (after the bwrap binary) and env of the sandbox a ProcessBackend
- * builds for workerSpec(): every peer starts exactly this.
+ * builds for workerSpec(): every peer starts exactly this. procyard hands
+ * bwrap the app's environment options on an --args fd; peers have no such
+ * fd, so they get the same options inline in argv.
  */
 export function sandboxCommand(bundlePath, uid, port, cmd = ['/bin/true']) {
   const spec = workerSpec('x', bundlePath, cmd);
   const args = bwrapArgs({ uid, gid: WORKER_GID, tmpSizeBytes: TMP_SIZE, mounts: workerMounts(spec), seccomp: false, cmd });
-  const env = workerEnv(spec, port);
+  const at = args.indexOf('--args');
+  const inline = envArgs(workerEnv(spec, port)).toString('utf8').split('\0').slice(0, -1);
+  args.splice(at, 2, ...inline);
+  const env = [...BWRAP_ENV];
   return { args, env, envObject: Object.fromEntries(env.map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)])) };
 }
 
