@@ -20,6 +20,22 @@ export interface NativeSpawnOptions {
    * closed by every call, even one that fails.
    */
   closeBeforeClone?: number;
+  /** A Landlock domain the child enters right before exec (see src/process/landlock.ts). */
+  landlock?: NativeLandlockRules;
+}
+
+/** Landlock network rules and scopes; filesystem access is never restricted (bwrap must mount). */
+export interface NativeLandlockRules {
+  /** TCP bind only on bindPorts (Landlock ABI >= 4). */
+  restrictBind: boolean;
+  bindPorts: number[];
+  /** TCP connect only to connectPorts (ABI >= 4). */
+  restrictConnect: boolean;
+  connectPorts: number[];
+  /** No connect to abstract unix sockets created outside the domain (ABI >= 6). */
+  scopeAbstractUnix: boolean;
+  /** No signals to processes outside the domain (ABI >= 6). */
+  scopeSignals: boolean;
 }
 
 export interface NativeChild {
@@ -96,6 +112,7 @@ interface Addon {
   reservePort(port: number): number;
   builtinSeccompFilter(): number;
   builtinSeccompRules(): string[];
+  landlockAbi(): { abi: number; code: string };
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -131,3 +148,5 @@ export const reservePort = addon.reservePort;
 export const builtinSeccompFilter = addon.builtinSeccompFilter;
 /** What the built-in filter denies, one entry per rule (`ptrace`, `ioctl(TIOCSTI)`, `clone3`...). */
 export const builtinSeccompRules = addon.builtinSeccompRules;
+/** The kernel's Landlock ABI version; 0 with code ENOSYS (not built in) or EOPNOTSUPP (not enabled at boot). */
+export const landlockAbi = addon.landlockAbi;

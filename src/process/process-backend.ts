@@ -32,6 +32,7 @@ import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
 import { bindTarget, ensureMountTarget } from './mounts.js';
+import { NetworkPolicy } from './landlock.js';
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
@@ -90,6 +91,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
   /** Mount targets known reachable, with the path bwrap is given for each. */
   private readonly readyTargets = new Map<string, string>();
   private readonly asRoot = process.getuid?.() === 0;
+  /** Landlock rules for every worker and build (networkPolicy, allowedConnectPorts). */
+  private readonly network: NetworkPolicy;
   private readonly sweepTimer?: NodeJS.Timeout;
   private closed = false;
   /** Spawns and builds in flight, and what to call when none is left (close() waits on it). */
@@ -111,6 +114,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
       throw new Error(`process.portRangeStart..portRangeEnd must be a range within 1-65535, got ${p.portRangeStart}-${p.portRangeEnd}`);
     if (p.workerUidStart > p.workerUidEnd || p.workerUidStart < 1)
       throw new Error(`process.workerUidStart..workerUidEnd must be a non-empty range of non-root UIDs, got ${p.workerUidStart}-${p.workerUidEnd}`);
+    this.network = new NetworkPolicy(p.networkPolicy, p.allowedConnectPorts);
 
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
     if (!bundleWorkerPath || !path.isAbsolute(bundleWorkerPath))
@@ -157,6 +161,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private async spawnWorker(spec: WorkerSpec): Promise<void> {
     checkWorkerSpec(spec);
     this.assertOpen();
+    this.network.assertUsable();
     const id = spec.workerId;
     if (this.starting.has(id) || this.workers.get(id)?.sandbox.running)
       throw new Error(`worker "${id}" is already running`);
@@ -218,6 +223,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         env: workerEnv(spec, lease.port),
         hostCredentials: this.asRoot,
         closeBeforeClone: takeListener(lease),
+        landlock: this.network.forWorker(lease.port),
         whileCloning,
         onLine: (line) => ring.push(line),
       });
@@ -301,6 +307,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private async runBuild(spec: BuildSpec, opts: { signal?: AbortSignal } = {}): Promise<BuildResult> {
     await validateBuildSpec(spec);
     this.assertOpen();
+    this.network.assertUsable();
     const { signal } = opts;
     // Checked before anything starts: failing on it later left the build running.
     if (signal != null && (typeof signal.addEventListener !== 'function' || typeof signal.removeEventListener !== 'function'))
@@ -323,6 +330,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
         seccompProfile: this.proc.seccompProfile,
         env: buildEnv(spec.env),
         hostCredentials: this.asRoot,
+        // No TCP bind at all; connects as configured (package installs need HTTPS).
+        landlock: this.network.forBuild(),
         onLine: (line) => {
           ring.push(line);
           try {
