@@ -8,8 +8,8 @@ export const NETWORK_POLICY_MODES: readonly NetworkPolicyMode[] = Object.freeze(
 
 /** The parts of the policy, with the Landlock ABI (and mainline Linux release) that brought each. */
 export const LANDLOCK_PARTS = Object.freeze({
-  tcp: { abi: 4, linux: '6.7', what: 'TCP port rules (bind only on its own port, connect only to allowed ports)' },
-  scopes: { abi: 6, linux: '6.12', what: 'scopes (no abstract unix sockets or signals outside its sandbox)' },
+  tcp: { abi: 4, linux: '6.7', what: 'TCP port rules' },
+  scopes: { abi: 6, linux: '6.12', what: 'abstract-unix-socket and signal scopes' },
 });
 export type LandlockPart = keyof typeof LANDLOCK_PARTS;
 
@@ -39,9 +39,9 @@ export function describeSupport(s: LandlockSupport): string {
   return `no Landlock (kernel ${s.kernel}${s.code ? `, ${s.code}` : ''})`;
 }
 
-/** `TCP port rules (ABI 4, Linux 6.7)` for each part. */
+/** `TCP port rules (Landlock ABI 4, Linux 6.7) and the ...`. */
 export function describeParts(parts: LandlockPart[]): string {
-  return parts.map((p) => `${LANDLOCK_PARTS[p].what} (Landlock ABI ${LANDLOCK_PARTS[p].abi}, Linux ${LANDLOCK_PARTS[p].linux})`).join(' and ');
+  return parts.map((p) => `${LANDLOCK_PARTS[p].what} (Landlock ABI ${LANDLOCK_PARTS[p].abi}, Linux ${LANDLOCK_PARTS[p].linux})`).join(' and the ');
 }
 
 /**
