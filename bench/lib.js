@@ -2,6 +2,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { spawnNative } from '../dist/native.js';
 import { bwrapArgs, workerEnv, workerMounts } from '../dist/process/bwrap.js';
+import { hostRunPlan } from '../dist/process/run-dir.js';
 
 export const BWRAP = '/usr/bin/bwrap';
 export const WORKER_GID = 65534;
@@ -39,7 +40,8 @@ export function workerSpec(workerId, bundlePath, cmd = ['/bin/true']) {
  */
 export function sandboxCommand(bundlePath, uid, port, cmd = ['/bin/true']) {
   const spec = workerSpec('x', bundlePath, cmd);
-  const args = bwrapArgs({ uid, gid: WORKER_GID, tmpSizeBytes: TMP_SIZE, mounts: workerMounts(spec), seccomp: false, cmd });
+  // run: the host's /run hidden, as in every sandbox the backend starts.
+  const args = bwrapArgs({ uid, gid: WORKER_GID, tmpSizeBytes: TMP_SIZE, mounts: workerMounts(spec), seccomp: false, cmd, run: hostRunPlan() });
   const env = workerEnv(spec, port);
   return { args, env, envObject: Object.fromEntries(env.map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)])) };
 }

@@ -3,6 +3,7 @@
 // control that proves each probe can succeed; the host's /run hidden.
 import { spawn as cpSpawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
 import { chmodSync, closeSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -23,6 +24,7 @@ import { isDead, isRoot, waitFor } from './helpers/proc.js';
 const PORT_A = 24290; // host listeners the workers connect to
 const PORT_B = 24291;
 const OTHER = 24292; // never bound by anything else: the "other port" a worker tries
+const UDP = 24294; // a host UDP socket: Landlock has no UDP rules (a documented gap)
 
 const support = landlockSupport();
 const tcp = support.abi >= 4;
@@ -91,10 +93,17 @@ describe('a worker under the network policy', () => {
     }
   });
 
-  it.runIf(tcp)('allowedConnectPorts [A]: connects to A, not to B (EACCES); still serves its own port', async () => {
+  it.runIf(tcp)('allowedConnectPorts [A]: connects to A, not to B (EACCES); still serves its own port; UDP is not covered', async () => {
     const before = b.received.length;
+    const udp = dgram.createSocket('udp4');
+    const datagrams: string[] = [];
+    udp.on('message', (m) => datagrams.push(m.toString()));
+    await new Promise<void>((resolve) => udp.bind(UDP, '127.0.0.1', resolve));
     try {
-      const r = await probeWorker(allow, 'allow-1', POLICY_PROBES);
+      const r = await probeWorker(allow, 'allow-1', [...POLICY_PROBES, `udp:udp:${UDP}`]);
+      // The documented gap: Landlock rules are TCP only.
+      expect(r.udp).toBe('ok');
+      expect(await waitFor(() => datagrams.includes('from-worker'), 2000)).toBe(true);
       expect(r.connectA).toBe('ok');
       expect(r.connectB).toBe('EACCES');
       expect(b.received.length).toBe(before);
@@ -102,6 +111,7 @@ describe('a worker under the network policy', () => {
       expect(await healthy(allow, 'allow-1')).toBe(true);
       expect(r.bindOther).toBe('EACCES');
     } finally {
+      udp.close();
       await allow.removeResource({ id: 'allow-1', kind: 'container', labels: {} });
     }
   });
