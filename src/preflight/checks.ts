@@ -334,6 +334,13 @@ export async function checkBwrapHostUidMapping(ctx: PreflightContext): Promise<V
         `(per-worker host UIDs need root to setuid before exec of bwrap); firewall owner-match rules then ` +
         `cannot tell workers from the server. Fix, if you need per-worker egress rules: run the server as root`,
     );
+  // Under the workers' network policy: its no_new_privs would stop a set-uid bwrap from gaining root.
+  let landlock: NativeLandlockRules | undefined;
+  try {
+    landlock = new NetworkPolicy(ctx.proc.networkPolicy, ctx.proc.allowedConnectPorts).forBuild();
+  } catch {
+    landlock = undefined; // an invalid policy is network_policy's finding
+  }
   return withProbeSandbox(ctx, ['/bin/sleep', '5'], async (sandbox, lines) => {
     const appPid = await Promise.race([
       sandbox.appPid,
@@ -361,7 +368,7 @@ export async function checkBwrapHostUidMapping(ctx: PreflightContext): Promise<V
         `firewall owner-match rules would not match workers. Fix: make sure bwrap is not set-uid (see bwrap_setuid) ` +
         `and that the server runs as root with worker_uid_range_start/worker_gid set to unused ids`,
     );
-  });
+  }, landlock);
 }
 
 // ---------------------------------------------------------------- network
