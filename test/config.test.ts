@@ -48,6 +48,8 @@ metadata_addr = "127.0.0.1:9"
 stop_grace_ms = 2500
 log_lines = 500
 tmp_size_bytes = 1048576
+network_policy = "required"
+allowed_connect_ports = [443, 5432]
 
 [redis]
 url = "redis://:secret@127.0.0.1:16400/0"
@@ -79,6 +81,8 @@ bundle_server_path = "/data/bundles"
         stopGraceMs: 2500,
         logLines: 500,
         tmpSizeBytes: 1048576,
+        networkPolicy: 'required',
+        allowedConnectPorts: [443, 5432],
       },
       server: { defaultMemoryLimit: '2g', defaultCpuLimit: 1.5 },
       redis: { url: 'redis://:secret@127.0.0.1:16400/0' },
