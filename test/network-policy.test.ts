@@ -204,6 +204,11 @@ describe('hiding /run in the bwrap argv', () => {
     );
   });
 
+  it('a data mount onto /run itself stays as asked (not remounted read-only)', () => {
+    const args = bwrapArgs({ ...plan, mounts: [{ source: '/srv/run', target: '/run', readOnly: false }], run: { keep: [] } });
+    expect(args.join(' ')).toContain('--tmpfs /run --symlink /dev/shm /run/shm --bind /srv/run /run --cap-drop ALL');
+  });
+
   it('without a run plan, /run is left as it is', () => {
     expect(bwrapArgs({ ...plan, mounts })).not.toContain('/run/shm');
     expect(bwrapArgs({ ...plan, mounts, run: null })).not.toContain('--remount-ro');

@@ -61,7 +61,8 @@ export function bwrapArgs(plan: SandboxPlan): string[] {
   }
   for (const m of plan.mounts) args.push(m.readOnly ? '--ro-bind' : '--bind', m.source, m.target);
   // Read-only only now: bwrap makes the mount points under /run (tokenDir's) first.
-  if (plan.run) args.push('--remount-ro', '/run');
+  // A mount onto /run itself replaced the tmpfs: it stays as asked.
+  if (plan.run && !plan.mounts.some((m) => m.target === '/run')) args.push('--remount-ro', '/run');
   args.push('--cap-drop', 'ALL');
   if (plan.seccomp) args.push('--seccomp', String(SECCOMP_FD));
   args.push('--json-status-fd', String(STATUS_FD), '--', ...plan.cmd);
