@@ -13,7 +13,9 @@
         "native/port.cc",
         "native/seccomp.cc",
         "native/memfd.cc",
-        "native/mounttarget.cc"
+        "native/mounttarget.cc",
+        "native/landlock.cc",
+        "native/binding_landlock.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

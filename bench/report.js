@@ -71,6 +71,29 @@ export function buildReport(r) {
   target('native spawn p50 within 1.5x of the C floor, small heap', `${ms(nat.s)} vs ${ms(fs.p50)} = ${ratio(nat.s / fs.p50)}`, nat.s <= 1.5 * fs.p50);
   target(`native spawn p50 within 1.5x of the C floor, ${bigLabel}`, `${ms(nat.b)} vs ${ms(fb.p50)} = ${ratio(nat.b / fb.p50)}`, nat.b <= 1.5 * fb.p50);
 
+  // 1b: the network policy's cost (same backend, 'auto' vs 'off', interleaved)
+  if (small.networkPolicy?.pairs) {
+    const np = small.networkPolicy;
+    const applied = np.enforced.tcp || np.enforced.scopes
+      ? `Landlock ABI ${np.abi}: ${[np.enforced.tcp ? 'TCP port rules' : '', np.enforced.scopes ? 'abstract-unix-socket and signal scopes' : ''].filter(Boolean).join(' and ')}`
+      : `no Landlock domain (ABI ${np.abi}): the two rows measure the same thing`;
+    const rowsNp = [['small heap', small], [bigLabel, big]].map(([label, run]) => {
+      const { on, off: offS, pairRatio } = run.networkPolicy.pairs;
+      return [label, ms(on.p50), ms(offS.p50), ratio(on.p50 / offS.p50), ratio(pairRatio.p50), ms(on.p99), ms(offS.p99)];
+    });
+    sections.push(
+      `### 1b. The network policy's cost: ProcessBackend.spawn with networkPolicy 'auto' vs 'off'\n\n` +
+        `Same spec, two backends; ${small.networkPolicy.pairs.on.n} pairs per size, each pair one spawn through each (alternating which goes first), so drift on a shared machine hits both alike. ` +
+        `'auto' here = ${applied}; the ruleset is built on the pool thread, the clone child makes two more syscalls (no_new_privs, landlock_restrict_self). ` +
+        `(Section 1's batches also carry the 'off' backend: ${ms(small.latency.backendPolicyOff.p50)} small, ${ms(big.latency.backendPolicyOff.p50)} large.)\n\n` +
+        table(['size', "'auto' p50", "'off' p50", "'auto' / 'off' p50", 'median per-pair ratio', "'auto' p99", "'off' p99"], rowsNp),
+    );
+    for (const [label, run] of [['small heap', small], [bigLabel, big]]) {
+      const { on, off: offS } = run.networkPolicy.pairs;
+      target(`network policy on vs off: spawn p50 within 10%, ${label}`, `${ms(on.p50)} vs ${ms(offS.p50)} = ${ratio(on.p50 / offS.p50)}`, on.p50 <= 1.1 * offS.p50);
+    }
+  }
+
   // 2
   const burstN = small.bursts[`native@1`].spawns;
   const cell = (b) => (b ? `${ms(b.maxMs)} / ${ms(b.p99Ms)}` : 'n/a');

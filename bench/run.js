@@ -31,7 +31,8 @@ const PARAMS = quick
 
 // Slices of the bench's ranges, one per section (nothing overlaps, so a slow exit never collides).
 const RANGES = {
-  spawn: { ports: [30000, 30499], uids: [50000, 50499] },
+  spawn: { ports: [30000, 30249], uids: [50000, 50249] },
+  spawnPolicyOff: { ports: [30250, 30499], uids: [50250, 50499] }, // the same backend with networkPolicy 'off'
   overhead: { ports: [30500, 30549], uids: [50500, 50549] },
   breakdown: { ports: [30550, 30599], uids: [50550, 50599] },
   ready: { ports: [30600, 30699], uids: [50600, 50699], plainPorts: [31900, 31949] },
@@ -163,6 +164,8 @@ function spawnPaths(residentMb, bundle, floorBinary) {
     bundle,
     ports: RANGES.spawn.ports,
     uids: RANGES.spawn.uids,
+    offPorts: RANGES.spawnPolicyOff.ports,
+    offUids: RANGES.spawnPolicyOff.uids,
     peerUid: RANGES.peerUid,
     statusPort: RANGES.statusPort,
     floorBinary,

@@ -8,7 +8,10 @@
 // and its batches interleave with the Node paths' batches.
 //
 // argv[2]: JSON { residentMb, spawns, warmup, burst, burstInFlight: [n...], bundle,
-//                 ports: [s,e], uids: [s,e], peerUid, statusPort, floorBinary }
+//                 ports: [s,e], uids: [s,e], offPorts, offUids, peerUid, statusPort, floorBinary }
+//
+// backendPolicyOff is the same backend with networkPolicy 'off' (no Landlock
+// domain), interleaved with the others: the cost of the policy, side by side.
 import { spawn as cpSpawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -78,10 +81,12 @@ function nativePath() {
   };
 }
 
+let pathSeq = 0;
 function backendPath(backend, waiter) {
   let seq = 0;
+  const prefix = `lat${pathSeq++}`;
   return async () => {
-    const id = `lat-${seq++}`;
+    const id = `${prefix}-${seq++}`;
     const exited = waiter.expect(id);
     const t0 = performance.now();
     await backend.spawn(workerSpec(id, opts.bundle));
@@ -162,6 +167,29 @@ async function latency(paths, floor) {
 }
 
 /**
+ * The network policy's cost, paired: each round spawns once through the
+ * policy-on and once through the policy-off backend (alternating which goes
+ * first), so machine drift hits both alike. Also the median of per-pair ratios.
+ */
+async function policyPairs(on, off, count) {
+  const samples = { on: [], off: [] };
+  const ratios = [];
+  for (let i = 0; i < count; i++) {
+    const order = i % 2 === 0 ? [['on', on], ['off', off]] : [['off', off], ['on', on]];
+    const pair = {};
+    for (const [name, start] of order) {
+      const { ms, done } = await start();
+      pair[name] = ms;
+      await withTimeout(done, 30000, `policy ${name} sandbox exit`);
+    }
+    samples.on.push(pair.on);
+    samples.off.push(pair.off);
+    ratios.push(pair.on / pair.off);
+  }
+  return { on: summary(samples.on), off: summary(samples.off), pairRatio: summary(ratios) };
+}
+
+/**
  * The event loop during `count` spawns issued back to back, one per loop
  * turn, with at most `inFlight` sandboxes alive at once (1: each spawn waits
  * for the previous sandbox to exit; count: all in flight together).
@@ -230,8 +258,11 @@ async function main() {
   const allocMs = performance.now() - tAlloc;
   const backend = new ProcessBackend(backendConfig(opts.ports, opts.uids));
   const waiter = exitWaiter(backend);
+  const backendOff = new ProcessBackend(backendConfig(opts.offPorts, opts.offUids, { networkPolicy: 'off' }));
+  const waiterOff = exitWaiter(backendOff);
   try {
     await backend.cleanupOrphanResources(); // its start-up /proc scan, finished before timing
+    await backendOff.cleanupOrphanResources();
     const paths = {
       native: nativePath(),
       backend: backendPath(backend, waiter),
@@ -239,15 +270,26 @@ async function main() {
       execa: execaPath(),
     };
     const rssMb = process.memoryUsage().rss / 2 ** 20;
-    const lat = await latency(paths, floor);
+    const lat = await latency({ ...paths, backendPolicyOff: backendPath(backendOff, waiterOff) }, floor);
+    const policy = backend.network.decision;
+    const pairs = await policyPairs(backendPath(backend, waiter), backendPath(backendOff, waiterOff), opts.spawns);
     const bursts = { idle: await idle(1000) };
     for (const inFlight of opts.burstInFlight) {
       for (const [name, start] of Object.entries(paths)) bursts[`${name}@${inFlight}`] = await burst(start, opts.burst, inFlight);
     }
-    return { residentMb: opts.residentMb, rssMb, allocMs, residentChunks: resident.length, latency: lat, bursts };
+    return {
+      residentMb: opts.residentMb,
+      rssMb,
+      allocMs,
+      residentChunks: resident.length,
+      latency: lat,
+      bursts,
+      networkPolicy: { abi: policy.support.abi, enforced: policy.enforced, pairs },
+    };
   } finally {
     waiter.dispose();
-    await backend.close();
+    waiterOff.dispose();
+    await Promise.all([backend.close(), backendOff.close()]);
     await floor.close();
     closeSync(statusSink);
   }

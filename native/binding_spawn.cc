@@ -62,6 +62,7 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
   }
   if (Has(o, "closeBeforeClone"))
     req.closeBeforeClone = static_cast<int>(ToInteger(env, o.Get("closeBeforeClone"), "closeBeforeClone", 3, 1 << 20));
+  if (Has(o, "landlock")) req.landlock = ParseLandlockPolicy(env, o.Get("landlock"));
   return req;
 }
 

@@ -26,6 +26,9 @@
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
 
 namespace procyard {
 namespace {
@@ -43,6 +46,8 @@ enum Step : int {
   kDumpable,
   kPdeathsig,
   kParentGone,
+  kNoNewPrivs,
+  kLandlock,
   kExec,
 };
 
@@ -66,6 +71,7 @@ struct ChildArgs {
   uid_t uid;
   gid_t gid;
   pid_t parentPid;
+  int landlockFd;  // the ruleset, at this fd in the child (O_CLOEXEC); -1: none
   // Written by the child before _exit(127); read after the vfork wait.
   volatile int failStep;
   volatile int failErrno;
@@ -106,7 +112,8 @@ int ChildMain(void* arg) {
     if (tmp[i] < 0) ChildFail(a, kDupFd);
   }
   for (size_t i = 0; i < a->nfds; i++) {
-    if (syscall(SYS_dup3, tmp[i], a->fds[i].target, 0) < 0) ChildFail(a, kDupFd);
+    if (syscall(SYS_dup3, tmp[i], a->fds[i].target, a->fds[i].cloexec ? O_CLOEXEC : 0) < 0)
+      ChildFail(a, kDupFd);
   }
   // Nothing else may leak into the sandbox: not the server's sockets, not the
   // Redis connection, not another worker's pipes.
@@ -141,6 +148,14 @@ int ChildMain(void* arg) {
     ChildFail(a, kParentGone);
   }
 
+  // Landlock (network rules, scopes), last: bwrap and every process of the
+  // sandbox inherit the domain, and none can leave it. no_new_privs is what
+  // lets an unprivileged process restrict itself; bwrap sets it for the app anyway.
+  if (a->landlockFd >= 0) {
+    if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) ChildFail(a, kNoNewPrivs);
+    if (syscall(SYS_landlock_restrict_self, a->landlockFd, 0) < 0) ChildFail(a, kLandlock);
+  }
+
   syscall(SYS_execve, a->file, a->argv, a->envp);
   ChildFail(a, kExec);
 }
@@ -158,6 +173,8 @@ const char* StepSyscall(int step) {
     case kDumpable: return "prctl(PR_SET_DUMPABLE)";
     case kPdeathsig: return "prctl(PR_SET_PDEATHSIG)";
     case kParentGone: return "getppid";
+    case kNoNewPrivs: return "prctl(PR_SET_NO_NEW_PRIVS)";
+    case kLandlock: return "landlock_restrict_self";
     case kExec: return "execve";
     default: return "spawn";
   }
@@ -199,9 +216,22 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
     error->subject = std::move(subject);
     return false;
   };
-  if (req.extraFds.size() + 3 > kMaxFds) {
+  if (req.extraFds.size() + 4 > kMaxFds) {
     if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
     return fail("spawn", "too many extra fds", E2BIG);
+  }
+
+  // The Landlock ruleset is built here, off the JS thread (a few syscalls);
+  // the child only enters it. Ours to close once the child has exec'd.
+  int rulesetFd = -1;
+  if (req.landlock.enabled) {
+    int err = 0;
+    const char* step = nullptr;
+    rulesetFd = CreateLandlockRuleset(req.landlock, &err, &step);
+    if (rulesetFd < 0) {
+      if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
+      return fail(step, "", err);
+    }
   }
 
   std::vector<char*> argv = CStringArray(req.argv);
@@ -238,11 +268,18 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
       fds[3 + i] = req.extraFds[i];
       maxTarget = std::max(maxTarget, req.extraFds[i].target);
     }
+    size_t nfds = 3 + req.extraFds.size();
+    args.landlockFd = -1;
+    if (rulesetFd >= 0) {
+      // Kept O_CLOEXEC in the child: the sandbox never sees the ruleset.
+      args.landlockFd = ++maxTarget;
+      fds[nfds++] = {rulesetFd, args.landlockFd, true};
+    }
     args.file = req.file.c_str();
     args.argv = argv.data();
     args.envp = envp.data();
     args.fds = fds;
-    args.nfds = 3 + req.extraFds.size();
+    args.nfds = nfds;
     args.maxTarget = maxTarget;
     args.dupBase = maxTarget + 1;
     args.credentials = req.hasCredentials;
@@ -280,6 +317,7 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
   CloseIfOpen(&outPipe[1]);
   CloseIfOpen(&errPipe[1]);
   CloseIfOpen(&devNull);
+  CloseIfOpen(&rulesetFd);
 
   if (!failedCall && args.failStep != kNone) {
     // The child never reached the program: reap it here, nobody else will.

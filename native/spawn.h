@@ -6,11 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "landlock.h"
+
 namespace procyard {
 
 struct FdMapping {
   int source;  // fd in the parent
   int target;  // number it gets in the child (>= 3)
+  bool cloexec = false;  // for the child's own steps only: closed at exec
 };
 
 struct SpawnRequest {
@@ -22,6 +25,8 @@ struct SpawnRequest {
   gid_t gid = 0;
   std::vector<FdMapping> extraFds;
   int closeBeforeClone = -1;  // e.g. the held port listener; closed on every path
+  // Landlock domain the child enters right before exec (ruleset built by Spawn).
+  LandlockPolicy landlock;
 };
 
 struct SpawnResult {

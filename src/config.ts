@@ -1,6 +1,7 @@
 // Configuration types and every default, in one place, and the TOML loader.
 import { readFileSync } from 'node:fs';
 import { parse as parseToml, TomlError } from 'smol-toml';
+import { networkConfigProblem, type NetworkPolicyMode } from './process/network-policy.js';
 
 export interface ProcessConfig {
   /** Path of the bubblewrap binary. Default '/usr/bin/bwrap'. */
@@ -38,6 +39,14 @@ export interface ProcessConfig {
   logBytes?: number;
   /** Cap of each worker's private /tmp in bytes; 0 = none. Default 1 GiB. */
   tmpSizeBytes?: number;
+  /**
+   * Landlock network policy of workers and builds (SPEC §8): 'auto' enforces
+   * what the kernel supports, 'required' makes spawn and build reject on a
+   * kernel without all of it, 'off' leaves the network as it is. Default 'auto'.
+   */
+  networkPolicy?: NetworkPolicyMode;
+  /** TCP ports workers and builds may connect to (1-65535). Absent (default) = any; [] = none. */
+  allowedConnectPorts?: number[];
 }
 
 export interface Config {
@@ -51,7 +60,9 @@ export interface Config {
   storage?: { bundleWorkerPath?: string };
 }
 
-export type ResolvedProcessConfig = Required<ProcessConfig>;
+/** Every field filled in, except allowedConnectPorts, whose absence means "any port". */
+export type ResolvedProcessConfig = Required<Omit<ProcessConfig, 'allowedConnectPorts'>> &
+  Pick<ProcessConfig, 'allowedConnectPorts'>;
 
 export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   bwrapPath: '/usr/bin/bwrap',
@@ -69,6 +80,7 @@ export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   logLines: 10000,
   logBytes: 16 * 1024 * 1024,
   tmpSizeBytes: 1024 ** 3,
+  networkPolicy: 'auto',
 });
 
 export const DEFAULT_BUNDLE_WORKER_PATH = '/app';
@@ -103,7 +115,7 @@ export class ConfigError extends Error {
   }
 }
 
-type FieldType = 'string' | 'integer' | 'number' | 'boolean';
+type FieldType = 'string' | 'integer' | 'number' | 'boolean' | 'ports';
 
 /** [process] key → ProcessConfig field, and the TOML type it must have. */
 const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
@@ -122,6 +134,8 @@ const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
   log_lines: ['logLines', 'integer'],
   log_bytes: ['logBytes', 'integer'],
   tmp_size_bytes: ['tmpSizeBytes', 'integer'],
+  network_policy: ['networkPolicy', 'string'],
+  allowed_connect_ports: ['allowedConnectPorts', 'ports'],
 };
 
 function typeOk(value: unknown, type: FieldType): boolean {
@@ -134,6 +148,8 @@ function typeOk(value: unknown, type: FieldType): boolean {
       return typeof value === 'number' && Number.isFinite(value);
     case 'integer':
       return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+    case 'ports':
+      return Array.isArray(value) && value.every((v) => Number.isInteger(v) && v >= 1 && v <= 65535);
   }
 }
 
@@ -142,6 +158,7 @@ const TYPE_NAMES: Record<FieldType, string> = {
   integer: 'a non-negative integer',
   number: 'a number',
   boolean: 'true or false',
+  ports: 'an array of TCP ports 1-65535 (absent = any port, [] = none)',
 };
 
 function describe(value: unknown): string {
@@ -224,6 +241,16 @@ export function configFromToml(doc: Record<string, unknown>, file = '<config>'):
     const [name, type] = spec;
     (processConfig as Record<string, unknown>)[name] = field(proc, 'process', key, type, file) ?? value;
   }
+  const networkProblem = networkConfigProblem(processConfig.networkPolicy, processConfig.allowedConnectPorts, {
+    policy: `process.network_policy in ${file}`,
+    ports: `process.allowed_connect_ports in ${file}`,
+  });
+  if (networkProblem)
+    throw new ConfigError(
+      networkProblem,
+      file,
+      networkProblem.startsWith('process.network_policy') ? 'process.network_policy' : 'process.allowed_connect_ports',
+    );
   config.process = resolveProcessConfig({ process: processConfig });
 
   const server = table(doc, 'server', file);

@@ -20,6 +20,22 @@ export interface NativeSpawnOptions {
    * closed by every call, even one that fails.
    */
   closeBeforeClone?: number;
+  /** A Landlock domain the child enters right before exec (see src/process/landlock.ts). */
+  landlock?: NativeLandlockRules;
+}
+
+/** Landlock network rules and scopes; filesystem access is never restricted (bwrap must mount). */
+export interface NativeLandlockRules {
+  /** TCP bind only on bindPorts (Landlock ABI >= 4). */
+  restrictBind: boolean;
+  bindPorts: number[];
+  /** TCP connect only to connectPorts (ABI >= 4). */
+  restrictConnect: boolean;
+  connectPorts: number[];
+  /** No connect to abstract unix sockets created outside the domain (ABI >= 6). */
+  scopeAbstractUnix: boolean;
+  /** No signals to processes outside the domain (ABI >= 6). */
+  scopeSignals: boolean;
 }
 
 export interface NativeChild {
@@ -102,6 +118,7 @@ interface Addon {
     path: string,
     options: { create: boolean; trustedUid: number; workerUids?: [number, number]; workerGid?: number },
   ): { path: string; problem?: undefined; code?: undefined } | { problem: string; code: string; path?: undefined };
+  landlockAbi(): { abi: number; code: string };
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -147,3 +164,5 @@ export const sealedMemfd = addon.sealedMemfd;
 export const resolveMountTarget = addon.resolveMountTarget;
 /** What the built-in filter denies, one entry per rule (`ptrace`, `ioctl(TIOCSTI)`, `clone3`...). */
 export const builtinSeccompRules = addon.builtinSeccompRules;
+/** The kernel's Landlock ABI version; 0 with code ENOSYS (not built in) or EOPNOTSUPP (not enabled at boot). */
+export const landlockAbi = addon.landlockAbi;

@@ -49,6 +49,8 @@ stop_grace_ms = 2500
 log_lines = 500
 log_bytes = 4194304
 tmp_size_bytes = 1048576
+network_policy = "required"
+allowed_connect_ports = [443, 5432]
 
 [redis]
 url = "redis://:secret@127.0.0.1:16400/0"
@@ -81,6 +83,8 @@ bundle_server_path = "/data/bundles"
         logLines: 500,
         logBytes: 4194304,
         tmpSizeBytes: 1048576,
+        networkPolicy: 'required',
+        allowedConnectPorts: [443, 5432],
       },
       server: { defaultMemoryLimit: '2g', defaultCpuLimit: 1.5 },
       redis: { url: 'redis://:secret@127.0.0.1:16400/0' },

@@ -1,7 +1,8 @@
 // Escape attempts from inside a worker: each must fail. The gaps are asserted
 // too, so docs/security.md stays true: a worker may listen on a non-loopback
-// address and reach host loopback services (the network is shared), and it
-// reads the host filesystem outside /tmp wherever file permissions let it.
+// address (its own port) and reach host loopback services (the network is
+// shared; Landlock rules are by port), and it reads the host filesystem
+// outside /tmp wherever file permissions let it.
 import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -12,6 +13,8 @@ import type { WorkerSpec } from '../src/backend.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { FIXTURES, NODE, appSpec, testConfig } from './helpers/backend.js';
 import { isDead, isRoot, procStatus, treeOf, waitFor } from './helpers/proc.js';
+import { landlockSupport } from '../src/process/landlock.js';
+import { PYTHON, parseProbe, unixPeer } from './helpers/net.js';
 
 // Ports 23300-23329 and UIDs 64300-64329 belong to this file.
 const backend = new ProcessBackend(testConfig([23300, 23319], [64300, 64319]));
@@ -84,7 +87,7 @@ beforeAll(() => {
   process.env.PROCYARD_ESCAPE_SECRET = SECRET;
   // The bundle is world-writable on the host: only the read-only bind stands in the way.
   bundle = openDir('procyard-escape-bundle-');
-  for (const f of ['escape.mjs', 'escape-syscalls.py']) {
+  for (const f of ['escape.mjs', 'escape-syscalls.py', 'net-probe.py']) {
     copyFileSync(path.join(FIXTURES, f), path.join(bundle, f));
     chmodSync(path.join(bundle, f), 0o666);
   }
@@ -368,6 +371,47 @@ describe('network (shared with the host: documented, not isolated)', () => {
     } finally {
       hostService.close();
       await backend.removeResource({ id: 'listen-any', kind: 'container', labels: {} });
+    }
+  });
+});
+
+describe('network escapes the network policy closes (Landlock, default networkPolicy)', () => {
+  const { abi } = landlockSupport();
+  // Ports 24296-24298 (the landlock range): never bound by anything else.
+  const probe = async (items: string[]) => parseProbe(await run([PYTHON, '/tmp/app/net-probe.py', ...items]));
+
+  it.runIf(abi >= 4)('bind escape: listening on any port but its own fails with EACCES (a fixed port, a random one)', async () => {
+    const r = await probe(['fixed:bind:24298', 'random:bind:0']);
+    expect(r).toEqual({ fixed: 'EACCES', random: 'EACCES' });
+  });
+
+  it.runIf(abi >= 6)("abstract-socket escape: a host daemon's abstract unix socket refuses it (EPERM) and receives nothing", async () => {
+    const name = `procyard-escape-${randomBytes(6).toString('hex')}`;
+    const daemon = await unixPeer(['abstract', name]);
+    try {
+      const r = await probe([`abstract:abstract:${name}`]);
+      expect(r.abstract).toBe('EPERM');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(daemon.lines).toEqual([]);
+    } finally {
+      await daemon.stop();
+    }
+  });
+
+  it("/run socket escape: a world-connectable socket under the host's /run does not exist inside", async () => {
+    const sock = `/run/procyard-escape-${randomBytes(6).toString('hex')}.sock`;
+    let reached = false;
+    const daemon = net.createServer((s) => {
+      reached = true;
+      s.destroy();
+    });
+    await new Promise<void>((resolve) => daemon.listen(sock, resolve));
+    chmodSync(sock, 0o666);
+    try {
+      expect(await probe([`run:unix:${sock}`])).toEqual({ run: 'ENOENT' });
+      expect(reached).toBe(false);
+    } finally {
+      await new Promise((resolve) => daemon.close(resolve));
     }
   });
 });

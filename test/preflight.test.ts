@@ -100,7 +100,7 @@ describe('the report', () => {
   it('has the eleven checks first, by name and in order, then the extra ones', async () => {
     const report = await runPreflight(config());
     expect(report.results.slice(0, 11).map((r) => r.name)).toEqual(ELEVEN);
-    expect(report.results.slice(11).map((r) => r.name)).toEqual(['pidfd_support', 'bwrap_setuid', 'mount_targets']);
+    expect(report.results.slice(11).map((r) => r.name)).toEqual(['pidfd_support', 'bwrap_setuid', 'mount_targets', 'network_policy']);
     for (const r of report.results) {
       expect(['ok', 'info', 'warning', 'error']).toContain(r.severity);
       expect(r.message.length).toBeGreaterThan(0);
@@ -139,7 +139,7 @@ describe('the report', () => {
     const r = result(report, 'redis_auth');
     expect(r.severity).toBe('error');
     expect(r.message).toContain('TypeError');
-    expect(report.results).toHaveLength(14);
+    expect(report.results).toHaveLength(15);
   });
 
   it('runs the checks concurrently: slow probes overlap', async () => {

@@ -14,9 +14,11 @@ import {
   kernelRelease,
   probePidfd,
   probeUserNamespace,
+  type NativeLandlockRules,
   type ProbeResult,
 } from '../native.js';
 import { BASE_ENV, MOUNT_TARGETS } from '../process/bwrap.js';
+import { NetworkPolicy } from '../process/landlock.js';
 import { installedRVersions } from '../process/rversion.js';
 import { startSandbox, type Sandbox } from '../process/sandbox.js';
 import type { Severity } from './report.js';
@@ -281,6 +283,7 @@ async function withProbeSandbox<T>(
   ctx: PreflightContext,
   cmd: string[],
   use: (sandbox: Sandbox, lines: string[]) => Promise<T>,
+  landlock?: NativeLandlockRules,
 ): Promise<T> {
   const lines: string[] = [];
   const sandbox = await startSandbox({
@@ -297,6 +300,7 @@ async function withProbeSandbox<T>(
     seccompProfile: '',
     env: Object.entries(BASE_ENV).map(([k, v]) => `${k}=${v}`),
     hostCredentials: ctx.isRoot,
+    ...(landlock ? { landlock } : {}),
     onLine: (line) => {
       if (lines.length < 200) lines.push(line);
     },
@@ -330,6 +334,13 @@ export async function checkBwrapHostUidMapping(ctx: PreflightContext): Promise<V
         `(per-worker host UIDs need root to setuid before exec of bwrap); firewall owner-match rules then ` +
         `cannot tell workers from the server. Fix, if you need per-worker egress rules: run the server as root`,
     );
+  // Under the workers' network policy: its no_new_privs would stop a set-uid bwrap from gaining root.
+  let landlock: NativeLandlockRules | undefined;
+  try {
+    landlock = new NetworkPolicy(ctx.proc.networkPolicy, ctx.proc.allowedConnectPorts).forBuild();
+  } catch {
+    landlock = undefined; // an invalid policy is network_policy's finding
+  }
   return withProbeSandbox(ctx, ['/bin/sleep', '5'], async (sandbox, lines) => {
     const appPid = await Promise.race([
       sandbox.appPid,
@@ -357,7 +368,7 @@ export async function checkBwrapHostUidMapping(ctx: PreflightContext): Promise<V
         `firewall owner-match rules would not match workers. Fix: make sure bwrap is not set-uid (see bwrap_setuid) ` +
         `and that the server runs as root with worker_uid_range_start/worker_gid set to unused ids`,
     );
-  });
+  }, landlock);
 }
 
 // ---------------------------------------------------------------- network
@@ -559,6 +570,14 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
   const unresolved = resolved.filter((t) => t.ip === null).map((t) => `${t.label} ${showAddr(t)} (not resolvable)`);
   if (probed.length === 0) return info(`no target could be resolved: ${unresolved.join(', ')}`);
 
+  // Under the workers' own network policy, so it finds what a worker really reaches.
+  let policy: NetworkPolicy;
+  try {
+    policy = new NetworkPolicy(ctx.proc.networkPolicy, ctx.proc.allowedConnectPorts);
+  } catch (err) {
+    return error(`not probed: ${errText(err)}`);
+  }
+  if (policy.decision.error) return info(`not probed: workers cannot start under this network policy (see network_policy)`);
   const gid = ctx.proc.workerGid;
   const uid = ctx.proc.workerUidStart;
   const payload = JSON.stringify(probed.map((t) => ({ ip: t.ip, port: t.port })));
@@ -573,7 +592,7 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
             `the worker uid ${uid} must be able to execute it`,
         );
       return JSON.parse(line.slice('PROCYARD_EGRESS '.length)) as { reachable: boolean; reason: string }[];
-    });
+    }, policy.forBuild());
   } catch (err) {
     return error(`could not run the egress probe in a worker sandbox: ${errText(err)}`);
   }
@@ -582,7 +601,7 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
   const blocked = probed
     .map((t, i) => ({ t, r: results[i] }))
     .filter(({ r }) => r && !r.reachable)
-    .map(({ t, r }) => `${t.label} ${showAddr(t)} (${r!.reason})`);
+    .map(({ t, r }) => `${t.label} ${showAddr(t)} (${r!.reason === 'EACCES' ? 'EACCES: refused by the network policy, allowed_connect_ports' : r!.reason})`);
   const identity = ctx.isRoot ? `uid ${uid} gid ${gid}` : `the server's own uid (not root)`;
   const rest = [
     blocked.length ? `blocked: ${blocked.join(', ')}` : '',
@@ -598,6 +617,9 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
   const message =
     `a worker sandbox (${identity}) can reach ${reachable.map((t) => `${t.label} ${showAddr(t)}`).join(', ')}. ` +
     `Fix: reject worker traffic to ${reachable.length > 1 ? 'them' : 'it'} by the worker GID: ${recipes.join('; ')}.` +
+    (policy.decision.enforced.tcp
+      ? ' Or list only the TCP ports workers need in [process] allowed_connect_ports (Landlock: by port, for every address).'
+      : '') +
     rootNote +
     (rest.length ? ` (${rest.join('; ')})` : '');
   return reachable.some((t) => t.critical) ? error(message) : warning(message);

@@ -19,6 +19,7 @@ import {
   type PreflightContext,
   type Verdict,
 } from './checks.js';
+import { checkNetworkPolicy } from './checks/network-policy.js';
 import { PreflightReport, type CheckResult } from './report.js';
 
 interface CheckDef {
@@ -43,6 +44,7 @@ export const CHECKS: readonly CheckDef[] = Object.freeze([
   { name: 'pidfd_support', category: 'runtime', run: checkPidfdSupport },
   { name: 'bwrap_setuid', category: 'security', run: checkBwrapSetuid },
   { name: 'mount_targets', category: 'sandbox', run: checkMountTargets },
+  { name: 'network_policy', category: 'network', run: checkNetworkPolicy },
 ]);
 
 /** A check that hangs must not hold the report: its probes have their own, shorter timeouts. */

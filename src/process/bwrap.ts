@@ -35,6 +35,14 @@ export interface SandboxPlan {
   /** Pass --seccomp SECCOMP_FD (the caller places the program there). */
   seccomp: boolean;
   cmd: string[];
+  /** Hide the host's /run (see RunPlan); absent or null = /run as the host has it. */
+  run?: RunPlan | null;
+}
+
+/** The host's /run hidden behind an empty tmpfs, read-only once every bind under it is made. */
+export interface RunPlan {
+  /** Host paths under /run bound back read-only, at the same path (bwrap skips a missing one). */
+  keep: string[];
 }
 
 /** The argv after the bwrap binary. */
@@ -56,7 +64,16 @@ export function bwrapArgs(plan: SandboxPlan): string[] {
   // The private /tmp is RAM: uncapped, one worker could fill half the host.
   if (plan.tmpSizeBytes > 0) args.push('--size', String(plan.tmpSizeBytes));
   args.push('--tmpfs', '/tmp', '--proc', '/proc', ...devArgs(plan.tmpSizeBytes), '--chdir', '/tmp');
+  // The host's /run holds daemons' sockets (D-Bus, container runtimes,
+  // databases) that accept a connect() from anyone despite the read-only root.
+  if (plan.run) {
+    args.push('--tmpfs', '/run', '--symlink', '/dev/shm', '/run/shm');
+    for (const p of plan.run.keep) args.push('--ro-bind-try', p, p);
+  }
   for (const m of plan.mounts) args.push(m.readOnly ? '--ro-bind' : '--bind', m.source, m.target);
+  // Read-only only now: bwrap makes the mount points under /run (tokenDir's) first.
+  // A mount onto /run itself replaced the tmpfs: it stays as asked.
+  if (plan.run && !plan.mounts.some((m) => m.target === '/run')) args.push('--remount-ro', '/run');
   args.push('--cap-drop', 'ALL', '--args', String(ARGS_FD));
   if (plan.seccomp) args.push('--seccomp', String(SECCOMP_FD));
   args.push('--json-status-fd', String(STATUS_FD), '--', ...plan.cmd);

@@ -1,12 +1,31 @@
 // Mount targets on the host. bwrap cannot mkdir them on the read-only root,
 // so the server creates them, as root: without following anything a worker
 // could have planted (see native/mounttarget.cc).
-import { lstatSync } from 'node:fs';
+import { lstatSync, realpathSync } from 'node:fs';
 import { resolveMountTarget } from '../native.js';
 
-/** Under the sandbox's own tmpfs /tmp, bwrap creates targets itself, in the sandbox. */
-function underTmp(p: string): boolean {
-  return p === '/tmp' || p.startsWith('/tmp/');
+/**
+ * Under the sandbox's own tmpfs /tmp and /run (the host's are hidden), bwrap
+ * creates targets itself, in the sandbox: the path bwrap must be given, or
+ * null for a host path. /var/run is given as /run where it links there:
+ * bwrap 0.8 resolves an absolute symlink in a target against the host root.
+ */
+function sandboxPrivate(p: string): string | null {
+  if (p === '/tmp' || p.startsWith('/tmp/') || p.startsWith('/run/')) return p;
+  if (p.startsWith('/var/run/') && varRunIsRun()) return `/run/${p.slice('/var/run/'.length)}`;
+  return null;
+}
+
+let varRunLinksToRun: boolean | undefined;
+function varRunIsRun(): boolean {
+  if (varRunLinksToRun === undefined) {
+    try {
+      varRunLinksToRun = realpathSync('/var/run') === '/run';
+    } catch {
+      varRunLinksToRun = false;
+    }
+  }
+  return varRunLinksToRun;
 }
 
 /** Who the server must not trust (as root): the worker UIDs and group. */
@@ -29,7 +48,8 @@ export type PreparedTarget = { path: string; problem?: undefined } | { problem: 
  * server is not root (workers then run as the server's own user).
  */
 export function prepareMountTarget(p: string, field: string, mustBeDir: boolean, guard: WorkerIdentities | null): PreparedTarget {
-  if (underTmp(p)) return { path: p };
+  const inSandbox = sandboxPrivate(p);
+  if (inSandbox !== null) return { path: inSandbox };
   const r = resolveMountTarget(p, {
     create: true,
     trustedUid: process.geteuid?.() ?? 0,

@@ -32,6 +32,7 @@ import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
 import { prepareMountTarget, type WorkerIdentities } from './mounts.js';
+import { NetworkPolicy } from './landlock.js';
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
@@ -92,6 +93,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private readonly asRoot = process.getuid?.() === 0;
   /** Identities mount-target creation must not trust; null when not root. */
   private readonly targetGuard: WorkerIdentities | null;
+  /** Landlock rules for every worker and build (networkPolicy, allowedConnectPorts). */
+  private readonly network: NetworkPolicy;
   private readonly sweepTimer?: NodeJS.Timeout;
   private closed = false;
   /** Spawns and builds in flight, and what to call when none is left (close() waits on it). */
@@ -116,6 +119,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         throw new Error(`process.${key} must be a positive integer, got ${String(p[key])}`);
     if (p.workerUidStart > p.workerUidEnd || p.workerUidStart < 1)
       throw new Error(`process.workerUidStart..workerUidEnd must be a non-empty range of non-root UIDs, got ${p.workerUidStart}-${p.workerUidEnd}`);
+    this.network = new NetworkPolicy(p.networkPolicy, p.allowedConnectPorts);
 
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
     if (!bundleWorkerPath || !path.isAbsolute(bundleWorkerPath))
@@ -164,6 +168,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private async spawnWorker(spec: WorkerSpec): Promise<void> {
     checkWorkerSpec(spec);
     this.assertOpen();
+    this.network.assertUsable();
     const id = spec.workerId;
     if (this.starting.has(id) || this.workers.get(id)?.sandbox.running)
       throw new Error(`worker "${id}" is already running`);
@@ -225,6 +230,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         env: workerEnv(spec, lease.port),
         hostCredentials: this.asRoot,
         closeBeforeClone: takeListener(lease),
+        landlock: this.network.forWorker(lease.port),
         whileCloning,
         onLine: (line, bytes) => ring.push(line, bytes),
       });
@@ -308,6 +314,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private async runBuild(spec: BuildSpec, opts: { signal?: AbortSignal } = {}): Promise<BuildResult> {
     await validateBuildSpec(spec);
     this.assertOpen();
+    this.network.assertUsable();
     const { signal } = opts;
     // Checked before anything starts: failing on it later left the build running.
     if (signal != null && (typeof signal.addEventListener !== 'function' || typeof signal.removeEventListener !== 'function'))
@@ -330,6 +337,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
         seccompProfile: this.proc.seccompProfile,
         env: buildEnv(spec.env),
         hostCredentials: this.asRoot,
+        // No TCP bind at all; connects as configured (package installs need HTTPS).
+        landlock: this.network.forBuild(),
         onLine: (line, bytes) => {
           ring.push(line, bytes);
           try {

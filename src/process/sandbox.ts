@@ -14,10 +14,12 @@ import {
   sealedMemfd,
   spawnNative,
   type ExitStatus,
+  type NativeLandlockRules,
   type PidWatcher,
 } from '../native.js';
 import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
 import { LineSplitter } from './logs.js';
+import { hostRunPlan } from './run-dir.js';
 
 export interface SandboxOptions {
   bwrapPath: string;
@@ -30,6 +32,8 @@ export interface SandboxOptions {
   hostCredentials: boolean;
   /** Closed right before the clone: the held port listener. */
   closeBeforeClone?: number;
+  /** The Landlock domain of the whole sandbox (NetworkPolicy); absent = none. */
+  landlock?: NativeLandlockRules;
   /** Called once the clone is queued, to overlap other work with it. */
   whileCloning?: () => void;
   /** Each output line, stdout and stderr as they arrive, with its length in UTF-8 bytes. */
@@ -334,13 +338,15 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
     spawnCalled = true;
     const spawning = spawnNative({
       file: opts.bwrapPath,
-      argv: [opts.bwrapPath, ...bwrapArgs({ ...opts.plan, seccomp })],
+      // /run is hidden in every sandbox, whatever the network policy (a plan may say how).
+      argv: [opts.bwrapPath, ...bwrapArgs({ ...opts.plan, seccomp, run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan() })],
       env: [...BWRAP_ENV],
       ...(opts.hostCredentials ? { uid: opts.plan.uid, gid: opts.plan.gid } : {}),
       fds,
       ...(opts.closeBeforeClone !== undefined && opts.closeBeforeClone >= 0
         ? { closeBeforeClone: opts.closeBeforeClone }
         : {}),
+      ...(opts.landlock ? { landlock: opts.landlock } : {}),
     });
     opts.whileCloning?.();
     const child = await spawning;
