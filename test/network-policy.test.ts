@@ -198,7 +198,7 @@ describe('hiding /run in the bwrap argv', () => {
   it('a tmpfs over /run after /dev, the kept files, the mounts, then read-only', () => {
     const args = bwrapArgs({ ...plan, mounts, run: { keep: ['/run/systemd/resolve/stub-resolv.conf'] } }).join(' ');
     expect(args).toContain(
-      '--dev /dev --chdir /tmp --tmpfs /run --symlink /dev/shm /run/shm ' +
+      '--remount-ro /dev --chdir /tmp --tmpfs /run --symlink /dev/shm /run/shm ' +
         '--ro-bind-try /run/systemd/resolve/stub-resolv.conf /run/systemd/resolve/stub-resolv.conf ' +
         '--ro-bind /srv/tok /run/blockyard --remount-ro /run --cap-drop ALL',
     );
@@ -211,7 +211,7 @@ describe('hiding /run in the bwrap argv', () => {
 
   it('without a run plan, /run is left as it is', () => {
     expect(bwrapArgs({ ...plan, mounts })).not.toContain('/run/shm');
-    expect(bwrapArgs({ ...plan, mounts, run: null })).not.toContain('--remount-ro');
+    expect(bwrapArgs({ ...plan, mounts, run: null }).join(' ')).not.toContain('--remount-ro /run');
   });
 });
 
