@@ -96,6 +96,8 @@ interface Addon {
   reservePort(port: number): number;
   builtinSeccompFilter(): number;
   builtinSeccompRules(): string[];
+  lockBytes(fd: number, offset: number, length?: number): boolean;
+  unlockBytes(fd: number, offset: number, length?: number): void;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -131,3 +133,13 @@ export const reservePort = addon.reservePort;
 export const builtinSeccompFilter = addon.builtinSeccompFilter;
 /** What the built-in filter denies, one entry per rule (`ptrace`, `ioctl(TIOCSTI)`, `clone3`...). */
 export const builtinSeccompRules = addon.builtinSeccompRules;
+/**
+ * Write-locks bytes [offset, offset + length) of fd's file with an
+ * open-file-description lock (F_OFD_SETLK, no waiting): true when ours now,
+ * false when another open file description (another process, or another
+ * open() in this one) holds any of them. Freed by the kernel when the
+ * description's last fd closes, also when the process is killed.
+ */
+export const lockBytes = addon.lockBytes;
+/** Unlocks bytes [offset, offset + length); a range not held is a no-op. */
+export const unlockBytes = addon.unlockBytes;

@@ -54,7 +54,6 @@ describe('environment', () => {
       'HOME=/tmp',
       'TMPDIR=/tmp',
       'LANG=C.UTF-8',
-      'R_LIBS=/blockyard-lib',
       'R_PROFILE_USER=/app/.Rprofile',
       'FOO=bar',
       'SHINY_HOST=127.0.0.1',
@@ -62,8 +61,11 @@ describe('environment', () => {
     ]);
   });
 
-  it('points R_LIBS at the store library when libDir is set', () => {
+  it('sets R_LIBS only to a library that is mounted: libDir, else libraryPath, else none', () => {
     expect(workerEnv({ libDir: '/x' }, 1)).toContain('R_LIBS=/blockyard-lib-store');
+    expect(workerEnv({ libDir: '/x', libraryPath: '/y' }, 1)).toContain('R_LIBS=/blockyard-lib-store');
+    expect(workerEnv({ libraryPath: '/y' }, 1)).toContain('R_LIBS=/blockyard-lib');
+    expect(workerEnv({}, 1).some((e) => e.startsWith('R_LIBS='))).toBe(false);
   });
 
   it('gives builds the minimal set plus their KEY=VALUE entries', () => {
