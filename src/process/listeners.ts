@@ -23,14 +23,21 @@ const LOOPBACK_REACHABLE = new Set([
  */
 export function listenerUids(text: string, port: number): number[] {
   const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  const needle = `:${hexPort} `;
   const uids: number[] = [];
-  for (const line of text.split('\n')) {
+  // Only the lines that mention the port are split: with thousands of
+  // sockets on the host, splitting every line on every health check would
+  // dominate its cost.
+  for (let at = text.indexOf(needle); at >= 0; ) {
+    const start = text.lastIndexOf('\n', at) + 1;
+    const lineEnd = text.indexOf('\n', at);
+    const end = lineEnd < 0 ? text.length : lineEnd;
     // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
-    const f = line.trim().split(/\s+/);
-    if (f.length < 8 || f[3] !== LISTEN) continue;
-    const colon = f[1]!.lastIndexOf(':');
-    if (colon < 0 || f[1]!.slice(colon + 1) !== hexPort || !LOOPBACK_REACHABLE.has(f[1]!.slice(0, colon))) continue;
-    uids.push(Number(f[7]));
+    const f = text.slice(start, end).trim().split(/\s+/);
+    const colon = f[1]?.lastIndexOf(':') ?? -1;
+    if (f.length >= 8 && f[3] === LISTEN && f[1]!.slice(colon + 1) === hexPort && LOOPBACK_REACHABLE.has(f[1]!.slice(0, colon)))
+      uids.push(Number(f[7]));
+    at = text.indexOf(needle, end);
   }
   return uids;
 }

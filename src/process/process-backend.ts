@@ -149,13 +149,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
     }
     checkConfig(config);
 
+    // checkConfig has made sure it is absolute.
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
-    if (!bundleWorkerPath || !path.isAbsolute(bundleWorkerPath))
-      throw new ConfigError(
-        `storage.bundleWorkerPath must be an absolute path, got ${JSON.stringify(bundleWorkerPath)}`,
-        undefined,
-        'storage.bundleWorkerPath',
-      );
     const bundleProblem = ensureMountTarget(bundleWorkerPath, 'storage.bundleWorkerPath', true);
     if (bundleProblem) throw new Error(bundleProblem);
     for (const target of Object.values(MOUNT_TARGETS)) {
