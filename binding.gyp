@@ -15,7 +15,9 @@
         "native/memfd.cc",
         "native/mounttarget.cc",
         "native/landlock.cc",
-        "native/binding_landlock.cc"
+        "native/binding_landlock.cc",
+        "native/lockfile.cc",
+        "native/binding_lockfile.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -207,7 +207,13 @@ unavailable: ${bd.unavailable}`);
         ['', '10% occupied', '90% occupied'],
         [
           ['native Bitset alloc + release', rate(a.bitset['10%']), rate(a.bitset['90%'])],
-          ['MemoryUidAllocator (the backend\'s, async) alloc + release', rate(a.memoryAllocator['10%']), rate(a.memoryAllocator['90%'])],
+          ['MemoryUidAllocator (LRU queue, async) alloc + release', rate(a.memoryAllocator['10%']), rate(a.memoryAllocator['90%'])],
+          ...(a.hostAllocator
+            ? [
+                [`HostUidAllocator (the default: OFD locks + LRU stamps, ${a.hostAllocator.fs}) alloc + release`, rate(a.hostAllocator['10%']), rate(a.hostAllocator['90%'])],
+                ['port reserve + release (bind, listen, close), memory / host-wide', `${rate(a.portReserve.memory)} / ${rate(a.portReserve.host)}`, ''],
+              ]
+            : []),
           ['(reference) JS array scanned from slot 0', rate(a.arrayScan['10%']), rate(a.arrayScan['90%'])],
           ['Redis reserve p50 / p99, procyard (one Lua script: BITPOS)', `${ms(a.redis['10%'].procyard.p50)} / ${ms(a.redis['10%'].procyard.p99)}`, `${ms(a.redis['90%'].procyard.p50)} / ${ms(a.redis['90%'].procyard.p99)}`],
           ['Redis reserve p50 / p99, original (SET NX PX per slot from the first)', `${ms(a.redis['10%'].scan.p50)} / ${ms(a.redis['10%'].scan.p99)}`, `${ms(a.redis['90%'].scan.p50)} / ${ms(a.redis['90%'].scan.p99)}`],

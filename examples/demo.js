@@ -30,15 +30,6 @@ function portIsFree(port) {
   });
 }
 
-async function waitHealthy(backend, id, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await backend.healthCheck(id, { timeoutMs: 500 })) return true;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return false;
-}
-
 step('preflight');
 const report = await runPreflight(config);
 for (const r of report.results) console.log(`${r.severity.padEnd(8)} ${r.name.padEnd(24)} ${r.message.split('\n')[0]}`);
@@ -65,10 +56,10 @@ try {
   const addr = await backend.addr(spec.workerId);
   console.log(`URL: http://${addr}/`);
 
-  step('health');
-  const healthy = await waitHealthy(backend, spec.workerId, 60000);
-  console.log(`healthy: ${healthy} after ${((performance.now() - started) / 1000).toFixed(2)} s`);
-  if (!healthy) throw new Error('the app did not answer within 60 s; see the logs below');
+  step('ready and healthy');
+  // Resolves once the app's own listener (its UID's) accepts; rejects if it exits first or after 60 s.
+  await backend.waitReady(spec.workerId, { timeoutMs: 60000 });
+  console.log(`ready after ${((performance.now() - started) / 1000).toFixed(2)} s; healthCheck: ${await backend.healthCheck(spec.workerId)}`);
   const page = await (await fetch(`http://${addr}/`)).text();
   console.log(`GET / -> ${page.length} bytes, title: ${/<title>([^<]*)<\/title>/.exec(page)?.[1] ?? '(none)'}`);
 

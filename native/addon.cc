@@ -7,6 +7,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   procyard::InitMisc(env, exports);
   procyard::InitSeccomp(env, exports);
   procyard::InitLandlock(env, exports);
+  procyard::InitLockfile(env, exports);
   return exports;
 }
 }  // namespace

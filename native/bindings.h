@@ -10,4 +10,5 @@ void InitLandlock(Napi::Env env, Napi::Object exports);
 // The `landlock` spawn option (binding_landlock.cc).
 struct LandlockPolicy;
 LandlockPolicy ParseLandlockPolicy(Napi::Env env, Napi::Value value);
+void InitLockfile(Napi::Env env, Napi::Object exports);
 }  // namespace procyard

@@ -81,8 +81,12 @@ export interface LogStream extends AsyncIterable<string> {
 
 export interface WorkerExitEvent {
   workerId: string;
+  /** Exit code of the sandbox; null when it was killed by a signal. */
   code: number | null;
+  /** Signal name (`SIGKILL`) when killed by one, else null. */
   signal: string | null;
+  /** The kernel's OOM killer ended it (needs a memory cgroup; false without one). */
+  oomKilled: boolean;
 }
 
 export interface Backend {
@@ -113,5 +117,13 @@ export class NotSupportedError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'NotSupportedError';
+  }
+}
+
+/** No worker with this id: addr, logs, stop, updateResources and waitReady reject with it. */
+export class WorkerNotFoundError extends Error {
+  constructor(readonly workerId: string) {
+    super(`worker "${workerId}" not found`);
+    this.name = 'WorkerNotFoundError';
   }
 }

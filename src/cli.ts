@@ -1,18 +1,28 @@
 #!/usr/bin/env node
 // The procyard command: preflight a host, or run one sandboxed worker.
-import { renameSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import { loadConfig, ConfigError, type Config } from './config.js';
+import type { WorkerExitEvent } from './backend.js';
+import { loadConfig, ConfigError, DEFAULT_BUNDLE_WORKER_PATH, withTomlNames, type Config } from './config.js';
 import type { CheckResult, PreflightReport, Severity } from './preflight/report.js';
 
 function readConfig(file: string | undefined): Config {
   return file ? loadConfig(file) : {};
 }
 
+/** Prints the message (config fields in their TOML names: that is what CLI users write) and exits. */
 function fail(message: string, code = 2): never {
-  process.stderr.write(`procyard: ${message}\n`);
+  process.stderr.write(`procyard: ${withTomlNames(message)}\n`);
   process.exit(code);
+}
+
+/** The exit status of a command that cannot start, as in a shell. */
+const CANNOT_START = 127;
+
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
 }
 
 // ---------------------------------------------------------------- preflight
@@ -22,12 +32,13 @@ const COLORS: Record<Severity, string> = { ok: '32', info: '36', warning: '33', 
 /** A plain table: severity, name, message (the message is never cut: it holds the fix). */
 function formatReport(report: PreflightReport, color = false): string {
   const sev = (s: Severity) => {
-    const text = s.toUpperCase().padEnd(7);
+    const text = s.toUpperCase().padEnd(8);
     return color ? `\x1b[${COLORS[s]}m${text}\x1b[0m` : text;
   };
   const nameWidth = Math.max(5, ...report.results.map((r: CheckResult) => r.name.length));
   const lines = [
-    `${'SEVERITY'.padEnd(7)}  ${'CHECK'.padEnd(nameWidth)}  MESSAGE`,
+    // 'SEVERITY' is one wider than WARNING: the rows pad to the same 8.
+    `${'SEVERITY'.padEnd(8)}  ${'CHECK'.padEnd(nameWidth)}  MESSAGE`,
     ...report.results.map((r) => `${sev(r.severity)}  ${r.name.padEnd(nameWidth)}  ${r.message}`),
   ];
   const { errors, warnings, info, ok } = report.summary;
@@ -54,7 +65,7 @@ interface RunOptions {
   config?: string;
   portFile?: string;
   bundle?: string;
-  mount: string;
+  mount?: string;
   id?: string;
   transfer?: string;
   env?: Record<string, string>;
@@ -75,28 +86,40 @@ function writePortFile(file: string, port: string): void {
 
 async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
   const config = readConfig(opts.config);
+  const mount = opts.mount ?? config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
+  const bundlePath = path.resolve(opts.bundle ?? process.cwd());
+  const transferDir = opts.transfer ? path.resolve(opts.transfer) : undefined;
+
+  // A command the sandbox cannot exec is an error before anything starts.
+  const { commandProblem } = await import('./process/command.js');
+  const problem = commandProblem(cmd[0]!, {
+    bundlePath,
+    workerMount: mount,
+    mounts: transferDir ? [{ source: transferDir, target: '/transfer' }] : [],
+    ...(opts.env?.PATH !== undefined ? { searchPath: opts.env.PATH } : {}),
+  });
+  if (problem) fail(`cannot start the worker: ${problem}`, CANNOT_START);
+
   const { ProcessBackend } = await import('./process/process-backend.js');
   let backend: InstanceType<typeof ProcessBackend>;
   try {
     backend = new ProcessBackend(config);
   } catch (err) {
-    fail((err as Error).message, 1);
+    fail((err as Error).message, err instanceof ConfigError ? 2 : 1);
   }
   const workerId = opts.id ?? `procyard-run-${process.pid}`;
-  const bundlePath = path.resolve(opts.bundle ?? process.cwd());
+
+  // The port file names a live, listening worker: gone whenever we exit.
+  let portFileWritten = false;
+  process.on('exit', () => {
+    if (portFileWritten && opts.portFile) rmSync(opts.portFile, { force: true });
+  });
 
   let stopping = false;
-  let exitCode = 0;
-  const exited = new Promise<void>((resolve) => {
-    backend.on('exit', (event: { workerId: string; code: number | null; signal: string | null }) => {
-      if (event.workerId !== workerId) return;
-      if (!stopping) {
-        process.stderr.write(
-          `procyard: worker ${workerId} exited on its own (${event.signal ? `signal ${event.signal}` : `code ${event.code}`})\n`,
-        );
-        exitCode = event.code ?? 1;
-      }
-      resolve();
+  let execFailed = false;
+  const exited = new Promise<WorkerExitEvent>((resolve) => {
+    backend.on('exit', (event) => {
+      if (event.workerId === workerId) resolve(event);
     });
   });
 
@@ -124,10 +147,10 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
       appId: 'procyard-run',
       workerId,
       bundlePath,
-      workerMount: opts.mount,
+      workerMount: mount,
       cmd,
       env: opts.env ?? {},
-      ...(opts.transfer ? { transferDir: path.resolve(opts.transfer) } : {}),
+      ...(transferDir ? { transferDir } : {}),
     });
   } catch (err) {
     markStarted(false);
@@ -138,19 +161,40 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
 
   const logs = await backend.logs(workerId);
   const drained = (async () => {
-    for await (const line of logs) process.stdout.write(`${line}\n`);
+    let first = true;
+    for await (const line of logs) {
+      // bwrap's own report that the exec inside the sandbox failed (its first line, before the app runs).
+      if (first && line.startsWith('bwrap: execvp ')) execFailed = true;
+      first = false;
+      process.stdout.write(`${line}\n`);
+    }
   })();
 
+  // Announced (and the port file written) once the worker's own listener
+  // accepts; a worker that exits first was never started as a server.
   const addr = await backend.addr(workerId);
-  const port = addr.slice(addr.lastIndexOf(':') + 1);
-  process.stdout.write(`procyard: worker ${workerId} started; address ${addr} (bundle ${bundlePath} at ${opts.mount})\n`);
-  if (opts.portFile) writePortFile(opts.portFile, port);
+  try {
+    await backend.waitReady(workerId, { timeoutMs: Infinity });
+    const port = addr.slice(addr.lastIndexOf(':') + 1);
+    process.stdout.write(`procyard: worker ${workerId} started; address ${addr} (bundle ${bundlePath} at ${mount})\n`);
+    if (opts.portFile) {
+      writePortFile(opts.portFile, port);
+      portFileWritten = true;
+    }
+  } catch {
+    // It exited before listening: the exit handler says how.
+  }
 
-  await exited;
+  const event = await exited;
   await drained;
   logs.close();
   await backend.close();
-  process.exit(exitCode);
+  if (execFailed) fail(`cannot start the worker: bwrap could not exec ${JSON.stringify(cmd[0])} in the sandbox`, CANNOT_START);
+  if (stopping) process.exit(0);
+  process.stderr.write(
+    `procyard: worker ${workerId} exited on its own (${event.signal ? `signal ${event.signal}` : `code ${event.code}`})\n`,
+  );
+  process.exit(event.code ?? 1);
 }
 
 // ---------------------------------------------------------------- program
@@ -158,6 +202,7 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
 function buildProgram(): Command {
   const program = new Command('procyard')
     .description('Run app workers (R/Shiny or any command) sandboxed by bubblewrap')
+    .version(packageVersion(), '-V, --version', 'print the procyard version')
     .enablePositionalOptions()
     .showHelpAfterError();
 
@@ -173,9 +218,9 @@ function buildProgram(): Command {
     .description('run one sandboxed worker in the foreground, streaming its logs; Ctrl-C stops it gracefully')
     .argument('<cmd...>', 'the command to run inside the sandbox (put it after --)')
     .option('-c, --config <file>', 'TOML config file')
-    .option('--port-file <file>', 'write the worker\'s port (SHINY_PORT) to this file once it has started')
+    .option('--port-file <file>', 'write the worker\'s port (SHINY_PORT) to this file once it listens; removed at exit')
     .option('--bundle <dir>', 'host directory mounted read-only at --mount (default: the current directory)')
-    .option('--mount <path>', 'where the bundle appears inside the sandbox', '/app')
+    .option('--mount <path>', 'where the bundle appears inside the sandbox (default: [storage] bundle_worker_path, else /app)')
     .option('--id <workerId>', 'worker id (default: procyard-run-<pid>)')
     .option('--transfer <dir>', 'host directory mounted read-write at /transfer (the worker UID must be able to write it)')
     .option('-e, --env <KEY=VALUE>', 'extra environment for the worker (repeatable)', collectEnv)

@@ -1,5 +1,7 @@
 // Configuration types and every default, in one place, and the TOML loader.
 import { readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { networkConfigProblem, type NetworkPolicyMode } from './process/network-policy.js';
 
@@ -47,6 +49,20 @@ export interface ProcessConfig {
   networkPolicy?: NetworkPolicyMode;
   /** TCP ports workers and builds may connect to (1-65535). Absent (default) = any; [] = none. */
   allowedConnectPorts?: number[];
+  /**
+   * Without Redis: 'host' claims ports and UIDs through kernel-held locks on
+   * files in runtimeDir, shared by every backend and CLI on the host; 'memory'
+   * keeps them in this process only (two servers on one host would share
+   * UIDs). Default 'host'.
+   */
+  allocator?: 'host' | 'memory';
+  /**
+   * Directory of the host-wide allocator's lock files; every process that
+   * must not share ports or UIDs uses the same one. Created 0700. Default
+   * '/run/procyard' as root, else `$XDG_RUNTIME_DIR/procyard`, else
+   * `<os.tmpdir()>/procyard-<uid>`.
+   */
+  runtimeDir?: string;
 }
 
 export interface Config {
@@ -63,6 +79,15 @@ export interface Config {
 /** Every field filled in, except allowedConnectPorts, whose absence means "any port". */
 export type ResolvedProcessConfig = Required<Omit<ProcessConfig, 'allowedConnectPorts'>> &
   Pick<ProcessConfig, 'allowedConnectPorts'>;
+
+/** The host-wide allocator's default directory for this user. */
+export function defaultRuntimeDir(): string {
+  const uid = process.geteuid?.() ?? 0;
+  if (uid === 0) return '/run/procyard';
+  const xdg = process.env.XDG_RUNTIME_DIR;
+  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'procyard');
+  return path.join(tmpdir(), `procyard-${uid}`);
+}
 
 export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   bwrapPath: '/usr/bin/bwrap',
@@ -81,6 +106,8 @@ export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   logBytes: 16 * 1024 * 1024,
   tmpSizeBytes: 1024 ** 3,
   networkPolicy: 'auto',
+  allocator: 'host',
+  runtimeDir: defaultRuntimeDir(),
 });
 
 export const DEFAULT_BUNDLE_WORKER_PATH = '/app';
@@ -101,14 +128,17 @@ export function openbaoAddress(config: Config): string | undefined {
 // ---------------------------------------------------------------------------
 // TOML loading: the original server's snake_case sections and keys.
 
-/** A config file that cannot be read, parsed or mapped; the message names the file and key. */
+/**
+ * A configuration that cannot be read, parsed or used; the message names the
+ * file (when there is one), the key and the fix.
+ */
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
   constructor(
     message: string,
-    /** The config file. */
-    readonly file: string,
-    /** `section.key` when one key is at fault. */
+    /** The config file; undefined for a Config given in code. */
+    readonly file?: string,
+    /** `section.key` when one key is at fault: TOML names from a file, field names otherwise. */
     readonly key?: string,
   ) {
     super(message);
@@ -136,7 +166,135 @@ const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
   tmp_size_bytes: ['tmpSizeBytes', 'integer'],
   network_policy: ['networkPolicy', 'string'],
   allowed_connect_ports: ['allowedConnectPorts', 'ports'],
+  allocator: ['allocator', 'string'],
+  runtime_dir: ['runtimeDir', 'string'],
 };
+
+/** The other sections procyard reads: TOML key → Config field and type. */
+const SECTION_KEYS: Record<string, Record<string, [string, FieldType]>> = {
+  server: { default_memory_limit: ['defaultMemoryLimit', 'string'], default_cpu_limit: ['defaultCpuLimit', 'number'] },
+  redis: { url: ['url', 'string'] },
+  openbao: { address: ['address', 'string'] },
+  vault: { address: ['address', 'string'] },
+  database: { driver: ['driver', 'string'], url: ['url', 'string'], path: ['path', 'string'] },
+  storage: { bundle_worker_path: ['bundleWorkerPath', 'string'] },
+};
+
+/**
+ * Keys of the hosting server's own config file that procyard does not read:
+ * accepted (the file is the server's), any value. Everything else is a typo
+ * until proven otherwise.
+ */
+const SERVER_KEYS: Record<string, string[]> = {
+  server: [
+    'bind', 'token', 'management_bind', 'session_secret', 'external_url', 'shutdown_timeout', 'drain_timeout',
+    'log_level', 'trusted_proxies', 'backend', 'skip_preflight', 'skip_docker_preflight', 'bootstrap_token', 'worker_env',
+  ],
+  docker: [
+    'socket', 'image', 'shiny_port', 'rv_version', 'pak_version', 'service_network', 'runtime', 'runtime_defaults',
+    'default_memory_limit', 'default_cpu_limit', 'store_retention',
+  ],
+  storage: ['bundle_server_path', 'bundle_retention', 'max_bundle_size', 'soft_delete_retention', 'store_retention', 'data_mounts'],
+  database: ['vault_mount', 'vault_role', 'vault_db_connection', 'board_storage'],
+  proxy: [
+    'ws_cache_ttl', 'health_interval', 'worker_start_timeout', 'max_workers', 'log_retention', 'session_idle_ttl',
+    'idle_worker_timeout', 'http_forward_timeout', 'max_cpu_limit', 'transfer_timeout', 'session_max_lifetime', 'session_store',
+  ],
+  redis: ['key_prefix'],
+  oidc: ['issuer_url', 'issuer_discovery_url', 'client_id', 'client_secret', 'cookie_max_age', 'initial_admin', 'default_role'],
+  openbao: ['admin_token', 'role_id', 'token_ttl', 'jwt_auth_path', 'token_file', 'skip_policy_scope_check', 'services'],
+  vault: ['admin_token', 'role_id', 'token_ttl', 'jwt_auth_path', 'token_file', 'skip_policy_scope_check', 'services'],
+  audit: ['path'],
+  telemetry: ['metrics_enabled', 'otlp_endpoint'],
+  update: ['schedule', 'channel', 'watch_period', 'repo', 'alt_bind_range', 'drain_idle_wait'],
+};
+
+/** Every known key of a section (procyard's and the server's). */
+function knownKeys(section: string): string[] {
+  const own = section === 'process' ? Object.keys(PROCESS_KEYS) : Object.keys(SECTION_KEYS[section] ?? {});
+  return [...own, ...(SERVER_KEYS[section] ?? [])];
+}
+
+const KNOWN_SECTIONS = [...new Set(['process', ...Object.keys(SECTION_KEYS), ...Object.keys(SERVER_KEYS)])];
+
+/** `process.portRangeStart` → `process.port_range_start`, for every field procyard reads. */
+const TOML_NAMES: Map<string, string> = new Map([
+  ...Object.entries(PROCESS_KEYS).map(([toml, [field]]): [string, string] => [`process.${field}`, `process.${toml}`]),
+  ...Object.entries(SECTION_KEYS).flatMap(([section, keys]) =>
+    Object.entries(keys).map(([toml, [field]]): [string, string] => [`${section}.${field}`, `${section}.${toml}`]),
+  ),
+]);
+
+/**
+ * Rewrites Config field names in a message (`process.portRangeStart`) to the
+ * TOML names a config file's reader knows (`process.port_range_start`).
+ */
+export function withTomlNames(message: string): string {
+  return message.replace(/\b(process|server|redis|openbao|vault|database|storage)\.([A-Za-z][A-Za-z0-9]*)\b/g, (name) => TOML_NAMES.get(name) ?? name);
+}
+
+const MEMORY_UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
+
+/**
+ * A memory size as the server's config and specs write it: plain bytes, or a
+ * number with a binary unit k, m, g or t (case-insensitive, an optional
+ * trailing b or ib): '64m', '2g', '512k', '1.5G', '1048576'. Null when malformed.
+ */
+export function parseMemorySize(text: string): number | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
+  if (!m) return null;
+  const bytes = Math.floor(Number(m[1]) * MEMORY_UNITS[m[2]!.toLowerCase()]!);
+  return Number.isSafeInteger(bytes) ? bytes : null;
+}
+
+/**
+ * Checks what the types alone cannot: ranges, limits, paths, choices.
+ * Throws ConfigError naming the key in `names` (TOML names for a file's
+ * reader, Config field names for code) and the file when there is one.
+ */
+export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', file?: string): void {
+  const p = resolveProcessConfig(config);
+  const n = (field: string) => (names === 'toml' ? withTomlNames(field) : field);
+  const where = file ? ` in ${file}` : '';
+  const fail = (field: string, message: string): never => {
+    throw new ConfigError(message, file, n(field));
+  };
+  if (p.portRangeStart < 1 || p.portRangeEnd > 65535 || p.portRangeStart > p.portRangeEnd)
+    fail(
+      'process.portRangeStart',
+      `${n('process.portRangeStart')} and ${n('process.portRangeEnd')}${where} must give a range within 1-65535 ` +
+        `(start <= end), got ${p.portRangeStart}-${p.portRangeEnd}`,
+    );
+  if (p.workerUidStart < 1 || p.workerUidEnd >= 2 ** 32 - 1 || p.workerUidStart > p.workerUidEnd)
+    fail(
+      'process.workerUidStart',
+      `${n('process.workerUidStart')} and ${n('process.workerUidEnd')}${where} must give a non-empty range of ` +
+        `non-root UIDs (1 to 4294967294, start <= end), got ${p.workerUidStart}-${p.workerUidEnd}`,
+    );
+  if (p.allocator !== 'host' && p.allocator !== 'memory')
+    fail('process.allocator', `${n('process.allocator')}${where} must be "host" or "memory", got ${JSON.stringify(p.allocator)}`);
+  if (typeof p.runtimeDir !== 'string' || !path.isAbsolute(p.runtimeDir))
+    fail('process.runtimeDir', `${n('process.runtimeDir')}${where} must be an absolute path, got ${JSON.stringify(p.runtimeDir)}`);
+  const memory = config.server?.defaultMemoryLimit;
+  if (memory !== undefined && (typeof memory !== 'string' || parseMemorySize(memory) === null))
+    fail(
+      'server.defaultMemoryLimit',
+      `${n('server.defaultMemoryLimit')}${where} must be a size like "512k", "64m" or "2g" (binary units) or plain bytes, ` +
+        `got ${JSON.stringify(memory)}`,
+    );
+  const cpu = config.server?.defaultCpuLimit;
+  if (cpu !== undefined && !(typeof cpu === 'number' && Number.isFinite(cpu) && cpu >= 0))
+    fail(
+      'server.defaultCpuLimit',
+      `${n('server.defaultCpuLimit')}${where} must be a number of CPUs >= 0 (0.5 = half a CPU), got ${JSON.stringify(cpu)}`,
+    );
+  const bundleWorkerPath = config.storage?.bundleWorkerPath;
+  if (bundleWorkerPath !== undefined && (typeof bundleWorkerPath !== 'string' || !path.isAbsolute(bundleWorkerPath)))
+    fail(
+      'storage.bundleWorkerPath',
+      `${n('storage.bundleWorkerPath')}${where} must be an absolute path, got ${JSON.stringify(bundleWorkerPath)}`,
+    );
+}
 
 function typeOk(value: unknown, type: FieldType): boolean {
   switch (type) {
@@ -168,7 +326,11 @@ function describe(value: unknown): string {
   return `${typeof value} ${JSON.stringify(value)}`;
 }
 
-/** Closest known key within edit distance 3, for "did you mean". */
+/**
+ * The known name a typo most likely meant: within an edit distance of a
+ * third of its length (at least 2), or one that extends it (`issuer` →
+ * `issuer_url`).
+ */
 function closest(key: string, known: string[]): string | undefined {
   const distance = (a: string, b: string): number => {
     let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
@@ -181,12 +343,12 @@ function closest(key: string, known: string[]): string | undefined {
     return prev[b.length]!;
   };
   let best: string | undefined;
-  let bestDistance = 4;
+  let bestDistance = Math.max(2, Math.floor(key.length / 3)) + 1;
   for (const k of known) {
     const d = distance(key, k);
     if (d < bestDistance) [best, bestDistance] = [k, d];
   }
-  return best;
+  return best ?? (key.length >= 3 ? known.find((k) => k.startsWith(key)) : undefined);
 }
 
 /** Reads `section` as a table (absent → undefined). */
@@ -217,27 +379,58 @@ function required<T>(value: T | undefined, section: string, key: string, file: s
   return value;
 }
 
+/** "unknown ..." with the nearest valid name, or the list of valid ones. */
+function unknown(what: string, name: string, known: string[], file: string, key: string, show = (k: string) => `"${k}"`): never {
+  const hint = closest(name, known);
+  throw new ConfigError(
+    `unknown ${what} ${key.includes('.') ? 'of' : 'in'} ${file}` + (hint ? ` (did you mean ${show(hint)}?)` : `; valid: ${known.map(show).join(', ')}`),
+    file,
+    key,
+  );
+}
+
+/**
+ * Every section and key must be known: procyard's own, or the hosting
+ * server's (SERVER_KEYS). A typo anywhere is an error naming the nearest
+ * valid name, never a setting silently left at its default: a misspelled
+ * [process] section would otherwise run workers without their seccomp filter.
+ */
+function checkNames(doc: Record<string, unknown>, file: string): void {
+  for (const [section, value] of Object.entries(doc)) {
+    const isTable = value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Date);
+    if (!KNOWN_SECTIONS.includes(section)) {
+      if (!isTable) {
+        // A key above every section header: say which section it belongs in.
+        const home = KNOWN_SECTIONS.find((s) => knownKeys(s).includes(section));
+        throw new ConfigError(
+          `key "${section}" in ${file} is outside any section` +
+            (home ? `: put it under [${home}]` : `; keys belong in a section such as [process]`),
+          file,
+          section,
+        );
+      }
+      unknown(`section [${section}]`, section, KNOWN_SECTIONS, file, section, (k) => `[${k}]`);
+    }
+    const t = table(doc, section, file);
+    const known = knownKeys(section);
+    for (const key of Object.keys(t ?? {}))
+      if (!known.includes(key)) unknown(`key "${key}" in [${section}]`, key, known, file, `${section}.${key}`);
+  }
+}
+
 /**
  * Maps a parsed TOML document to a Config with every default applied.
- * Unknown keys in [process] are errors (a typo there silently weakens the
- * sandbox); other sections belong to the wider server and may hold more.
+ * Unknown sections and keys are errors (checkNames), and so are values
+ * procyard cannot use (checkConfig, in TOML names).
  */
 export function configFromToml(doc: Record<string, unknown>, file = '<config>'): Config {
+  checkNames(doc, file);
   const config: Config = {};
 
   const proc = table(doc, 'process', file) ?? {};
   const processConfig: ProcessConfig = {};
   for (const [key, value] of Object.entries(proc)) {
-    const spec = PROCESS_KEYS[key];
-    if (!spec) {
-      const hint = closest(key, Object.keys(PROCESS_KEYS));
-      throw new ConfigError(
-        `unknown key "${key}" in [process] of ${file}` +
-          (hint ? ` (did you mean "${hint}"?)` : `; known keys: ${Object.keys(PROCESS_KEYS).join(', ')}`),
-        file,
-        `process.${key}`,
-      );
-    }
+    const spec = PROCESS_KEYS[key]!;
     const [name, type] = spec;
     (processConfig as Record<string, unknown>)[name] = field(proc, 'process', key, type, file) ?? value;
   }
@@ -294,6 +487,7 @@ export function configFromToml(doc: Record<string, unknown>, file = '<config>'):
     bundleWorkerPath:
       (storage && field<string>(storage, 'storage', 'bundle_worker_path', 'string', file)) ?? DEFAULT_BUNDLE_WORKER_PATH,
   };
+  checkConfig(config, 'toml', file);
   return config;
 }
 

@@ -12,7 +12,10 @@ export type {
   WorkerResourceUsage,
   WorkerSpec,
 } from './backend.js';
-export { NotSupportedError } from './backend.js';
+export { NotSupportedError, WorkerNotFoundError } from './backend.js';
+export { SpecError } from './process/validate.js';
+export { WorkerNotReadyError } from './process/readiness.js';
+export { ExhaustedError } from './process/allocators/types.js';
 export type { Config, ProcessConfig } from './config.js';
 export { PreflightReport } from './preflight/report.js';
 export type { CheckResult, Severity } from './preflight/report.js';
@@ -22,5 +25,5 @@ export { RedisUnreachableError } from './process/allocators/redis.js';
 export { ProcessBackend } from './process/process-backend.js';
 export { NetworkPolicyError } from './process/network-policy.js';
 export type { NetworkPolicyMode } from './process/network-policy.js';
-export type { ProcessBackendOptions } from './process/process-backend.js';
+export type { ProcessBackendEvents, ProcessBackendOptions } from './process/process-backend.js';
 export { resolveRBinary, installedRVersions } from './process/rversion.js';

@@ -119,6 +119,8 @@ interface Addon {
     options: { create: boolean; trustedUid: number; workerUids?: [number, number]; workerGid?: number },
   ): { path: string; problem?: undefined; code?: undefined } | { problem: string; code: string; path?: undefined };
   landlockAbi(): { abi: number; code: string };
+  lockBytes(fd: number, offset: number, length?: number): boolean;
+  unlockBytes(fd: number, offset: number, length?: number): void;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -166,3 +168,13 @@ export const resolveMountTarget = addon.resolveMountTarget;
 export const builtinSeccompRules = addon.builtinSeccompRules;
 /** The kernel's Landlock ABI version; 0 with code ENOSYS (not built in) or EOPNOTSUPP (not enabled at boot). */
 export const landlockAbi = addon.landlockAbi;
+/**
+ * Write-locks bytes [offset, offset + length) of fd's file with an
+ * open-file-description lock (F_OFD_SETLK, no waiting): true when ours now,
+ * false when another open file description (another process, or another
+ * open() in this one) holds any of them. Freed by the kernel when the
+ * description's last fd closes, also when the process is killed.
+ */
+export const lockBytes = addon.lockBytes;
+/** Unlocks bytes [offset, offset + length); a range not held is a no-op. */
+export const unlockBytes = addon.unlockBytes;

@@ -10,6 +10,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BuildSpec, WorkerSpec } from '../src/backend.js';
+import { ConfigError, type Config } from '../src/config.js';
 import * as native from '../src/native.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { FIXTURES, tempDir, testConfig } from './helpers/backend.js';
@@ -445,7 +446,7 @@ describe('native addon', () => {
     expect(await waitFor(() => openFds().length <= fdsAtStart, 5000)).toBe(true);
   }, 120_000);
 
-  it('probes, bitset, parseStat, sampleTrees, reservePort and the seccomp filter: bad arguments throw a clear Error', async () => {
+  it('probes, bitset, parseStat, lock bytes, sampleTrees, reservePort and the seccomp filter: bad arguments throw a clear Error', async () => {
     await fc.assert(
       fc.asyncProperty(
         weirdValue,
@@ -480,6 +481,18 @@ describe('native addon', () => {
             expect(bits.inUse).toBeGreaterThanOrEqual(0);
             expect(bits.inUse).toBeLessThanOrEqual(bits.size);
           }
+          // Lock-file claims: on a scratch file, and on fds that are not files (or not open).
+          const lockFd = openSync(path.join(scratch.dir, 'fuzz.lock'), 'a+');
+          try {
+            for (const fdArg of [lockFd, anything, number, -1, 0x7fffffff])
+              for (const offset of [number, anything, 0, 2 ** 40, 2 ** 40 + 1, -1, 1.5]) {
+                const locked = tryCall('lockBytes', () => native.lockBytes(fdArg as number, offset as number, number as number));
+                if (locked !== undefined) expect(typeof locked).toBe('boolean');
+                tryCall('unlockBytes', () => native.unlockBytes(fdArg as number, offset as number));
+              }
+          } finally {
+            closeSync(lockFd);
+          }
           await tryAsync('sampleTrees', () => native.sampleTrees(pids as number[]));
           const held = tryCall('reservePort', () => native.reservePort(port as number));
           if (typeof held === 'number') closeSync(held);
@@ -495,6 +508,36 @@ describe('native addon', () => {
 
   it('left no unhandled rejection behind', () => {
     expect(unhandled.map(String)).toEqual([]);
+  });
+});
+
+// A Config given in code is checked like a file's, in Config field names.
+describe('Config', () => {
+  it.each([
+    [{ process: { portRangeStart: 3000, portRangeEnd: 2000 } }, 'process.portRangeStart', 'process.portRangeEnd'],
+    [{ process: { portRangeEnd: 70000 } }, 'process.portRangeStart', 'within 1-65535'],
+    [{ process: { workerUidStart: 0 } }, 'process.workerUidStart', 'non-root UIDs'],
+    [{ process: { allocator: 'disk' as 'host' } }, 'process.allocator', '"host" or "memory"'],
+    [{ process: { runtimeDir: 'relative' } }, 'process.runtimeDir', 'absolute path'],
+    [{ server: { defaultMemoryLimit: '2 gigs' } }, 'server.defaultMemoryLimit', 'must be a size like'],
+    [{ server: { defaultCpuLimit: -1 } }, 'server.defaultCpuLimit', '>= 0'],
+    [{ server: { defaultCpuLimit: Number.NaN } }, 'server.defaultCpuLimit', '>= 0'],
+    [{ storage: { bundleWorkerPath: 'app' } }, 'storage.bundleWorkerPath', 'absolute path'],
+  ] as [Config, string, string][])('rejects %j with a ConfigError naming the field', (config, key, message) => {
+    const fds = openFds().length;
+    let err: unknown;
+    try {
+      new ProcessBackend({ ...config, process: { portRangeStart: PORTS[0], portRangeEnd: PORTS[1], ...config.process } });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).key).toBe(key);
+    expect((err as ConfigError).message).toContain(key);
+    expect((err as ConfigError).message).toContain(message);
+    expect((err as ConfigError).file).toBeUndefined();
+    // Checked before anything is opened.
+    expect(openFds().length).toBe(fds);
   });
 });
 

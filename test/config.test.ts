@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, PROCESS_DEFAULTS, resolveProcessConfig } from '../src/config.js';
+import { ConfigError, loadConfig, parseMemorySize, PROCESS_DEFAULTS, resolveProcessConfig, withTomlNames } from '../src/config.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'procyard-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -29,7 +29,7 @@ describe('loadConfig', () => {
   it('maps a full example file', () => {
     const p = file(`
 [server]
-bind = "0.0.0.0:8080"            # the server's own keys are ignored
+bind = "0.0.0.0:8080"            # the server's own keys are accepted and not read
 default_memory_limit = "2g"
 default_cpu_limit = 1.5
 
@@ -51,6 +51,8 @@ log_bytes = 4194304
 tmp_size_bytes = 1048576
 network_policy = "required"
 allowed_connect_ports = [443, 5432]
+allocator = "memory"
+runtime_dir = "/run/procyard-test"
 
 [redis]
 url = "redis://:secret@127.0.0.1:16400/0"
@@ -85,6 +87,8 @@ bundle_server_path = "/data/bundles"
         tmpSizeBytes: 1048576,
         networkPolicy: 'required',
         allowedConnectPorts: [443, 5432],
+        allocator: 'memory',
+        runtimeDir: '/run/procyard-test',
       },
       server: { defaultMemoryLimit: '2g', defaultCpuLimit: 1.5 },
       redis: { url: 'redis://:secret@127.0.0.1:16400/0' },
@@ -133,9 +137,80 @@ bundle_server_path = "/data/bundles"
     expect(err.file).toBe(p);
   });
 
-  it('ignores unknown keys in the other sections', () => {
-    const config = loadConfig(file('[server]\nbind = "x"\n[redis]\nurl = "redis://127.0.0.1:16400"\npool = 3\n[oidc]\nissuer = "x"\n'));
+  it('accepts the hosting server\'s own sections and keys without reading them', () => {
+    const config = loadConfig(
+      file(
+        '[server]\nbind = "x"\nworker_env = { A = "1" }\n[redis]\nurl = "redis://127.0.0.1:16400"\nkey_prefix = "b:"\n' +
+          '[oidc]\nissuer_url = "https://id.example"\n[proxy]\nmax_workers = 3\n[[openbao.services]]\nid = "x"\nlabel = "X"\n' +
+          '[openbao]\naddress = "http://127.0.0.1:8200"\n',
+      ),
+    );
     expect(config.redis).toEqual({ url: 'redis://127.0.0.1:16400' });
+    expect(config.server).toEqual({});
+    expect(config.openbao).toEqual({ address: 'http://127.0.0.1:8200' });
+  });
+
+  it.each([
+    // A misspelled section would run workers without the seccomp filter.
+    ['[procss]\nseccomp_profile = "builtin"\n', 'procss', 'unknown section [procss]', '[process]'],
+    ['[server]\ndefault_memory_lmit = "2g"\n', 'server.default_memory_lmit', 'unknown key "default_memory_lmit" in [server]', '"default_memory_limit"'],
+    ['[redis]\nurl = "redis://127.0.0.1:1"\npool = 3\n', 'redis.pool', 'unknown key "pool" in [redis]', 'valid: "url", "key_prefix"'],
+    ['[oidc]\nissuer = "x"\n', 'oidc.issuer', 'unknown key "issuer" in [oidc]', '"issuer_url"'],
+    ['[storage]\nbundle_worker_pth = "/srv"\n', 'storage.bundle_worker_pth', 'in [storage]', '"bundle_worker_path"'],
+    ['[process.limits]\npids = 3\n', 'process.limits', 'unknown key "limits" in [process]', 'valid:'],
+    ['[nonsense]\nx = 1\n', 'nonsense', 'unknown section [nonsense]', 'valid: [process]'],
+  ])('rejects an unknown name, with the nearest valid one: %s', (text, key, what, hint) => {
+    const p = file(text);
+    const err = configError(() => loadConfig(p));
+    expect(err.key).toBe(key);
+    expect(err.file).toBe(p);
+    expect(err.message).toContain(what);
+    expect(err.message).toContain(p);
+    expect(err.message).toContain(hint);
+  });
+
+  it('says which section a key above every section header belongs in', () => {
+    const p = file('port_range_start = 22000\n[process]\n');
+    const err = configError(() => loadConfig(p));
+    expect(err.message).toContain('key "port_range_start"');
+    expect(err.message).toContain('put it under [process]');
+  });
+
+  it.each([
+    ['[server]\ndefault_memory_limit = "2q"\n', 'server.default_memory_limit', 'must be a size like'],
+    ['[server]\ndefault_memory_limit = "-1g"\n', 'server.default_memory_limit', 'must be a size like'],
+    ['[server]\ndefault_memory_limit = ""\n', 'server.default_memory_limit', 'must be a size like'],
+    ['[server]\ndefault_cpu_limit = -0.5\n', 'server.default_cpu_limit', 'must be a number of CPUs >= 0'],
+    ['[process]\nport_range_start = 3000\nport_range_end = 2000\n', 'process.port_range_start', 'process.port_range_end'],
+    ['[process]\nport_range_end = 70000\n', 'process.port_range_start', 'within 1-65535'],
+    ['[process]\nworker_uid_range_start = 0\n', 'process.worker_uid_range_start', 'non-root UIDs'],
+    ['[process]\nallocator = "redis"\n', 'process.allocator', '"host" or "memory"'],
+    ['[process]\nruntime_dir = "run/procyard"\n', 'process.runtime_dir', 'absolute path'],
+    ['[storage]\nbundle_worker_path = "app"\n', 'storage.bundle_worker_path', 'absolute path'],
+  ])('rejects a value procyard cannot use, in TOML names: %s', (text, key, expected) => {
+    const p = file(text);
+    const err = configError(() => loadConfig(p));
+    expect(err.key).toBe(key);
+    expect(err.message).toContain(key);
+    expect(err.message).toContain(p);
+    expect(err.message).toContain(expected);
+    // Never the JS field names a TOML user has not seen.
+    expect(err.message).not.toMatch(/process\.[a-z]+[A-Z]|server\.[a-z]+[A-Z]|storage\.[a-z]+[A-Z]/);
+  });
+
+  it.each([
+    ['64m', 64 * 2 ** 20],
+    ['2g', 2 * 2 ** 30],
+    ['512k', 512 * 1024],
+    ['512K', 512 * 1024],
+    ['1G', 2 ** 30],
+    ['1.5g', 1.5 * 2 ** 30],
+    ['64mb', 64 * 2 ** 20],
+    ['64MiB', 64 * 2 ** 20],
+    ['1048576', 1048576],
+  ])('reads the memory size %s as %d bytes', (text, bytes) => {
+    expect(parseMemorySize(text)).toBe(bytes);
+    expect(loadConfig(file(`[server]\ndefault_memory_limit = "${text}"\n`)).server?.defaultMemoryLimit).toBe(text);
   });
 
   it.each([
@@ -167,5 +242,18 @@ bundle_server_path = "/data/bundles"
     const err = configError(() => loadConfig(path.join(dir, 'missing.toml')));
     expect(err.message).toContain('missing.toml');
     expect(err.message).toContain('ENOENT');
+  });
+});
+
+describe('withTomlNames', () => {
+  it('rewrites the Config field names procyard reads to their TOML names, and nothing else', () => {
+    expect(withTomlNames('widen process.portRangeStart/process.portRangeEnd or set process.bwrapPath')).toBe(
+      'widen process.port_range_start/process.port_range_end or set process.bwrap_path',
+    );
+    expect(withTomlNames('storage.bundleWorkerPath and server.defaultCpuLimit')).toBe(
+      'storage.bundle_worker_path and server.default_cpu_limit',
+    );
+    expect(withTomlNames('process.workerUidStart, process.runtimeDir')).toBe('process.worker_uid_range_start, process.runtime_dir');
+    expect(withTomlNames('spec.workerId and process.noSuchField stay')).toBe('spec.workerId and process.noSuchField stay');
   });
 });

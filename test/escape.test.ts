@@ -415,3 +415,91 @@ describe('network escapes the network policy closes (Landlock, default networkPo
     }
   });
 });
+
+// Identities that outlive their worker (issue 11, items 5 and 6). Ports
+// 24340-24349 and UIDs 65340-65349 (ux's ranges) belong to these tests.
+describe('identities after a worker ends, and a neighbour racing a start', () => {
+  // Landlock's bind rule (network policy) would stop the thief below at
+  // bind(); these tests are about what procyard checks whatever the kernel.
+  const policy = { networkPolicy: 'off' as const };
+  const ids = new ProcessBackend(testConfig([24340, 24349], [65340, 65342], { stopGraceMs: 1000, ...policy }));
+  afterAll(() => ids.close());
+
+  /** The first log line of a worker that starts with `prefix`, within 20 s. */
+  async function lineOf(b: ProcessBackend, id: string, prefix: string): Promise<string> {
+    const stream = await b.logs(id);
+    const timer = setTimeout(() => stream.close(), 20000);
+    try {
+      for await (const line of stream) if (line.startsWith(prefix)) return line;
+    } finally {
+      clearTimeout(timer);
+      stream.close();
+    }
+    throw new Error(`worker ${id} printed no line starting with ${prefix}`);
+  }
+
+  async function report(b: ProcessBackend, id: string, cmd: string[], extra: Partial<WorkerSpec> = {}): Promise<Record<string, any>> {
+    await b.spawn(appSpec(id, 'serve', { bundlePath: bundle, cmd, ...extra }));
+    return JSON.parse(await lineOf(b, id, '{"attempt"')) as Record<string, any>;
+  }
+
+  // Fails on the lowest-first allocator: B got A's UID and read its file.
+  it.runIf(isRoot)('the next worker does not get the UID of the one that just ended, so cannot read what it left', async () => {
+    const shared = openDir('procyard-escape-shared-transfer-');
+    const a = await report(ids, 'leaver', [NODE, '/tmp/app/escape.mjs', 'leave-private', '/transfer/a-private', SECRET], {
+      transferDir: shared,
+    });
+    expect(a.mkdir).toBe('ok');
+    expect(a.write).toBe('ok');
+    await ids.removeResource({ id: 'leaver', kind: 'container', labels: {} });
+
+    const b = await report(ids, 'next', [NODE, '/tmp/app/escape.mjs', 'read', '/transfer/a-private/secret', '/transfer/existing.txt'], {
+      transferDir: shared,
+    });
+    await ids.removeResource({ id: 'next', kind: 'container', labels: {} });
+    expect(b.uid).not.toBe(a.uid);
+    expect(b.reads['/transfer/a-private/secret']).toBe('EACCES');
+    // Not vacuous: the shared dir itself reads fine.
+    expect(b.reads['/transfer/existing.txt']).toBe('ok:untouched\n');
+  });
+
+  it.runIf(isRoot)('hands UIDs out least recently used: with 3 UIDs, the 4th worker in a row gets the 1st one back', async () => {
+    const uids: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const r = await report(ids, `lru-${i}`, [NODE, '/tmp/app/escape.mjs', 'read']);
+      await ids.removeResource({ id: `lru-${i}`, kind: 'container', labels: {} });
+      uids.push(r.uid as number);
+    }
+    expect(new Set(uids.slice(0, 3)).size).toBe(3);
+    expect(uids[3]).toBe(uids[0]);
+  });
+
+  // Fails on a connect-only health check: the thief answered for the victim.
+  it.runIf(isRoot)("a worker that binds a starting neighbour's port does not make the neighbour healthy or ready", async () => {
+    const drop = openDir('procyard-escape-steal-');
+    await ids.spawn(appSpec('thief', 'serve', { bundlePath: bundle, transferDir: drop, cmd: [NODE, '/tmp/app/escape.mjs', 'steal-port', '/transfer/target'] }));
+    // The victim is slow to listen (it never does): the window the thief needs.
+    await ids.spawn(appSpec('victim', 'serve', { bundlePath: bundle, cmd: ['/bin/sleep', '30'] }));
+    try {
+      const victimAddr = await ids.addr('victim');
+      const victimPort = Number(victimAddr.split(':')[1]);
+      writeFileSync(path.join(drop, 'target'), `${victimPort}\n`);
+      const stolen = JSON.parse(await lineOf(ids, 'thief', '{"attempt"')) as { stolen: number | null; uid: number };
+      // The attack ran: the victim's port answers, from the thief.
+      expect(stolen.stolen).toBe(victimPort);
+      expect(await (await fetch(`http://${victimAddr}/`)).text()).toBe(`answered by the thief, uid ${stolen.uid}\n`);
+
+      expect(await ids.healthCheck('victim')).toBe(false);
+      const waited = ids.waitReady('victim', { timeoutMs: 1000 });
+      await expect(waited).rejects.toThrow(`port ${victimPort} is held by uid ${stolen.uid}, not the worker's uid`);
+      await expect(waited).rejects.toMatchObject({ name: 'WorkerNotReadyError', reason: 'timeout' });
+
+      // Not vacuous: a worker listening on its own port is healthy and ready.
+      await ids.spawn(appSpec('honest'));
+      await ids.waitReady('honest', { timeoutMs: 10000 });
+      expect(await ids.healthCheck('honest')).toBe(true);
+    } finally {
+      await Promise.all(['thief', 'victim', 'honest'].map((id) => ids.removeResource({ id, kind: 'container', labels: {} })));
+    }
+  });
+});

@@ -430,13 +430,16 @@ describe('worker_egress', () => {
     expect(r.message).toContain('uid 63050');
   });
 
-  it('warns with the recipe for a reachable Redis, and reports metadata blocked', async () => {
+  it('warns with the recipe for a reachable Redis, and reports metadata not reachable (not "blocked": nothing listens)', async () => {
     const r = await check('worker_egress', config({}, { redis: { url: `redis://127.0.0.1:${REDIS_OPEN_PORT}` } }));
     expect(r.severity).toBe('warning');
     expect(r.message).toContain(
       `iptables -A OUTPUT -m owner --gid-owner ${WORKER_GID} -d 127.0.0.1 -p tcp --dport ${REDIS_OPEN_PORT} -j REJECT`,
     );
-    expect(r.message).toMatch(new RegExp(`blocked: cloud metadata 127\\.0\\.0\\.1:${closedPort} \\(ECONNREFUSED\\)`));
+    expect(r.message).toMatch(
+      new RegExp(`not reachable: cloud metadata 127\\.0\\.0\\.1:${closedPort} \\(ECONNREFUSED: nothing listens there, or a firewall rejects it\\)`),
+    );
+    expect(r.message).not.toContain('blocked');
   });
 
   it('probes OpenBao and Postgres addresses too', async () => {
@@ -452,10 +455,10 @@ describe('worker_egress', () => {
     );
     expect(r.severity).toBe('warning');
     expect(r.message).toContain(`OpenBao 127.0.0.1:${listeningPort}`);
-    expect(r.message).toContain(`Postgres 127.0.0.1:${closedPort} (ECONNREFUSED)`);
+    expect(r.message).toContain(`Postgres 127.0.0.1:${closedPort} (ECONNREFUSED: nothing listens there`);
   });
 
-  it('is ok when every target is blocked', async () => {
+  it('is ok when no target is reachable', async () => {
     const r = await check('worker_egress', config());
     expect(r.severity).toBe('ok');
     expect(r.message).toContain('reaches none');

@@ -142,8 +142,8 @@ describe('Redis allocators', () => {
     const uidClaims = await claimsInRedis(clients[0]!, prefix, 'uid');
     for (const { p, lease } of leases) expect(portClaims.get(lease.port)).toBe(p.owner);
     for (const { p, uid } of uids) expect(uidClaims.get(uid)).toBe(p.owner);
-    // Lowest free first: together they hold exactly the first 80.
-    expect(sorted([...portClaims.keys()])).toEqual(Array.from({ length: 80 }, (_, i) => 21000 + i));
+    // UIDs round robin from a fresh cursor: together they hold exactly the first 80.
+    expect(sorted([...uidClaims.keys()])).toEqual(Array.from({ length: 80 }, (_, i) => 62000 + i));
 
     await Promise.all(leases.map(({ p, lease }) => p.ports.release(lease)));
     await Promise.all(uids.map(({ p, uid }) => p.uids.release(uid)));
@@ -197,14 +197,19 @@ describe('Redis allocators', () => {
     try {
       const a = peer(client(), prefix, [21110, 21119], [62110, 62119]);
       const b = peer(client(), prefix, [21110, 21119], [62110, 62119]);
-      const first = await a.ports.reserve();
-      expect(first.port).toBe(21111);
-      expect(first.listenerFd).toBeGreaterThanOrEqual(0);
-      expect((await b.ports.reserve()).port).toBe(21112);
+      // Every other port of the range, wherever the random start falls.
+      const got: number[] = [];
+      for (let i = 0; i < 9; i++) {
+        const lease = await (i % 2 ? b : a).ports.reserve();
+        expect(lease.listenerFd).toBeGreaterThanOrEqual(0);
+        got.push(lease.port);
+      }
+      expect(sorted(got)).toEqual([21111, 21112, 21113, 21114, 21115, 21116, 21117, 21118, 21119]);
+      await expect(a.ports.reserve()).rejects.toThrow('no free port in 21110-21119');
       const keys = redisHostKeys(prefix, hostname());
       expect(await clients[0]!.hget(keys.port.owner, '21110')).toBeNull();
       expect(await clients[0]!.getbit(keys.port.bits, 21110)).toBe(0);
-      expect(a.ports.inUse()).toBe(1);
+      expect(a.ports.inUse()).toBe(5);
 
       // Once the outside program is gone the port is ours again.
       await new Promise<void>((r) => outside.close(() => r()));
@@ -212,6 +217,34 @@ describe('Redis allocators', () => {
     } finally {
       if (outside.listening) outside.close();
     }
+  });
+
+  it('hands UIDs out round robin across peers (a released one comes last) and ports from unpredictable starts', async () => {
+    const prefix = freshPrefix();
+    const a = peer(client(), prefix, [21360, 21399], [62360, 62364]);
+    const b = peer(client(), prefix, [21360, 21399], [62360, 62364]);
+    // alloc + release in turn: a lowest-first allocator would give 62360 every time.
+    const seq: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      const p = i % 2 ? b : a;
+      const uid = await p.uids.alloc();
+      seq.push(uid);
+      await p.uids.release(uid);
+    }
+    expect(seq).toEqual([62360, 62361, 62362, 62363, 62364, 62360, 62361]);
+    // A peer with another range keeps its own order.
+    const c = peer(client(), prefix, [21360, 21399], [62365, 62369]);
+    expect(await c.uids.alloc()).toBe(62365);
+    expect(await a.uids.alloc()).toBe(62362);
+
+    // Ports: reserve + release 12 times; lowest-first would give one port every time.
+    const ports = new Set<number>();
+    for (let i = 0; i < 12; i++) {
+      const lease = await a.ports.reserve();
+      ports.add(lease.port);
+      await a.ports.release(lease);
+    }
+    expect(ports.size).toBeGreaterThan(3);
   });
 
   it('after a SIGKILLed peer’s lease expires, cleanupOrphans frees exactly its claims', async () => {
@@ -254,9 +287,12 @@ describe('Redis allocators', () => {
     expect(ownedBy(uidClaims, c.owner)).toEqual(sorted(cUids));
     expect(portClaims.size).toBe(4);
     expect(uidClaims.size).toBe(3);
-    // Its slots are free to claim (and its listeners died with it).
-    expect(b.ports).toContain((await c.ports.reserve()).port);
-    expect(b.uids).toContain(await c.uids.alloc());
+    // Its slots are free to claim (and its listeners died with it): taking every free one takes them too.
+    const rest = { ports: [] as number[], uids: [] as number[] };
+    for (let i = 0; i < 36; i++) rest.ports.push((await c.ports.reserve()).port);
+    for (let i = 0; i < 37; i++) rest.uids.push(await c.uids.alloc());
+    for (const port of b.ports) expect(rest.ports).toContain(port);
+    for (const uid of b.uids) expect(rest.uids).toContain(uid);
   });
 
   it('with Redis stopped, claims reject fast; afterwards no double allocation and outage releases are applied', async () => {

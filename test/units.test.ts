@@ -1,9 +1,13 @@
 // The pure parts: bwrap argv, the worker environment, line splitting and the
-// ring, R version resolution. No sandbox needed.
+// ring, R version resolution, /proc/net/tcp parsing, command lookup. No
+// sandbox needed.
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { bwrapArgs, buildEnv, envArgs, workerEnv, workerMounts } from '../src/process/bwrap.js';
+import { commandProblem, hostPathOf } from '../src/process/command.js';
+import { listenerUids } from '../src/process/listeners.js';
 import { LineSplitter, LogRing, MAX_LINE, retainedBytes } from '../src/process/logs.js';
 import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
 import { tempDir } from './helpers/backend.js';
@@ -72,7 +76,6 @@ describe('environment', () => {
       'HOME=/tmp',
       'TMPDIR=/tmp',
       'LANG=C.UTF-8',
-      'R_LIBS=/blockyard-lib',
       'R_PROFILE_USER=/app/.Rprofile',
       'FOO=bar',
       'SHINY_HOST=127.0.0.1',
@@ -80,8 +83,11 @@ describe('environment', () => {
     ]);
   });
 
-  it('points R_LIBS at the store library when libDir is set', () => {
+  it('sets R_LIBS only to a library that is mounted: libDir, else libraryPath, else none', () => {
     expect(workerEnv({ libDir: '/x' }, 1)).toContain('R_LIBS=/blockyard-lib-store');
+    expect(workerEnv({ libDir: '/x', libraryPath: '/y' }, 1)).toContain('R_LIBS=/blockyard-lib-store');
+    expect(workerEnv({ libraryPath: '/y' }, 1)).toContain('R_LIBS=/blockyard-lib');
+    expect(workerEnv({}, 1).some((e) => e.startsWith('R_LIBS='))).toBe(false);
   });
 
   it('gives builds the minimal set plus their KEY=VALUE entries', () => {
@@ -253,5 +259,67 @@ describe('R versions', () => {
     expect(() => checkRVersion('4.1.0', '/nonexistent')).toThrow(
       'bundle requires R 4.1 which is not installed but no R versions are installed',
     );
+  });
+});
+
+describe('listenerUids (/proc/net/tcp parsing)', () => {
+  const v4 = [
+    '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
+    '   0: 0100007F:2710 00000000:0000 0A 00000000:00000000 00:00000000 00000000 61000        0 1681 1 0 100 0 0 10 0',
+    '   1: 00000000:2710 00000000:0000 0A 00000000:00000000 00:00000000 00000000 61001        0 1682 1 0 100 0 0 10 0',
+    // Established, not listening: the client side of a connection to the port.
+    '   2: 0100007F:2710 0100007F:B0F2 01 00000000:00000000 00:00000000 00000000 61002        0 1683 1 0 100 0 0 10 0',
+    // 127.0.0.2 does not receive a connect to 127.0.0.1.
+    '   3: 0200007F:2710 00000000:0000 0A 00000000:00000000 00:00000000 00000000 61003        0 1684 1 0 100 0 0 10 0',
+    // Another port.
+    '   4: 0100007F:2711 00000000:0000 0A 00000000:00000000 00:00000000 00000000 61004        0 1685 1 0 100 0 0 10 0',
+  ].join('\n');
+  const v6 = [
+    '  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
+    '   0: 00000000000000000000000000000000:2710 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 61005        0 1 1 0',
+    '   1: 0000000000000000FFFF00000100007F:2710 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 61006        0 2 1 0',
+    // ::1 does not receive a connect to 127.0.0.1.
+    '   2: 00000000000000000000000001000000:2710 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 61007        0 3 1 0',
+  ].join('\n');
+
+  it('gives the owners of LISTEN sockets on the port that a connect to 127.0.0.1 reaches', () => {
+    expect(listenerUids(v4, 10000)).toEqual([61000, 61001]);
+    expect(listenerUids(v6, 10000)).toEqual([61005, 61006]);
+    expect(listenerUids(v4, 10001)).toEqual([61004]);
+    expect(listenerUids(v4, 10002)).toEqual([]);
+    expect(listenerUids('', 10000)).toEqual([]);
+  });
+});
+
+describe('commandProblem (can the sandbox exec it?)', () => {
+  const view = { bundlePath: fileURLToPath(new URL('./fixtures/', import.meta.url)), workerMount: '/tmp/app' };
+
+  it('finds programs on the worker PATH and in the bundle, as the sandbox sees them', () => {
+    expect(commandProblem('sh', view)).toBeNull();
+    expect(commandProblem('/bin/sh', view)).toBeNull();
+    expect(commandProblem(process.execPath, view)).toBeNull();
+    // R and Rscript resolve through process.rPath and rig, not PATH.
+    expect(commandProblem('Rscript', view)).toBeNull();
+    // The sandbox's own /proc and /tmp: the host cannot tell, so no verdict.
+    expect(commandProblem('/proc/self/exe', view)).toBeNull();
+  });
+
+  it('names what is missing', () => {
+    expect(commandProblem('no-such-program', view)).toContain("not found in the sandbox's PATH (/usr/bin:/usr/local/bin:/bin)");
+    expect(commandProblem('no-such-program', { ...view, searchPath: '/opt/x' })).toContain('(/opt/x)');
+    // In the bundle on the host, but not executable.
+    expect(commandProblem('/tmp/app/app.mjs', view)).toMatch(/host path .*fixtures\/app\.mjs\) is not an executable file/);
+    expect(commandProblem('/tmp/app/nothing', view)).toContain('is not an executable file');
+    expect(commandProblem('./app.mjs', view)).toContain('give an absolute path');
+  });
+
+  it('maps sandbox paths to host paths through the binds, deepest first', () => {
+    const v = { bundlePath: '/srv/b', workerMount: '/app', mounts: [{ source: '/srv/x', target: '/transfer' }, { source: '/srv/d', target: '/app/data' }] };
+    expect(hostPathOf('/app/run', v)).toBe('/srv/b/run');
+    expect(hostPathOf('/app/data/f', v)).toBe('/srv/d/f');
+    expect(hostPathOf('/transfer/t', v)).toBe('/srv/x/t');
+    expect(hostPathOf('/usr/bin/env', v)).toBe('/usr/bin/env');
+    expect(hostPathOf('/application', v)).toBe('/application');
+    expect(hostPathOf('/tmp/x', v)).toBeNull();
   });
 });

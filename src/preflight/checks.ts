@@ -598,13 +598,22 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
   }
 
   const reachable = probed.filter((_, i) => results[i]?.reachable);
-  const blocked = probed
+  // "Blocked" only where a policy said no: a refused connect may just be a service that is not running.
+  const why = (reason: string) =>
+    reason === 'ECONNREFUSED'
+      ? 'ECONNREFUSED: nothing listens there, or a firewall rejects it'
+      : reason === 'EACCES'
+        ? 'EACCES: refused by the network policy, allowed_connect_ports (or a firewall)'
+        : reason === 'EPERM'
+          ? 'EPERM: blocked by a firewall or Landlock policy'
+          : reason;
+  const unreachable = probed
     .map((t, i) => ({ t, r: results[i] }))
     .filter(({ r }) => r && !r.reachable)
-    .map(({ t, r }) => `${t.label} ${showAddr(t)} (${r!.reason === 'EACCES' ? 'EACCES: refused by the network policy, allowed_connect_ports' : r!.reason})`);
+    .map(({ t, r }) => `${t.label} ${showAddr(t)} (${why(r!.reason)})`);
   const identity = ctx.isRoot ? `uid ${uid} gid ${gid}` : `the server's own uid (not root)`;
   const rest = [
-    blocked.length ? `blocked: ${blocked.join(', ')}` : '',
+    unreachable.length ? `not reachable: ${unreachable.join(', ')}` : '',
     unresolved.length ? `not probed: ${unresolved.join(', ')}` : '',
   ].filter(Boolean);
   if (reachable.length === 0)

@@ -144,16 +144,17 @@ export const BASE_ENV = Object.freeze({
 
 export interface WorkerEnvInput {
   libDir?: string;
+  libraryPath?: string;
   rProfilePath?: string;
   env?: Record<string, string>;
 }
 
 /** The worker's whole environment as KEY=VALUE; SHINY_* last so a spec cannot move the app off loopback. */
 export function workerEnv(spec: WorkerEnvInput, port: number): string[] {
-  const env: Record<string, string> = {
-    ...BASE_ENV,
-    R_LIBS: spec.libDir ? MOUNT_TARGETS.libraryStore : MOUNT_TARGETS.library,
-  };
+  const env: Record<string, string> = { ...BASE_ENV };
+  // R_LIBS names a library only when one is mounted: an empty mount point there misleads R users.
+  if (spec.libDir) env.R_LIBS = MOUNT_TARGETS.libraryStore;
+  else if (spec.libraryPath) env.R_LIBS = MOUNT_TARGETS.library;
   if (spec.rProfilePath) env.R_PROFILE_USER = spec.rProfilePath;
   Object.assign(env, spec.env ?? {});
   env.SHINY_PORT = String(port);

@@ -1,12 +1,12 @@
 // ProcessBackend: the Backend interface over bwrap sandboxes and the native core.
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { EventEmitter } from 'node:events';
-import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import type { Redis, Cluster } from 'ioredis';
 import {
   NotSupportedError,
+  WorkerNotFoundError,
   type Backend,
   type BuildResult,
   type BuildSpec,
@@ -19,6 +19,8 @@ import {
   type WorkerSpec,
 } from '../backend.js';
 import {
+  checkConfig,
+  ConfigError,
   DEFAULT_BUNDLE_WORKER_PATH,
   resolveProcessConfig,
   type Config,
@@ -26,11 +28,13 @@ import {
 } from '../config.js';
 import { clockTicksPerSecond, sampleTrees, type ExitStatus } from '../native.js';
 import type { PreflightReport } from '../preflight/report.js';
+import { hostAllocators } from './allocators/host.js';
 import { memoryAllocators } from './allocators/memory.js';
 import { redisAllocators } from './allocators/redis.js';
 import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
+import { probeOwnListener, waitForListener } from './readiness.js';
 import { prepareMountTarget, type WorkerIdentities } from './mounts.js';
 import { NetworkPolicy } from './landlock.js';
 import { killOrphanSandboxes } from './orphans.js';
@@ -39,7 +43,10 @@ import { startSandbox, type Sandbox } from './sandbox.js';
 import { checkWorkerPaths, checkWorkerSpec, SpecError, validateBuildSpec } from './validate.js';
 
 export interface ProcessBackendOptions {
-  /** Coordinates ports and UIDs with other servers on this host; absent = in-memory allocators. */
+  /**
+   * Coordinates ports and UIDs with other servers through Redis; absent =
+   * process.allocator ('host': lock files in process.runtimeDir, the default).
+   */
   redis?: Redis | Cluster;
   /** Default 'procyard:'. */
   redisKeyPrefix?: string;
@@ -65,6 +72,35 @@ interface Worker {
 }
 
 const noopLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** The events a ProcessBackend emits, with their arguments. */
+export interface ProcessBackendEvents {
+  /** A worker exited (it stays listed until stop or removeResource). */
+  exit: [event: WorkerExitEvent];
+}
+
+type EventName = keyof ProcessBackendEvents;
+type EventListener<K extends EventName> = (...args: ProcessBackendEvents[K]) => void;
+
+// Typed overloads of the EventEmitter methods: `on('exited', ...)` or a
+// listener reading a field the event lacks does not compile.
+export interface ProcessBackend {
+  on<K extends EventName>(event: K, listener: EventListener<K>): this;
+  once<K extends EventName>(event: K, listener: EventListener<K>): this;
+  off<K extends EventName>(event: K, listener: EventListener<K>): this;
+  addListener<K extends EventName>(event: K, listener: EventListener<K>): this;
+  removeListener<K extends EventName>(event: K, listener: EventListener<K>): this;
+  prependListener<K extends EventName>(event: K, listener: EventListener<K>): this;
+  prependOnceListener<K extends EventName>(event: K, listener: EventListener<K>): this;
+  removeAllListeners(event?: EventName): this;
+  listeners<K extends EventName>(event: K): EventListener<K>[];
+  rawListeners<K extends EventName>(event: K): EventListener<K>[];
+  listenerCount(event: EventName): number;
+  emit<K extends EventName>(event: K, ...args: ProcessBackendEvents[K]): boolean;
+}
+
+/** waitReady's default deadline: the original server's worker start timeout. */
+const DEFAULT_READY_TIMEOUT_MS = 60_000;
 
 function exitCodeOf(status: ExitStatus): number {
   if (status.code !== null) return status.code;
@@ -110,17 +146,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
     try {
       accessSync(p.bwrapPath, fsConstants.X_OK);
     } catch {
-      throw new Error(`bwrap not found at "${p.bwrapPath}": install the bubblewrap package or set process.bwrapPath`);
+      throw new ConfigError(
+        `bwrap not found at "${p.bwrapPath}": install the bubblewrap package or set process.bwrapPath`,
+        undefined,
+        'process.bwrapPath',
+      );
     }
-    if (p.portRangeStart > p.portRangeEnd || p.portRangeStart < 1 || p.portRangeEnd > 65535)
-      throw new Error(`process.portRangeStart..portRangeEnd must be a range within 1-65535, got ${p.portRangeStart}-${p.portRangeEnd}`);
+    checkConfig(config);
     for (const key of ['logLines', 'logBytes'] as const)
       if (!Number.isSafeInteger(p[key]) || p[key] < 1)
-        throw new Error(`process.${key} must be a positive integer, got ${String(p[key])}`);
-    if (p.workerUidStart > p.workerUidEnd || p.workerUidStart < 1)
-      throw new Error(`process.workerUidStart..workerUidEnd must be a non-empty range of non-root UIDs, got ${p.workerUidStart}-${p.workerUidEnd}`);
+        throw new ConfigError(`process.${key} must be a positive integer, got ${String(p[key])}`);
     this.network = new NetworkPolicy(p.networkPolicy, p.allowedConnectPorts);
 
+    // checkConfig has made sure it is absolute.
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
     if (!bundleWorkerPath || !path.isAbsolute(bundleWorkerPath))
       throw new Error(`storage.bundleWorkerPath must be an absolute path, got ${JSON.stringify(bundleWorkerPath)}`);
@@ -149,8 +187,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
         );
       }, options.orphanSweepMs ?? 60000);
       this.sweepTimer.unref();
-    } else {
+    } else if (p.allocator === 'memory') {
       this.allocators = memoryAllocators(ports, uids);
+    } else {
+      // Never a silent fall back to memory: two servers would share UIDs.
+      try {
+        this.allocators = hostAllocators(p.runtimeDir, ports, uids);
+      } catch (err) {
+        throw new ConfigError(
+          `host-wide allocator: ${(err as Error).message} (or set process.allocator to "memory" if this is the only server on the host)`,
+          undefined,
+          'process.runtimeDir',
+        );
+      }
     }
     // A previous server on this host may have died mid-spawn.
     this.killOrphanSandboxes().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan sandbox scan failed'));
@@ -251,7 +300,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
           this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
         );
         if (worker.quiet) return;
-        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal };
+        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal, oomKilled: false };
         this.log.info(event, 'procyard: worker exited');
         this.emit('exit', event);
       }),
@@ -283,20 +332,45 @@ export class ProcessBackend extends EventEmitter implements Backend {
     await worker.released;
   }
 
+  /**
+   * True when the worker runs, every listener on its port belongs to its UID
+   * and a connect succeeds (see readiness.ts; without root every worker has
+   * the server's UID, so another worker's listener cannot be told apart).
+   */
   async healthCheck(id: string, opts: { timeoutMs?: number } = {}): Promise<boolean> {
     const worker = this.workers.get(id);
     if (!worker || !worker.sandbox.running) return false;
-    const timeoutMs = opts.timeoutMs ?? 2000;
-    return new Promise((resolve) => {
-      const socket = net.connect({ host: '127.0.0.1', port: worker.port });
-      const done = (ok: boolean) => {
-        socket.destroy();
-        resolve(ok);
-      };
-      socket.setTimeout(timeoutMs, () => done(false));
-      socket.once('connect', () => done(true));
-      socket.once('error', () => done(false));
-    });
+    const probe = await probeOwnListener(worker.port, this.listenerUid(worker), opts.timeoutMs ?? 2000);
+    return probe.ready && worker.sandbox.running;
+  }
+
+  /**
+   * Resolves once the worker's own listener accepts (as healthCheck sees it).
+   * Rejects with WorkerNotFoundError for an unknown id, WorkerNotReadyError
+   * when the worker exits first or after timeoutMs (default 60000; Infinity
+   * for none), and with the signal's reason when it aborts.
+   */
+  async waitReady(id: string, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    const worker = this.mustGet(id);
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
+    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0))
+      throw new RangeError(`waitReady: opts.timeoutMs must be a number of milliseconds >= 0, got ${String(timeoutMs)}`);
+    await waitForListener(
+      {
+        workerId: id,
+        port: worker.port,
+        uid: this.listenerUid(worker),
+        running: () => worker.sandbox.running,
+        exited: worker.sandbox.exited,
+      },
+      timeoutMs,
+      opts.signal,
+    );
+  }
+
+  /** The UID the worker's listener must have: its own as root, else the server's (all workers share it). */
+  private listenerUid(worker: Worker): number {
+    return this.asRoot ? worker.uid : (process.geteuid?.() ?? 0);
   }
 
   async logs(id: string): Promise<LogStream> {
@@ -394,6 +468,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   }
 
   async updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void> {
+    this.mustGet(id);
     void memoryBytes;
     void nanoCpus;
     throw new NotSupportedError(
@@ -456,7 +531,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
 
   private mustGet(id: string): Worker {
     const worker = this.workers.get(id);
-    if (!worker) throw new Error(`worker "${id}" not found`);
+    if (!worker) throw new WorkerNotFoundError(id);
     return worker;
   }
 

@@ -1,4 +1,5 @@
 // In-memory allocators over the native bitset: the default for one server.
+import { randomInt } from 'node:crypto';
 import { closeSync } from 'node:fs';
 import { Bitset, reservePort, type NativeBitset } from '../../native.js';
 import { ExhaustedError, type Allocators, type PortAllocator, type PortLease, type UidAllocator } from './types.js';
@@ -35,11 +36,22 @@ export class MemoryPortAllocator implements PortAllocator {
   }
 
   async reserve(): Promise<PortLease> {
-    // A port bound by another program is skipped: held while we look further,
-    // then handed back, so the next reserve tries it again.
+    // From a random start, wrapping: a worker cannot tell which port the next
+    // worker gets. A port bound by another program is skipped: held while we
+    // look further, then handed back, so the next reserve tries it again.
     const skipped: number[] = [];
+    const from = randomInt(this.bits.size);
+    let wrapped = false;
+    // Every free index >= from is held by the time the scan wraps, so after
+    // wrapping alloc() only finds those below from.
+    const next = (index: number): number => {
+      const found = this.bits.alloc(index);
+      if (found >= 0 || wrapped) return found;
+      wrapped = true;
+      return this.bits.alloc(0);
+    };
     try {
-      for (let index = this.bits.alloc(); index >= 0; index = this.bits.alloc(index + 1)) {
+      for (let index = next(from); index >= 0; index = next(index + 1)) {
         const listenerFd = tryBindPort(this.start + index);
         if (listenerFd >= 0) return { port: this.start + index, listenerFd };
         skipped.push(index);
@@ -60,24 +72,44 @@ export class MemoryPortAllocator implements PortAllocator {
   }
 }
 
+/**
+ * UIDs least recently used first: a queue of free UIDs; a released one goes
+ * to the back, so the next worker never gets the UID of the one that just
+ * ended (and what it left behind) while another UID is free.
+ */
 export class MemoryUidAllocator implements UidAllocator {
+  /** Free indexes, a ring: `count` of them from `head`. */
+  private readonly queue: Int32Array;
+  private head = 0;
+  private count: number;
   private readonly bits: NativeBitset;
 
   constructor(
     private readonly start: number,
     private readonly end: number,
   ) {
-    this.bits = new Bitset(end - start + 1);
+    const size = end - start + 1;
+    this.bits = new Bitset(size);
+    // From a random point: a restarted server does not start over on the UIDs its predecessor used.
+    const first = randomInt(size);
+    this.queue = Int32Array.from({ length: size }, (_, i) => (first + i) % size);
+    this.count = size;
   }
 
   async alloc(): Promise<number> {
-    const index = this.bits.alloc();
-    if (index < 0) throw new ExhaustedError('uid', this.start, this.end);
+    if (this.count === 0) throw new ExhaustedError('uid', this.start, this.end);
+    const index = this.queue[this.head]!;
+    this.head = (this.head + 1) % this.queue.length;
+    this.count--;
+    this.bits.claim(index);
     return this.start + index;
   }
 
   async release(uid: number): Promise<void> {
-    this.bits.release(uid - this.start);
+    const index = uid - this.start;
+    if (index < 0 || index >= this.queue.length || !this.bits.release(index)) return;
+    this.queue[(this.head + this.count) % this.queue.length] = index;
+    this.count++;
   }
 
   inUse(): number {

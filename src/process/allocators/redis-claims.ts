@@ -104,6 +104,8 @@ export class RedisLink {
 export interface StoreKeys {
   bits: string;
   owner: string;
+  /** Round-robin cursor: the value last handed out (UIDs). */
+  cursor?: string;
 }
 
 /**
@@ -132,14 +134,17 @@ export class ClaimStore {
     return this.held.size;
   }
 
-  /** The lowest free value in [from, hi], now held; null when none is free. */
-  async claim(from = this.lo): Promise<number | null> {
+  /**
+   * A free value, now held; null when none is free. The scan starts at
+   * `start` (wrapping), or after the cursor's value when the store has one.
+   */
+  async claim(start = this.lo): Promise<number | null> {
     for (let attempt = 0; ; attempt++) {
       await this.lease.prove();
       // A reconcile frees our claims missing from `held`: none may be half-done meanwhile.
       while (this.reconciling) await this.reconciling;
       this.link.checkUp();
-      const pos = await this.sendClaim(from);
+      const pos = await this.sendClaim(start);
       if (pos >= 0) return pos;
       if (pos === -1) return null;
       // -2: our lease key is gone (lapsed, or Redis lost its data); renew it, which re-asserts what we hold.
@@ -148,10 +153,11 @@ export class ClaimStore {
     }
   }
 
-  private sendClaim(from: number): Promise<number> {
+  private sendClaim(start: number): Promise<number> {
     let abandoned = false;
     this.inflight++;
-    const sent = this.link.send(CLAIM, [this.keys.bits, this.keys.owner, this.lease.prefix], [this.lease.owner, from, this.hi]).then((reply) => {
+    const keys = [this.keys.bits, this.keys.owner, this.lease.prefix, ...(this.keys.cursor ? [this.keys.cursor] : [])];
+    const sent = this.link.send(CLAIM, keys, [this.lease.owner, start, this.lo, this.hi]).then((reply) => {
       const pos = Number(reply);
       // Recorded here, not after the await below, so a reconcile never sees the claim without it.
       if (pos >= 0) {

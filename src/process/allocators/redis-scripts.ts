@@ -27,21 +27,30 @@ end
 `;
 
 /**
- * KEYS bits, owner, leasePrefix; ARGV owner, from, hi.
- * The lowest free value in [from, hi], now the owner's; -1 when none, -2
- * when the owner's lease is missing (a claim without a lease could be swept
- * by a peer at once).
+ * KEYS bits, owner, leasePrefix[, cursor]; ARGV owner, start, lo, hi.
+ * The first free value from start up to hi, else from lo up to start - 1,
+ * now the owner's; -1 when none, -2 when the owner's lease is missing (a
+ * claim without a lease could be swept by a peer at once). With a cursor
+ * key (UIDs) the scan starts after the value it last handed out, and the
+ * cursor moves to the claim: round robin, so a released UID is reused last.
  */
 export const CLAIM = script(`
 if redis.call('EXISTS', KEYS[3] .. ARGV[1]) == 0 then return -2 end
-local from, hi = tonumber(ARGV[2]), tonumber(ARGV[3])
+local start, lo, hi = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if KEYS[4] then
+  local last = tonumber(redis.call('GET', KEYS[4]))
+  if last then start = last + 1 end
+end
+if start < lo or start > hi then start = lo end
 -- BITPOS only looks at bytes the string has: grow it to cover hi, or a
 -- clear bit past its end would read as "none free".
 if redis.call('STRLEN', KEYS[1]) * 8 <= hi then redis.call('SETBIT', KEYS[1], hi, 0) end
-local pos = redis.call('BITPOS', KEYS[1], 0, from, hi, 'BIT')
+local pos = redis.call('BITPOS', KEYS[1], 0, start, hi, 'BIT')
+if pos < 0 and start > lo then pos = redis.call('BITPOS', KEYS[1], 0, lo, start - 1, 'BIT') end
 if pos < 0 then return -1 end
 redis.call('SETBIT', KEYS[1], pos, 1)
 redis.call('HSET', KEYS[2], pos, ARGV[1])
+if KEYS[4] then redis.call('SET', KEYS[4], pos) end
 return pos
 `);
 

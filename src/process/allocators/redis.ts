@@ -1,6 +1,6 @@
 // Port and UID allocators coordinated through Redis, for several servers on
 // one host. Both are thin adapters over one ClaimStore (redis-claims.ts).
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from '../../backend.js';
 import { closeListener, tryBindPort } from './memory.js';
@@ -39,6 +39,8 @@ export function redisHostKeys(prefix: string, host: string) {
     leasePrefix: `${base}lease:`,
     port: { bits: `${base}port:bits`, owner: `${base}port:owner` },
     uid: { bits: `${base}uid:bits`, owner: `${base}uid:owner` },
+    /** The UID range's round-robin cursor (one per range: peers with other ranges keep their own order). */
+    uidCursor: (lo: number, hi: number) => `${base}uid:next:${lo}-${hi}`,
   };
 }
 
@@ -47,9 +49,17 @@ class RedisPortAllocator implements PortAllocator {
 
   async reserve(): Promise<PortLease> {
     const { lo, hi } = this.store;
-    for (let from = lo; from <= hi; ) {
-      const port = await this.store.claim(from);
+    // From a random start (wrapping), so a worker cannot tell the next worker's port.
+    const tried = new Set<number>();
+    for (let start = lo + randomInt(hi - lo + 1); ; ) {
+      const port = await this.store.claim(start);
       if (port === null) break;
+      if (tried.has(port)) {
+        // Wrapped around to one bound by another program: every free port was tried.
+        await this.store.release(port);
+        break;
+      }
+      tried.add(port);
       let listenerFd: number;
       try {
         listenerFd = tryBindPort(port);
@@ -60,7 +70,7 @@ class RedisPortAllocator implements PortAllocator {
       if (listenerFd >= 0) return { port, listenerFd };
       // Another program has it: hand the claim back (peers may find it free later) and look past it.
       await this.store.release(port);
-      from = port + 1;
+      start = port + 1;
     }
     throw new ExhaustedError('port', lo, hi);
   }
@@ -116,7 +126,9 @@ export function redisAllocators(redis: RedisClient, opts: RedisAllocatorOptions)
   const link = new RedisLink(redis, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
   const lease = new HostLease(link, keys.leasePrefix, owner, opts.leaseTtlMs, logger);
   const ports = new ClaimStore(link, lease, keys.port, 'port', opts.ports[0], opts.ports[1], logger);
-  const uids = new ClaimStore(link, lease, keys.uid, 'uid', opts.uids[0], opts.uids[1], logger);
+  // UIDs round robin through a cursor per range: a released UID is handed out last.
+  const uidKeys = { ...keys.uid, cursor: keys.uidCursor(opts.uids[0], opts.uids[1]) };
+  const uids = new ClaimStore(link, lease, uidKeys, 'uid', opts.uids[0], opts.uids[1], logger);
   lease.stores = [ports, uids];
 
   // Failures are logged by the lease; the next tick or claim tries again.

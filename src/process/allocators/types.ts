@@ -37,8 +37,8 @@ export class ExhaustedError extends Error {
   constructor(what: 'port' | 'uid', start: number, end: number) {
     super(
       what === 'port'
-        ? `no free port in ${start}-${end}: every port is claimed or bound by another program; widen process.portRangeStart/portRangeEnd or stop workers`
-        : `no free worker UID in ${start}-${end}: widen process.workerUidStart/workerUidEnd or stop workers`,
+        ? `no free port in ${start}-${end}: every port is claimed or bound by another program; widen process.portRangeStart/process.portRangeEnd or stop workers`
+        : `no free worker UID in ${start}-${end}: widen process.workerUidStart/process.workerUidEnd or stop workers`,
     );
     this.name = 'ExhaustedError';
   }

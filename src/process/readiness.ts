@@ -1,0 +1,134 @@
+// Is the worker's own listener up? Used by healthCheck and waitReady.
+//
+// A connect alone is not enough: workers share the host's network, so once
+// the held placeholder listener is closed at spawn, another worker could bind
+// the port first and answer for it. The listener must belong to the worker's
+// UID. Without root every worker runs as the server's UID, so this check
+// cannot tell workers apart (only other users' listeners are refused).
+import net from 'node:net';
+import type { ExitStatus } from '../native.js';
+import { listenerOwnership } from './listeners.js';
+
+export type ListenerProbe =
+  | { ready: true }
+  | { ready: false; reason: 'none' | 'refused' }
+  | { ready: false; reason: 'foreign'; uid: number };
+
+/** Resolves true when a TCP connect to 127.0.0.1:port succeeds within timeoutMs. */
+export function canConnect(port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+/**
+ * Ready when every listener on 127.0.0.1:port belongs to uid, before and
+ * after a connect that succeeds: the connect then reached a socket of that
+ * UID (another UID cannot bind the port while one of them listens).
+ */
+export async function probeOwnListener(port: number, uid: number, timeoutMs: number): Promise<ListenerProbe> {
+  const before = await listenerOwnership(port, uid);
+  if (before === 'none') return { ready: false, reason: 'none' };
+  if (before !== 'own') return { ready: false, reason: 'foreign', uid: before.foreign };
+  if (!(await canConnect(port, timeoutMs))) return { ready: false, reason: 'refused' };
+  const after = await listenerOwnership(port, uid);
+  if (after === 'own') return { ready: true };
+  return after === 'none' ? { ready: false, reason: 'none' } : { ready: false, reason: 'foreign', uid: after.foreign };
+}
+
+/** Why waitReady gave up: the worker exited first, or the time ran out. */
+export class WorkerNotReadyError extends Error {
+  override readonly name = 'WorkerNotReadyError';
+  constructor(
+    message: string,
+    readonly workerId: string,
+    readonly reason: 'exited' | 'timeout',
+    /** The worker's exit, when reason is 'exited'. */
+    readonly exit?: ExitStatus,
+  ) {
+    super(message);
+  }
+}
+
+export interface WaitTarget {
+  workerId: string;
+  port: number;
+  uid: number;
+  running(): boolean;
+  /** Settles when the worker has exited. */
+  exited: Promise<ExitStatus>;
+}
+
+/** Poll intervals: fast while a freshly spawned app is binding, then at most every 100 ms. */
+const FIRST_WAIT_MS = 2;
+const MAX_WAIT_MS = 100;
+
+/**
+ * Resolves once the worker's own listener accepts; rejects when it exits
+ * first (WorkerNotReadyError 'exited'), after timeoutMs ('timeout'; Infinity
+ * = none) or when signal aborts (its reason). The caller does not poll:
+ * there is no event for "a socket started listening", so this checks
+ * /proc/net/tcp with a short backoff, and wakes at once on exit or abort.
+ */
+export async function waitForListener(target: WaitTarget, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  signal?.throwIfAborted();
+  const deadline = performance.now() + timeoutMs;
+  const addr = `127.0.0.1:${target.port}`;
+  let wake: () => void = () => {};
+  const onAbort = () => wake();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  let exit: ExitStatus | undefined;
+  void target.exited.then((status) => {
+    exit = status;
+    wake();
+  });
+  let last: ListenerProbe = { ready: false, reason: 'none' };
+  try {
+    for (let wait = FIRST_WAIT_MS; ; wait = Math.min(wait * 2, MAX_WAIT_MS)) {
+      signal?.throwIfAborted();
+      if (exit !== undefined || !target.running()) {
+        const how = exit ? (exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`) : 'exit';
+        throw new WorkerNotReadyError(
+          `worker "${target.workerId}" exited (${how}) before listening on ${addr}; see its logs`,
+          target.workerId,
+          'exited',
+          exit,
+        );
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        const why =
+          last.reason === 'foreign'
+            ? `port ${target.port} is held by uid ${last.uid}, not the worker's uid ${target.uid}`
+            : last.reason === 'refused'
+              ? 'connections are refused'
+              : 'nothing listens there';
+        throw new WorkerNotReadyError(
+          `worker "${target.workerId}" is not listening on ${addr} after ${timeoutMs} ms (${why}); ` +
+            'the app must listen on $SHINY_HOST:$SHINY_PORT',
+          target.workerId,
+          'timeout',
+        );
+      }
+      last = await probeOwnListener(target.port, target.uid, Math.min(left, 2000));
+      if (last.ready) return;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(wait, Math.max(0, deadline - performance.now())));
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  } finally {
+    wake = () => {};
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
