@@ -59,6 +59,14 @@
 #define CLONE_NEWTIME 0x00000080
 #endif
 
+// Both 5.x calls share their numbers on x86_64 and aarch64; older headers lack them.
+#ifndef __NR_pidfd_getfd
+#define __NR_pidfd_getfd 438
+#endif
+#ifndef __NR_process_madvise
+#define __NR_process_madvise 440
+#endif
+
 namespace procyard {
 namespace {
 
@@ -134,6 +142,10 @@ const std::vector<Rule>& Rules() {
 #ifdef __NR_process_vm_writev
       Deny("process_vm_writev", __NR_process_vm_writev),
 #endif
+      // Taking another process's fds (bwrap's init's eventfd: an app could
+      // end its sandbox's monitor early), or advising on its memory.
+      Deny("pidfd_getfd", __NR_pidfd_getfd),
+      Deny("process_madvise", __NR_process_madvise),
       // Large kernel attack surface no app needs.
 #ifdef __NR_kexec_load
       Deny("kexec_load", __NR_kexec_load),

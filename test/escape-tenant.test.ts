@@ -1,7 +1,7 @@
 // A hostile tenant's attacks through what it controls: its environment, its
 // output, the files it writes and the /dev it is given. Each attack succeeded
 // on the code before the fix that closed it (see the commit that added it).
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkerSpec } from '../src/backend.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { FIXTURES, NODE, appSpec, tempDir, testConfig } from './helpers/backend.js';
-import { isRoot, procEnviron, procState, waitFor } from './helpers/proc.js';
+import { isRoot, procEnviron, procState, procStatus as procStatusOf, waitFor } from './helpers/proc.js';
 
 // Ports 24400-24449 and UIDs 65400-65449 belong to this file.
 const MiB = 1024 * 1024;
@@ -265,4 +265,64 @@ describe('a server that is PID 1', () => {
     expect(report.exits).toBe(8);
     expect(report.zombies).toEqual([]);
   });
+});
+
+describe("a worker that takes over bwrap's init (same UID, /proc/1/mem)", () => {
+  // Processes of a host UID, alive (not zombies).
+  const liveOf = (uid: number) =>
+    readdirSync('/proc')
+      .filter((n) => /^\d+$/.test(n))
+      .map(Number)
+      .filter((pid) => {
+        try {
+          return Number(procStatusOf(pid).Uid?.split(/\s+/)[0]) === uid && !['Z', 'X', null].includes(procState(pid));
+        } catch {
+          return false;
+        }
+      });
+  const x64 = process.arch === 'x64';
+
+  it.runIf(isRoot && x64)('cannot outlive stop(): faking its end through init leaves nothing running', async () => {
+    const b = new ProcessBackend(testConfig([24441, 24443], [65441, 65443], { stopGraceMs: 1000 }));
+    try {
+      const exited = new Promise<void>((resolve) => b.once('exit', () => resolve()));
+      await b.spawn(appSpec('hijack', 'serve', { cmd: ['/usr/bin/python3', '/tmp/app/init-hijack.py', 'eventfd'] }));
+      const uid = (b as unknown as { workers: Map<string, { uid: number }> }).workers.get('hijack')!.uid;
+      // The monitor exits when the app fires init's eventfd; the server must then end the rest.
+      await exited;
+      expect(await waitFor(() => liveOf(uid).length === 0, 5000, 50)).toBe(true);
+      const started = Date.now();
+      await b.stop('hijack');
+      expect(Date.now() - started).toBeLessThan(3000);
+    } finally {
+      await b.close();
+    }
+  }, 30_000);
+
+  it.runIf(isRoot && x64)('cannot outlive a SIGKILLed server: a live peer backend sweeps it up on its timer', async () => {
+    const peer = new ProcessBackend(testConfig([24444, 24446], [65444, 65446]), { orphanSweepMs: 300 });
+    const server = spawn(NODE, [path.join(FIXTURES, 'hijack-server.mjs'), '24447', '24449', '65444', '65446'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      const patched = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), 20_000);
+        server.stdout!.on('data', (d: Buffer) => {
+          if (d.toString().includes('patched')) {
+            clearTimeout(timer);
+            resolve(true);
+          }
+        });
+      });
+      expect(patched).toBe(true);
+      const before = [65444, 65445, 65446].flatMap(liveOf);
+      expect(before.length).toBeGreaterThan(0);
+      server.kill('SIGKILL');
+      // init's parent-death signal is gone, so its sandbox survives the server ...
+      await new Promise((r) => setTimeout(r, 200));
+      // ... until the peer's periodic orphan sweep kills it.
+      expect(await waitFor(() => [65444, 65445, 65446].flatMap(liveOf).length === 0, 5000, 50)).toBe(true);
+    } finally {
+      server.kill('SIGKILL');
+      await peer.close();
+    }
+  }, 30_000);
 });

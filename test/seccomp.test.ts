@@ -86,6 +86,8 @@ const UNFILTERED: Record<string, string> = {
   ptrace: 'ok',
   process_vm_readv: 'ok',
   process_vm_writev: 'ok',
+  pidfd_getfd: 'EBADF',
+  process_madvise: 'EBADF',
   keyctl: 'ok',
   add_key: 'ok',
   request_key: 'ENOKEY',

@@ -5,7 +5,7 @@
 // SIGKILLed mid-spawn), the init and the app live on, reparented. They are
 // recognisable: a bwrap process that is pid 1 of its own pid namespace, runs
 // as a worker UID, and whose parent is not a bwrap monitor.
-import { closeSync } from 'node:fs';
+import { closeSync, readFileSync, readlinkSync } from 'node:fs';
 import { readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import { pidfdOpen, pidfdSignal, PidWatcherNative } from '../native.js';
 
@@ -24,6 +24,33 @@ async function procStatus(pid: number): Promise<ProcStatus | null> {
     return { uid: Number(field('Uid').split(/\s+/)[0]), ppid: Number(field('PPid')), innerPid: Number(nspid[nspid.length - 1]) };
   } catch {
     return null; // gone meanwhile
+  }
+}
+
+/**
+ * Whether pid (pinned by the caller's pidfd) is an orphaned sandbox init of
+ * `bwrap` (its real path): pid 1 of its own pid namespace, running as `uid`
+ * when given, and no longer the child of a bwrap monitor. Synchronous: a few
+ * small /proc reads, for the moment a monitor is seen to exit.
+ */
+export function isOrphanedInit(pid: number, bwrap: string, uid: number | null): boolean {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '';
+    const nspid = field('NSpid').split(/\s+/);
+    if (Number(nspid[nspid.length - 1]) !== 1) return false;
+    if (uid !== null && Number(field('Uid').split(/\s+/)[0]) !== uid) return false;
+    if (readlinkSync(`/proc/${pid}/exe`) !== bwrap) return false;
+    const ppid = Number(field('PPid'));
+    let parentExe = '';
+    try {
+      parentExe = readlinkSync(`/proc/${ppid}/exe`);
+    } catch {
+      // the parent is gone, or not ours to read
+    }
+    return parentExe !== bwrap;
+  } catch {
+    return false; // gone, a zombie (no exe), or unreadable
   }
 }
 

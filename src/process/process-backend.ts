@@ -52,7 +52,7 @@ export interface ProcessBackendOptions {
   redisKeyPrefix?: string;
   /** Owner lease TTL with Redis. Default 15000. */
   leaseTtlMs?: number;
-  /** Period of the automatic orphan sweep with Redis. Default 60000. */
+  /** Period of the automatic orphan sweep (Redis claims of dead peers, orphaned sandboxes). Default 60000. */
   orphanSweepMs?: number;
   logger?: Logger;
 }
@@ -181,12 +181,6 @@ export class ProcessBackend extends EventEmitter implements Backend {
         leaseTtlMs: options.leaseTtlMs ?? 15000,
         logger: this.log,
       });
-      this.sweepTimer = setInterval(() => {
-        this.cleanupOrphanResources().catch((err: unknown) =>
-          this.log.warn({ err }, 'procyard: orphan sweep failed'),
-        );
-      }, options.orphanSweepMs ?? 60000);
-      this.sweepTimer.unref();
     } else if (p.allocator === 'memory') {
       this.allocators = memoryAllocators(ports, uids);
     } else {
@@ -201,6 +195,12 @@ export class ProcessBackend extends EventEmitter implements Backend {
         );
       }
     }
+    // Whatever the allocators: a sandbox whose init an app took over (so it
+    // outlived a SIGKILLed server) is found by the next sweep of any peer.
+    this.sweepTimer = setInterval(() => {
+      this.cleanupOrphanResources().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan sweep failed'));
+    }, options.orphanSweepMs ?? 60000);
+    this.sweepTimer.unref();
     // A previous server on this host may have died mid-spawn.
     this.killOrphanSandboxes().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan sandbox scan failed'));
   }

@@ -1,6 +1,6 @@
 // One bwrap sandbox started through the native spawn: the shared path of
 // workers, builds and the preflight probes.
-import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, realpathSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import {
@@ -19,6 +19,7 @@ import {
 } from '../native.js';
 import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
 import { LineSplitter } from './logs.js';
+import { isOrphanedInit } from './orphans.js';
 import { hostRunPlan } from './run-dir.js';
 
 export interface SandboxOptions {
@@ -92,6 +93,7 @@ export class Sandbox {
     stderrFd: number,
     statusFd: number,
     onLine: (line: string, utf8Bytes: number) => void,
+    identity: SandboxIdentity,
   ) {
     this.pid = pid;
     this.statusFd = statusFd;
@@ -107,13 +109,16 @@ export class Sandbox {
       pidfd,
       (status) => {
         this.exitStatus = status;
-        // bwrap's monitor exits as soon as its init reports the app's exit
-        // code, before the init is gone: orphaned, the init is then ours to
-        // reap when we are PID 1 or a subreaper (nobody else will). As its
-        // reaper we hold its pid until we reap it, so the pid is not recycled.
-        if (this.initPidfd < 0 && adoptsOrphans()) {
+        // The monitor also exits when its init reports the app's end, before
+        // the init is gone, and an app can fake that report: it runs as the
+        // init's UID, so it can rewrite the init through /proc/1/mem (clearing
+        // its parent-death signal) and fire its eventfd. So the init may live
+        // on, orphaned, with the app: the sandbox is over, it must go. When we
+        // are PID 1 or a subreaper it is our child now (its pid is held until
+        // we reap it); else it is checked to be this sandbox's init.
+        if (this.initPidfd < 0) {
           const init = this.readStatus();
-          if (init !== null) this.initPidfd = openChild(init, process.pid);
+          if (init !== null) this.initPidfd = adoptsOrphans() ? openChild(init, process.pid) : openOrphanedInit(init, identity);
         }
         for (const fd of [this.pidfd, this.appPidfd, this.statusFd]) if (fd >= 0) closeQuietly(fd);
         if (this.initPidfd >= 0) initGone = untilGone(this.initPidfd);
@@ -289,6 +294,39 @@ function readLines(fd: number, onLine: (line: string, utf8Bytes: number) => void
   );
 }
 
+/** What a sandbox's init is known by: bwrap's real path, and its host UID when workers get their own. */
+interface SandboxIdentity {
+  bwrap: string;
+  uid: number | null;
+}
+
+const realPaths = new Map<string, string>();
+function realBwrap(bwrapPath: string): string {
+  let real = realPaths.get(bwrapPath);
+  if (real === undefined) {
+    try {
+      real = realpathSync(bwrapPath);
+    } catch {
+      real = bwrapPath;
+    }
+    realPaths.set(bwrapPath, real);
+  }
+  return real;
+}
+
+/** A pidfd on pid if it is (pinned) an orphaned init of this sandbox's kind, else -1. */
+function openOrphanedInit(pid: number, identity: SandboxIdentity): number {
+  let pidfd: number;
+  try {
+    pidfd = pidfdOpen(pid);
+  } catch {
+    return -1;
+  }
+  if (isOrphanedInit(pid, identity.bwrap, identity.uid)) return pidfd;
+  closeQuietly(pidfd);
+  return -1;
+}
+
 /** A pidfd on pid if it is still a child of parentPid, else -1. */
 function openChild(pid: number, parentPid: number): number {
   let pidfd: number;
@@ -350,7 +388,8 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
     });
     opts.whileCloning?.();
     const child = await spawning;
-    const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, r, opts.onLine);
+    const identity = { bwrap: realBwrap(opts.bwrapPath), uid: opts.hostCredentials ? opts.plan.uid : null };
+    const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, r, opts.onLine, identity);
     statusRead = -1;
     return sandbox;
   } catch (err) {
