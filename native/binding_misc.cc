@@ -201,7 +201,7 @@ Napi::Value SealedMemfdJs(const Napi::CallbackInfo& info) {
 }
 
 // resolveMountTarget(path, {create, workerUids?: [start, end], workerGid?, trustedUid})
-//   -> {path} | {problem, code}
+//   -> {path, created} | {problem, code}
 Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = ToCString(env, info[0], "path");
@@ -224,6 +224,9 @@ Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   if (result.ok) {
     out.Set("path", result.path);
+    Napi::Array created = Napi::Array::New(env, result.created.size());
+    for (uint32_t i = 0; i < result.created.size(); i++) created.Set(i, result.created[i]);
+    out.Set("created", created);
   } else {
     out.Set("problem", result.problem);
     out.Set("code", result.err ? ErrnoName(result.err) : "");

@@ -96,7 +96,11 @@ TargetResult ResolveMountTarget(const std::string& path, const TargetPolicy& pol
     int fd = openat(dirfd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT && policy.create) {
       // The parent was checked: no worker can have planted anything here.
-      if (mkdirat(dirfd, name.c_str(), 0755) < 0 && errno != EEXIST) return fail(errno, "cannot create " + here);
+      if (mkdirat(dirfd, name.c_str(), 0755) == 0) {
+        out.created.push_back(here);
+      } else if (errno != EEXIST) {
+        return fail(errno, "cannot create " + here);
+      }
       fd = openat(dirfd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
     }
     if (fd < 0) return fail(errno, here + (errno == ENOENT ? " does not exist" : " cannot be opened"));

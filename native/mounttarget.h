@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <vector>
 
 namespace procyard {
 
@@ -20,6 +21,7 @@ struct TargetPolicy {
 struct TargetResult {
   bool ok = false;
   std::string path;     // the real path, symlinks resolved (when ok)
+  std::vector<std::string> created;  // directories this call made, outermost first
   int err = 0;          // errno of the failure, 0 for a policy refusal
   std::string problem;  // what is wrong, naming the component (when !ok)
 };

@@ -117,7 +117,7 @@ interface Addon {
   resolveMountTarget(
     path: string,
     options: { create: boolean; trustedUid: number; workerUids?: [number, number]; workerGid?: number },
-  ): { path: string; problem?: undefined; code?: undefined } | { problem: string; code: string; path?: undefined };
+  ): { path: string; created: string[]; problem?: undefined; code?: undefined } | { problem: string; code: string; path?: undefined };
   landlockAbi(): { abi: number; code: string };
   lockBytes(fd: number, offset: number, length?: number): boolean;
   unlockBytes(fd: number, offset: number, length?: number): void;
@@ -161,7 +161,7 @@ export const sealedMemfd = addon.sealedMemfd;
 /**
  * Walks an absolute path from / without following untrusted symlinks (see
  * native/mounttarget.h), creating missing directories when asked: the real
- * path, or what is wrong (`code` '' for a policy refusal, else an errno name).
+ * path and the directories made (outermost first), or what is wrong (`code` '' for a policy refusal, else an errno name).
  */
 export const resolveMountTarget = addon.resolveMountTarget;
 /** What the built-in filter denies, one entry per rule (`ptrace`, `ioctl(TIOCSTI)`, `clone3`...). */

@@ -240,6 +240,25 @@ describe('mount targets (created by the server as root)', () => {
     expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
   });
 
+  it.skipIf(!isRoot)('made for a worker, are gone from the host once the last worker using them has ended', async () => {
+    const target = path.join(base, 'made-for-workers', 'deeper');
+    const spec = (id: string) => appSpec(id, 'serve', { dataMounts: [{ source, target, readOnly: true }] });
+    await backend.spawn(spec('target-user-1'));
+    await backend.spawn(spec('target-user-2'));
+    expect(existsSync(target)).toBe(true);
+    await backend.stop('target-user-1');
+    // Still in use by the second worker.
+    expect(existsSync(target)).toBe(true);
+    await backend.removeResource({ id: 'target-user-2', kind: 'container', labels: {} });
+    expect(existsSync(path.join(base, 'made-for-workers'))).toBe(false);
+    // A build's too.
+    const result = await backend.build({ appId: 'tenant', bundleId: 'b2', cmd: sh(`test -d ${target} && echo there`), mounts: [{ source, target, readOnly: true }] });
+    expect(result.logs).toContain('there');
+    expect(existsSync(path.join(base, 'made-for-workers'))).toBe(false);
+    // One that existed before is left alone.
+    expect(existsSync(source)).toBe(true);
+  });
+
   it.skipIf(!isRoot)('still follow root-owned symlinks in root-owned directories (/var/run -> /run)', async () => {
     const link = path.join(base, 'root-link');
     symlinkSync(protectedDir, link);
@@ -247,7 +266,8 @@ describe('mount targets (created by the server as root)', () => {
       dataMounts: [{ source, target: `${link}/made` }],
     });
     expect(lines).toContain('mounted');
-    expect(existsSync(path.join(protectedDir, 'made'))).toBe(true);
+    // Made for that worker only: gone with it.
+    expect(existsSync(path.join(protectedDir, 'made'))).toBe(false);
   });
 });
 

@@ -1,8 +1,10 @@
 // Mount targets on the host. bwrap cannot mkdir them on the read-only root,
 // so the server creates them, as root: without following anything a worker
 // could have planted (see native/mounttarget.cc).
-import { lstatSync, realpathSync } from 'node:fs';
+import { lstatSync, realpathSync, rmdirSync } from 'node:fs';
+import type { MountEntry } from '../backend.js';
 import { resolveMountTarget } from '../native.js';
+import { SpecError } from './validate.js';
 
 /**
  * Under the sandbox's own tmpfs /tmp and /run (the host's are hidden), bwrap
@@ -34,7 +36,9 @@ export interface WorkerIdentities {
   gid: number;
 }
 
-export type PreparedTarget = { path: string; problem?: undefined } | { problem: string; path?: undefined };
+export type PreparedTarget =
+  | { path: string; created: string[]; problem?: undefined }
+  | { problem: string; path?: undefined; created?: undefined };
 
 /**
  * Makes a bind target reachable inside the sandbox, creating missing
@@ -49,7 +53,7 @@ export type PreparedTarget = { path: string; problem?: undefined } | { problem: 
  */
 export function prepareMountTarget(p: string, field: string, mustBeDir: boolean, guard: WorkerIdentities | null): PreparedTarget {
   const inSandbox = sandboxPrivate(p);
-  if (inSandbox !== null) return { path: inSandbox };
+  if (inSandbox !== null) return { path: inSandbox, created: [] };
   const r = resolveMountTarget(p, {
     create: true,
     trustedUid: process.geteuid?.() ?? 0,
@@ -70,5 +74,103 @@ export function prepareMountTarget(p: string, field: string, mustBeDir: boolean,
     };
   }
   if (mustBeDir && !lstatSync(r.path).isDirectory()) return { problem: `${field} "${p}" exists and is not a directory` };
-  return { path: r.path };
+  return { path: r.path, created: r.created };
+}
+
+/**
+ * Removes directories prepareMountTarget made, innermost first, while they
+ * are empty: a worker's mount targets must not outlive it on the host. Their
+ * parents were checked (no worker can have swapped them), and rmdir never
+ * removes anything a worker put inside.
+ */
+export function removeCreated(created: readonly string[]): void {
+  for (const dir of [...created].reverse()) {
+    try {
+      rmdirSync(dir);
+    } catch {
+      return; // not empty (or gone): its parents are not empty either
+    }
+  }
+}
+
+interface TargetEntry {
+  /** What bwrap is given. */
+  path: string;
+  /** Directories made for it (removed when no sandbox uses it); [] for one that existed, or a fixed one. */
+  created: string[];
+  users: number;
+}
+
+/**
+ * The mount targets of one backend: prepared once, shared by the sandboxes
+ * that use them, and what was created for them removed when the last of
+ * those sandboxes is gone (the fixed targets made at construction stay).
+ */
+export class MountTargets {
+  private readonly ready = new Map<string, TargetEntry>();
+  /** Fixed targets that could not be made, with the message to show at spawn. */
+  private readonly unreachable = new Map<string, string>();
+
+  constructor(private readonly guard: WorkerIdentities | null) {}
+
+  /** A target of the server's own layout, made at construction and kept. */
+  prepareFixed(target: string, field: string, mustBeDir: boolean): string | null {
+    const prepared = prepareMountTarget(target, field, mustBeDir, this.guard);
+    if (prepared.problem !== undefined) {
+      this.unreachable.set(target, prepared.problem);
+      return prepared.problem;
+    }
+    this.ready.set(target, { path: prepared.path, created: [], users: 0 });
+    return null;
+  }
+
+  /**
+   * The mounts with each target as bwrap must see it (see prepareMountTarget),
+   * and the release to call once the sandbox is gone. Throws SpecError naming
+   * the field when a target cannot be made safely; then nothing is held.
+   */
+  acquire(mounts: MountEntry[], field: string): { mounts: MountEntry[]; release(): void } {
+    const held: TargetEntry[] = [];
+    const release = () => {
+      for (const entry of held.splice(0)) this.drop(entry);
+    };
+    try {
+      const bound = mounts.map((m) => {
+        const entry = this.entry(m.target, `${field} target`);
+        entry.users++;
+        held.push(entry);
+        return { ...m, target: entry.path };
+      });
+      return { mounts: bound, release };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  private entry(target: string, field: string): TargetEntry {
+    const known = this.ready.get(target);
+    if (known) return known;
+    const unreachable = this.unreachable.get(target);
+    if (unreachable) throw new SpecError(unreachable);
+    const prepared = prepareMountTarget(target, field, false, this.guard);
+    if (prepared.problem !== undefined) throw new SpecError(prepared.problem);
+    const entry = { path: prepared.path, created: prepared.created, users: 0 };
+    this.ready.set(target, entry);
+    return entry;
+  }
+
+  private drop(entry: TargetEntry): void {
+    if (--entry.users > 0) return;
+    for (const [target, e] of this.ready) {
+      if (e !== entry) continue;
+      if (entry.created.length > 0) {
+        this.ready.delete(target);
+        removeCreated(entry.created);
+      } else if (this.ready.size > 1024) {
+        this.ready.delete(target); // a pre-existing target: only a cache entry
+      }
+      return;
+    }
+  }
 }

@@ -35,12 +35,12 @@ import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
 import { probeOwnListener, waitForListener } from './readiness.js';
-import { prepareMountTarget, type WorkerIdentities } from './mounts.js';
+import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mounts.js';
 import { NetworkPolicy } from './landlock.js';
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
-import { checkWorkerPaths, checkWorkerSpec, SpecError, validateBuildSpec } from './validate.js';
+import { checkWorkerPaths, checkWorkerSpec, validateBuildSpec } from './validate.js';
 
 export interface ProcessBackendOptions {
   /**
@@ -122,10 +122,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private readonly workers = new Map<string, Worker>();
   private readonly starting = new Set<string>();
   private readonly builds = new Set<Sandbox>();
-  /** Fixed mount targets that could not be created, with the message to show at spawn. */
-  private readonly unreachableTargets = new Map<string, string>();
-  /** Mount targets known reachable, with the path bwrap is given for each. */
-  private readonly readyTargets = new Map<string, string>();
+  private readonly targets: MountTargets;
   private readonly asRoot = process.getuid?.() === 0;
   /** Identities mount-target creation must not trust; null when not root. */
   private readonly targetGuard: WorkerIdentities | null;
@@ -165,11 +162,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
     this.targetGuard = this.asRoot ? { uids: [p.workerUidStart, p.workerUidEnd], gid: p.workerGid } : null;
     const bundle = prepareMountTarget(bundleWorkerPath, 'storage.bundleWorkerPath', true, this.targetGuard);
     if (bundle.problem !== undefined) throw new Error(bundle.problem);
-    for (const target of Object.values(MOUNT_TARGETS)) {
-      const prepared = prepareMountTarget(target, 'mount target', true, this.targetGuard);
-      if (prepared.problem !== undefined) this.unreachableTargets.set(target, prepared.problem);
-      else this.readyTargets.set(target, prepared.path);
-    }
+    this.targets = new MountTargets(this.targetGuard);
+    for (const target of Object.values(MOUNT_TARGETS)) this.targets.prepareFixed(target, 'mount target', true);
 
     const ports: [number, number] = [p.portRangeStart, p.portRangeEnd];
     const uids: [number, number] = [p.workerUidStart, p.workerUidEnd];
@@ -235,11 +229,15 @@ export class ProcessBackend extends EventEmitter implements Backend {
           (err: unknown) => err,
         ));
       let worker: Worker;
+      const targets = this.targets.acquire(workerMounts(spec), 'spec');
       try {
-        worker = await this.startWorker(spec, cmd, await this.bindableMounts(workerMounts(spec), 'spec'), checkPaths);
+        worker = await this.startWorker(spec, cmd, targets.mounts, checkPaths);
       } catch (err) {
+        targets.release();
         throw (await checkPaths()) ?? err;
       }
+      // Mount targets made for this worker go with it.
+      void worker.released.then(targets.release);
       // close() may have run while this spawn was in flight and could not see it.
       const problem = (await checkPaths()) ?? (this.closed ? new Error('ProcessBackend is closed') : null);
       if (problem) {
@@ -399,10 +397,20 @@ export class ProcessBackend extends EventEmitter implements Backend {
     } catch (err) {
       return { success: false, exitCode: 1, logs: (err as Error).message };
     }
-    const mounts = await this.bindableMounts(spec.mounts ?? [], 'mounts');
-    if (signal?.aborted) return { success: false, exitCode: -1, logs: 'build aborted before it started' };
+    const targets = this.targets.acquire(spec.mounts ?? [], 'mounts');
+    const { mounts } = targets;
+    if (signal?.aborted) {
+      targets.release();
+      return { success: false, exitCode: -1, logs: 'build aborted before it started' };
+    }
 
-    const uid = await this.allocators.uids.alloc();
+    let uid: number;
+    try {
+      uid = await this.allocators.uids.alloc();
+    } catch (err) {
+      targets.release();
+      throw err;
+    }
     const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
     try {
       const sandbox = await startSandbox({
@@ -435,6 +443,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         this.builds.delete(sandbox);
       }
     } finally {
+      targets.release();
       await this.allocators.uids.release(uid);
     }
   }
@@ -547,27 +556,6 @@ export class ProcessBackend extends EventEmitter implements Backend {
     const r = resolveRBinary(rVersion, this.proc.rPath, this.proc.rigBase);
     if (r.fellBack) throw new Error(rVersionGoneMessage(rVersion));
     return [program === 'R' ? r.path : path.join(path.dirname(r.path), 'Rscript'), ...rest];
-  }
-
-  private async bindableMounts(mounts: MountEntry[], field: string): Promise<MountEntry[]> {
-    return mounts.map((m) => ({ ...m, target: this.bindableTarget(m.target, field) }));
-  }
-
-  /**
-   * Checks a target can be reached and gives it as bwrap must see it (see
-   * prepareMountTarget). Remembered once it is: a mount point, once made,
-   * stays, and no directory on its path is one a worker can change.
-   */
-  private bindableTarget(target: string, field: string): string {
-    const known = this.readyTargets.get(target);
-    if (known !== undefined) return known;
-    const unreachable = this.unreachableTargets.get(target);
-    if (unreachable) throw new SpecError(unreachable);
-    const prepared = prepareMountTarget(target, `${field} target`, false, this.targetGuard);
-    if (prepared.problem !== undefined) throw new SpecError(prepared.problem);
-    if (this.readyTargets.size >= 1024) this.readyTargets.clear();
-    this.readyTargets.set(target, prepared.path);
-    return prepared.path;
   }
 }
 
