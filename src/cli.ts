@@ -4,6 +4,7 @@ import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import type { WorkerExitEvent } from './backend.js';
+import { printable } from './process/logs.js';
 import { loadConfig, ConfigError, DEFAULT_BUNDLE_WORKER_PATH, withTomlNames, type Config } from './config.js';
 import type { CheckResult, PreflightReport, Severity } from './preflight/report.js';
 
@@ -166,7 +167,7 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
       // bwrap's own report that the exec inside the sandbox failed (its first line, before the app runs).
       if (first && line.startsWith('bwrap: execvp ')) execFailed = true;
       first = false;
-      process.stdout.write(`${line}\n`);
+      process.stdout.write(`${printable(line)}\n`);
     }
   })();
 

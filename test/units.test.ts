@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { bwrapArgs, buildEnv, envArgs, workerEnv, workerMounts } from '../src/process/bwrap.js';
 import { commandProblem, hostPathOf } from '../src/process/command.js';
 import { listenerUids } from '../src/process/listeners.js';
-import { LineSplitter, LogRing, MAX_LINE, retainedBytes } from '../src/process/logs.js';
+import { LineSplitter, LogRing, MAX_LINE, printable, retainedBytes } from '../src/process/logs.js';
 import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
 import { tempDir } from './helpers/backend.js';
 
@@ -138,6 +138,15 @@ describe('LineSplitter on bytes', () => {
       expect(line).not.toContain('\uFFFD');
     }
     expect(out).toHaveLength(2);
+  });
+});
+
+describe('printable', () => {
+  it('shows a worker\'s control characters as \\xNN so they cannot drive the terminal, and keeps tabs and text', () => {
+    expect(printable('\x1b]0;pwned\x07red \x1b[31mtext\x1b[0m\tok \u00e9\u{1F600}')).toBe(
+      '\\x1b]0;pwned\\x07red \\x1b[31mtext\\x1b[0m\tok \u00e9\u{1F600}',
+    );
+    expect(printable('\x9b31m')).toBe('\\x9b31m');
   });
 });
 

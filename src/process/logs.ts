@@ -237,3 +237,13 @@ export class LogRing {
     this.head = 0;
   }
 }
+
+/**
+ * A worker's line made safe for the operator's terminal: the app controls its
+ * output, and an escape sequence (ESC, CSI, OSC...) could rewrite the screen
+ * or the window title, or worse on some terminals. Control characters other
+ * than tab are shown as \xNN.
+ */
+export function printable(line: string): string {
+  return line.replace(/[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
