@@ -220,9 +220,9 @@ describe('graceful stop', () => {
     try {
       await backend.spawn(appSpec('term', 'serve', { transferDir: transfer.dir }));
       expect(await waitHealthy('term')).toBe(true);
-      const started = Date.now();
       await backend.stop('term');
-      expect(Date.now() - started).toBeLessThan(2500);
+      // The app exited 0 by itself (its handler's exit): no SIGKILL at the grace, however loaded the host.
+      expect(exits.filter((e) => e.workerId === 'term')).toEqual([{ workerId: 'term', code: 0, signal: null }]);
       expect(existsSync(`${transfer.dir}/terminated`)).toBe(true);
       expect(readFileSync(`${transfer.dir}/terminated`, 'utf8')).toBe('pid 2\n');
     } finally {
@@ -236,8 +236,11 @@ describe('graceful stop', () => {
     const started = Date.now();
     await backend.stop('stubborn');
     const took = Date.now() - started;
+    // Killed, and not before the grace (a timer never fires early); at the first
+    // grace, not a later one (the bound is the grace itself, not this host's speed).
+    expect(exits.filter((e) => e.workerId === 'stubborn')).toEqual([{ workerId: 'stubborn', code: null, signal: 'SIGKILL' }]);
     expect(took).toBeGreaterThanOrEqual(2900);
-    expect(took).toBeLessThan(3000 + 1500);
+    expect(took).toBeLessThan(2 * 3000);
     expect(await backend.healthCheck('stubborn')).toBe(false);
     expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
   });
@@ -250,7 +253,8 @@ describe('graceful stop', () => {
     await new Promise((r) => setTimeout(r, 100));
     await backend.removeResource({ id: 'race', kind: 'container', labels: {} });
     await Promise.all(stops.map((p) => p.catch(() => {})));
-    expect(Date.now() - started).toBeLessThan(2000);
+    // Before the 3 s grace could have run out: the removal, not the grace, ended it.
+    expect(Date.now() - started).toBeLessThan(3000);
     expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
   });
 });
@@ -344,7 +348,8 @@ describe('build', () => {
       const result = await pending;
       expect(result.success).toBe(false);
       expect(result.exitCode).not.toBe(0);
-      expect(Date.now() - started).toBeLessThan(5000);
+      // Well before its `sleep 30` would have ended: the abort, not the command, ended it.
+      expect(Date.now() - started).toBeLessThan(20_000);
       expect(existsSync(`${marker.dir}/finished`)).toBe(false);
       expect(backend.inUse.uids).toBe(0);
     } finally {
