@@ -9,8 +9,7 @@ export default defineConfig({
     pool: 'forks',
     // Real sandboxes on a 2-core machine: two files at once keeps timings honest.
     maxWorkers: 2,
-    // CI also writes a JSON summary, from which .ci/run prints its closing line.
-    reporters: process.env.CI ? ['default', 'json'] : ['default'],
-    outputFile: { json: 'test-results.json' },
+    // `npm test` (scripts/test.mjs) adds a JSON reporter per run and prints the closing line.
+    reporters: ['default'],
   },
 });

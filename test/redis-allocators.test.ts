@@ -13,6 +13,7 @@ import type { Logger } from '../src/backend.js';
 import { redisAllocators, redisHostKeys, type RedisAllocators } from '../src/process/allocators/redis.js';
 import { closeListener } from '../src/process/allocators/memory.js';
 import type { PortLease } from '../src/process/allocators/types.js';
+import { settlesBefore } from './helpers/proc.js';
 import { startCluster, startRedis, type RedisCluster, type RedisServer } from './helpers/redis.js';
 
 const PEER = fileURLToPath(new URL('./fixtures/redis-peer.mjs', import.meta.url));
@@ -311,10 +312,13 @@ describe('Redis allocators', () => {
       const bUids = [await b.uids.alloc(), await b.uids.alloc()];
 
       await down.stop({ save: true });
-      let t = Date.now();
-      await expect(a.ports.reserve()).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16380: /);
-      await expect(b.uids.alloc()).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16380: /);
-      expect(Date.now() - t).toBeLessThan(2500);
+      // Each rejects within its command timeout: nothing waits on a dead Redis.
+      const reserve = a.ports.reserve();
+      expect(await settlesBefore(reserve, opts.commandTimeoutMs + 500)).toBe(true);
+      await expect(reserve).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16380: /);
+      const alloc = b.uids.alloc();
+      expect(await settlesBefore(alloc, opts.commandTimeoutMs + 500)).toBe(true);
+      await expect(alloc).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16380: /);
       expect(a.ports.inUse()).toBe(3);
 
       // Releases during the outage resolve; Redis learns of them later.
@@ -326,9 +330,9 @@ describe('Redis allocators', () => {
 
       // The lease refresh fails, is logged, and claims say why they are refused.
       await until('a failed lease refresh to be logged', () => log.lines.some((l) => l.level === 'warn' && /lease refresh failed/.test(l.msg)));
-      t = Date.now();
-      await expect(a.uids.alloc()).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16380: .*lease .* cannot be refreshed/);
-      expect(Date.now() - t).toBeLessThan(2500);
+      const refused = a.uids.alloc();
+      expect(await settlesBefore(refused, opts.commandTimeoutMs + 500)).toBe(true);
+      await expect(refused).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16380: .*lease .* cannot be refreshed/);
 
       await down.restart();
       const r = client(down.url);
@@ -396,10 +400,12 @@ describe('Redis allocators', () => {
   it('rejects within the command timeout, with a clear error, when Redis was never reachable', async () => {
     const nowhere = client('redis://127.0.0.1:16399');
     const a = peer(nowhere, freshPrefix(), [21270, 21279], [62270, 62279], { commandTimeoutMs: 1000 });
-    const t = Date.now();
-    await expect(a.ports.reserve()).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16399: /);
-    await expect(a.uids.alloc()).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16399: /);
-    expect(Date.now() - t).toBeLessThan(2500);
+    const reserve = a.ports.reserve();
+    expect(await settlesBefore(reserve, 1000 + 500)).toBe(true);
+    await expect(reserve).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16399: /);
+    const alloc = a.uids.alloc();
+    expect(await settlesBefore(alloc, 1000 + 500)).toBe(true);
+    await expect(alloc).rejects.toThrow(/^Redis unreachable at 127\.0\.0\.1:16399: /);
     expect(a.ports.inUse()).toBe(0);
   });
 

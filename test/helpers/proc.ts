@@ -73,3 +73,18 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs:
 }
 
 export const isRoot = process.getuid?.() === 0;
+
+/**
+ * Whether `p` settles before a timer of `ms` started now. A bar for "within
+ * the timeout" that load cannot break: a busy host delays this timer as much
+ * as the code's own timer, which starts just after it.
+ */
+export async function settlesBefore(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const peer = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true, () => true), peer]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

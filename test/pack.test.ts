@@ -1,0 +1,209 @@
+// The package as a user gets it: `npm pack`, then installed into a fresh
+// project with install scripts off (what npm 12 does), then used: the library
+// spawns a real sandboxed worker, `npx procyard preflight` runs, and a
+// TypeScript consumer type-checks against the shipped .d.ts. No compiler runs
+// at install: the addon must come from the tarball's prebuilds/.
+//
+// Ports 24000-24009 and UIDs 65000-65009 belong to this file.
+import { execFile } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const TARGET = `linux-${process.arch}`;
+const PORTS = [24000, 24009];
+const UIDS = [65000, 65009];
+
+// Every child runs under the Node running this file (npx and the CLI's
+// `#!/usr/bin/env node` too), so each Node the suite runs under is tested.
+const env = { ...process.env, PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}` };
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(file: string, args: string[], cwd: string, timeout = 90_000): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(file, args, { cwd, env, timeout, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+async function ok(file: string, args: string[], cwd: string): Promise<string> {
+  const r = await run(file, args, cwd);
+  if (r.code !== 0) throw new Error(`${file} ${args.join(' ')} exited ${r.code}:\n${r.stderr}\n${r.stdout}`);
+  return r.stdout;
+}
+
+let work = '';
+let project = '';
+let tarball = '';
+const timings: Record<string, number> = {};
+
+async function timed<T>(name: string, fn: () => Promise<T>): Promise<T> {
+  const started = performance.now();
+  try {
+    return await fn();
+  } finally {
+    timings[name] = Math.round(performance.now() - started);
+  }
+}
+
+beforeAll(async () => {
+  // 0755 all the way: the worker (its own UID when root) reads its bundle from here.
+  work = mkdtempSync(path.join(tmpdir(), 'procyard-pack-'));
+  chmodSync(work, 0o755);
+  project = path.join(work, 'consumer');
+  mkdirSync(project, { mode: 0o755 });
+
+  // dist/ is current (the global setup built it); the prebuild is made from the
+  // current native sources. Scripts off for pack too, so packing does not
+  // rebuild dist/ under the other test files' feet.
+  await timed('prebuild', () => ok(process.execPath, ['scripts/prebuild.mjs', `--arch=${process.arch}`], ROOT));
+  const packed = await timed('pack', () => ok('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work], ROOT));
+  tarball = path.join(work, (JSON.parse(packed) as { filename: string }[])[0].filename);
+
+  writeFileSync(path.join(project, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
+  await timed('install', () =>
+    ok('npm', ['install', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline', tarball], project),
+  );
+}, 180_000);
+
+afterAll(() => {
+  console.log(`pack test steps (ms): ${JSON.stringify(timings)}`);
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe('npm pack', () => {
+  it('ships dist (JS and types), the prebuilt addon, README and LICENSE, and nothing else', async () => {
+    const files = (await ok('tar', ['tzf', tarball], work)).trim().split('\n').map((f) => f.replace(/^package\//, ''));
+    const allowed = [/^(README\.md|LICENSE|package\.json)$/, /^dist\/.+\.(js|d\.ts)$/, /^prebuilds\/linux-(x64|arm64)\/procyard\.node$/];
+    expect(files.filter((f) => !allowed.some((re) => re.test(f)))).toEqual([]);
+    for (const f of ['README.md', 'LICENSE', 'package.json', 'dist/index.js', 'dist/index.d.ts', 'dist/cli.js', `prebuilds/${TARGET}/procyard.node`])
+      expect(files).toContain(f);
+  });
+
+  it('installs with scripts off and never needed a compiler: no build/, no binding.gyp', () => {
+    const installed = path.join(project, 'node_modules', 'procyard');
+    expect(readdirSync(installed).sort()).toEqual(['LICENSE', 'README.md', 'dist', 'package.json', 'prebuilds']);
+    expect(existsSync(path.join(installed, 'build'))).toBe(false);
+  });
+});
+
+describe('the installed package', () => {
+  it('spawns a real sandboxed worker that answers HTTP, and stops it', async () => {
+    const bundle = path.join(work, 'bundle');
+    mkdirSync(bundle, { mode: 0o755 });
+    writeFileSync(
+      path.join(bundle, 'server.mjs'),
+      "import http from 'node:http';\n" +
+        "http.createServer((_, res) => res.end(`packed ${process.getuid()}`)).listen(Number(process.env.SHINY_PORT), process.env.SHINY_HOST);\n",
+    );
+    const script = `
+      import { ProcessBackend } from 'procyard';
+      const backend = new ProcessBackend({
+        process: { portRangeStart: ${PORTS[0]}, portRangeEnd: ${PORTS[1]}, workerUidStart: ${UIDS[0]}, workerUidEnd: ${UIDS[1]}, stopGraceMs: 3000 },
+        storage: { bundleWorkerPath: '/tmp/app' },
+      });
+      try {
+        await backend.spawn({ appId: 'packed', workerId: 'packed-1', bundlePath: ${JSON.stringify(bundle)}, workerMount: '/tmp/app',
+          cmd: [process.execPath, '/tmp/app/server.mjs'] });
+        const addr = await backend.addr('packed-1');
+        let body = '';
+        for (let i = 0; i < 200 && !body; i++) {
+          body = await fetch('http://' + addr + '/').then((r) => r.text(), () => '');
+          if (!body) await new Promise((r) => setTimeout(r, 50));
+        }
+        await backend.stop('packed-1');
+        console.log(JSON.stringify({ addr, body, healthyAfterStop: await backend.healthCheck('packed-1') }));
+      } finally {
+        await backend.close();
+      }`;
+    writeFileSync(path.join(project, 'use.mjs'), script);
+    const out = JSON.parse(await ok(process.execPath, ['use.mjs'], project)) as { addr: string; body: string; healthyAfterStop: boolean };
+    expect(out.addr).toMatch(/^127\.0\.0\.1:2400\d$/);
+    const uid = process.getuid?.() === 0 ? UIDS[0] : process.getuid?.();
+    expect(out.body).toBe(`packed ${uid}`);
+    expect(out.healthyAfterStop).toBe(false);
+  });
+
+  it('runs `npx procyard preflight --json`', async () => {
+    const config = path.join(project, 'server.toml');
+    // Port 1 on loopback: nothing listens there, and no traffic leaves the machine.
+    writeFileSync(
+      config,
+      `[process]\nmetadata_addr = "127.0.0.1:1"\nport_range_start = ${PORTS[0]}\nport_range_end = ${PORTS[1]}\n` +
+        `worker_uid_range_start = ${UIDS[0]}\nworker_uid_range_end = ${UIDS[1]}\n[storage]\nbundle_worker_path = "/tmp/app"\n`,
+    );
+    const r = await run('npx', ['--no-install', 'procyard', 'preflight', '--json', '--config', config], project);
+    expect(r.stderr).toBe('');
+    const report = JSON.parse(r.stdout) as { results: { name: string; severity: string }[]; summary: { errors: number } };
+    const severity = (name: string) => report.results.find((x) => x.name === name)?.severity;
+    expect(severity('bwrap_available')).toBe('ok');
+    expect(severity('pidfd_support')).toBe('ok');
+    expect(severity('cloud_metadata')).toBe('ok');
+    expect(report.summary.errors).toBe(0);
+    expect(r.code).toBe(0);
+  });
+
+  it('type-checks a TypeScript consumer against the shipped .d.ts', async () => {
+    writeFileSync(
+      path.join(project, 'consumer.ts'),
+      `import { ProcessBackend, ConfigError, type WorkerSpec, type WorkerResourceUsage } from 'procyard';
+const spec: WorkerSpec = { appId: 'a', workerId: 'w', bundlePath: '/srv/a', workerMount: '/app', env: { MODE: 'x' } };
+const backend = new ProcessBackend({ process: { portRangeStart: 10000, portRangeEnd: 10099 } });
+export async function main(): Promise<WorkerResourceUsage | null> {
+  await backend.spawn(spec);
+  const addr: string = await backend.addr(spec.workerId);
+  void addr;
+  return backend.workerResourceUsage(spec.workerId);
+}
+export const isConfigError = (e: unknown): boolean => e instanceof ConfigError;
+// The types are real, not any: a wrong field type must be refused.
+// @ts-expect-error portRangeStart is a number
+new ProcessBackend({ process: { portRangeStart: '10000' } });
+`,
+    );
+    writeFileSync(
+      path.join(project, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: {
+          module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', strict: true, noEmit: true,
+          // The shipped .d.ts are checked too, not skipped.
+          skipLibCheck: false,
+          types: ['node'], typeRoots: [path.join(ROOT, 'node_modules', '@types')],
+        },
+        files: ['consumer.ts'],
+      }),
+    );
+    const r = await run(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], project);
+    expect(r.stdout + r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  });
+
+  it('without a loadable binary, fails naming the platform and how to build', async () => {
+    const prebuilt = path.join(project, 'node_modules', 'procyard', 'prebuilds', TARGET, 'procyard.node');
+    writeFileSync(prebuilt, 'not an ELF file');
+    const broken = await run(process.execPath, ['-e', "import('procyard')"], project);
+    expect(broken.code).not.toBe(0);
+    expect(broken.stderr).toContain('NativeAddonError');
+    expect(broken.stderr).toContain(`platform linux, arch ${process.arch}, libc glibc`);
+    expect(broken.stderr).toMatch(/Tried: .*procyard\.node: .*(invalid ELF header|file too short)/);
+    expect(broken.stderr).toContain('npm run build:native');
+    expect(broken.stderr).toContain('python3, make and g++');
+
+    rmSync(path.join(project, 'node_modules', 'procyard', 'prebuilds'), { recursive: true });
+    const none = await run(process.execPath, ['-e', "import('procyard')"], project);
+    expect(none.code).not.toBe(0);
+    expect(none.stderr).toContain(`no native addon that loads on this host (platform linux, arch ${process.arch}`);
+    expect(none.stderr).toContain('for no platform in this copy');
+    expect(none.stderr).not.toContain('Cannot find module');
+  });
+});
