@@ -235,7 +235,7 @@ describe('graceful stop', () => {
       expect(await waitHealthy('term')).toBe(true);
       await backend.stop('term');
       // The app exited 0 by itself (its handler's exit): no SIGKILL at the grace, however loaded the host.
-      expect(exits.filter((e) => e.workerId === 'term')).toEqual([{ workerId: 'term', code: 0, signal: null }]);
+      expect(exits.filter((e) => e.workerId === 'term')).toEqual([{ workerId: 'term', code: 0, signal: null, oomKilled: false }]);
       expect(existsSync(`${transfer.dir}/terminated`)).toBe(true);
       expect(readFileSync(`${transfer.dir}/terminated`, 'utf8')).toBe('pid 2\n');
     } finally {
