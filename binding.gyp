@@ -11,7 +11,9 @@
         "native/bitset.cc",
         "native/procstat.cc",
         "native/port.cc",
-        "native/seccomp.cc"
+        "native/seccomp.cc",
+        "native/cgroup.cc",
+        "native/binding_cgroup.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -6,6 +6,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   procyard::InitSpawn(env, exports);
   procyard::InitMisc(env, exports);
   procyard::InitSeccomp(env, exports);
+  procyard::InitCgroup(env, exports);
   return exports;
 }
 }  // namespace

@@ -31,6 +31,21 @@ export interface ProcessConfig {
   logLines?: number;
   /** Cap of each worker's private /tmp in bytes; 0 = none. Default 1 GiB. */
   tmpSizeBytes?: number;
+  /**
+   * Per-worker limits through a cgroup of its own (SPEC §8): 'auto' enforces
+   * them where the host allows and runs workers unlimited where not
+   * (preflight says which); 'required' makes spawn and build reject when they
+   * cannot be enforced; 'off' never sets them. Default 'auto'.
+   */
+  resourceLimits?: 'auto' | 'required' | 'off';
+  /**
+   * Absolute cgroup path (inside the hierarchy, e.g. '/procyard.slice') under
+   * which workers' cgroups are made; '' = the server's own cgroup, as a
+   * delegated subtree (systemd: Delegate=yes). Default ''.
+   */
+  cgroupParent?: string;
+  /** Processes (tasks) per worker; 0 = no cap. Default 1024. */
+  pidsLimit?: number;
 }
 
 export interface Config {
@@ -61,6 +76,9 @@ export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   stopGraceMs: 10000,
   logLines: 10000,
   tmpSizeBytes: 1024 ** 3,
+  resourceLimits: 'auto',
+  cgroupParent: '',
+  pidsLimit: 1024,
 });
 
 export const DEFAULT_BUNDLE_WORKER_PATH = '/app';
@@ -113,6 +131,9 @@ const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
   stop_grace_ms: ['stopGraceMs', 'integer'],
   log_lines: ['logLines', 'integer'],
   tmp_size_bytes: ['tmpSizeBytes', 'integer'],
+  resource_limits: ['resourceLimits', 'string'],
+  cgroup_parent: ['cgroupParent', 'string'],
+  pids_limit: ['pidsLimit', 'integer'],
 };
 
 function typeOk(value: unknown, type: FieldType): boolean {

@@ -20,6 +20,24 @@ export interface NativeSpawnOptions {
    * closed by every call, even one that fails.
    */
   closeBeforeClone?: number;
+  /**
+   * Limits (src/process/cgroup.ts): the files the child writes "0" to before
+   * its UID switch, entering its cgroup (v1 `tasks`, one per hierarchy; v2
+   * cgroup.procs).
+   */
+  cgroupEnter?: string[];
+  /** cgroup v2: the cgroup directory to be born in (clone3 CLONE_INTO_CGROUP); cgroupEnter where the kernel refuses. */
+  cgroupDir?: string;
+  /** Written before the clone: limits that differ from those the cgroup was made with. */
+  cgroupWrites?: CgroupWrite[];
+  /** RLIMIT_NPROC (soft and hard) for the child: the process cap when there is no pids cgroup. */
+  rlimitNproc?: number;
+}
+
+/** A value for a cgroup control file. */
+export interface CgroupWrite {
+  path: string;
+  value: string;
 }
 
 export interface NativeChild {
@@ -96,6 +114,8 @@ interface Addon {
   reservePort(port: number): number;
   builtinSeccompFilter(): number;
   builtinSeccompRules(): string[];
+  cgroupCreate(options: { dirs: string[]; writes: CgroupWrite[] }): Promise<void>;
+  cgroupWrite(writes: CgroupWrite[]): Promise<void>;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -131,3 +151,10 @@ export const reservePort = addon.reservePort;
 export const builtinSeccompFilter = addon.builtinSeccompFilter;
 /** What the built-in filter denies, one entry per rule (`ptrace`, `ioctl(TIOCSTI)`, `clone3`...). */
 export const builtinSeccompRules = addon.builtinSeccompRules;
+/**
+ * On a pool thread: makes the dirs and writes the limits. On failure the
+ * dirs it made are removed; rejects naming the syscall and path.
+ */
+export const cgroupCreate = addon.cgroupCreate;
+/** On a pool thread: writes each value to its cgroup file, in order. */
+export const cgroupWrite = addon.cgroupWrite;

@@ -48,6 +48,9 @@ metadata_addr = "127.0.0.1:9"
 stop_grace_ms = 2500
 log_lines = 500
 tmp_size_bytes = 1048576
+resource_limits = "required"
+cgroup_parent = "/procyard.slice"
+pids_limit = 256
 
 [redis]
 url = "redis://:secret@127.0.0.1:16400/0"
@@ -79,6 +82,9 @@ bundle_server_path = "/data/bundles"
         stopGraceMs: 2500,
         logLines: 500,
         tmpSizeBytes: 1048576,
+        resourceLimits: 'required',
+        cgroupParent: '/procyard.slice',
+        pidsLimit: 256,
       },
       server: { defaultMemoryLimit: '2g', defaultCpuLimit: 1.5 },
       redis: { url: 'redis://:secret@127.0.0.1:16400/0' },

@@ -31,6 +31,8 @@ import { redisAllocators } from './allocators/redis.js';
 import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
+import { CgroupManager, type WorkerCgroup } from './cgroup.js';
+import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
 import { bindTarget, ensureMountTarget } from './mounts.js';
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
@@ -55,7 +57,9 @@ interface Worker {
   readonly uid: number;
   readonly sandbox: Sandbox;
   readonly ring: LogRing;
-  /** Settles once the port and UID are back in their pools after exit. */
+  /** Its own cgroup (null: runs without one); removed once it has exited. */
+  readonly cgroup: WorkerCgroup | null;
+  /** Settles once the port and UID are back in their pools (and its cgroup gone) after exit. */
   readonly released: Promise<void>;
   stopping?: Promise<void>;
   lastSample?: { ticks: number; at: number };
@@ -82,6 +86,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private readonly proc: ResolvedProcessConfig;
   private readonly log: Logger;
   private readonly allocators: Allocators;
+  private readonly limits: LimitsConfig;
+  private readonly cgroups: CgroupManager;
   private readonly workers = new Map<string, Worker>();
   private readonly starting = new Set<string>();
   private readonly builds = new Set<Sandbox>();
@@ -111,6 +117,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
       throw new Error(`process.portRangeStart..portRangeEnd must be a range within 1-65535, got ${p.portRangeStart}-${p.portRangeEnd}`);
     if (p.workerUidStart > p.workerUidEnd || p.workerUidStart < 1)
       throw new Error(`process.workerUidStart..workerUidEnd must be a non-empty range of non-root UIDs, got ${p.workerUidStart}-${p.workerUidEnd}`);
+    this.limits = resolveLimitsConfig(config);
+    this.cgroups = new CgroupManager(this.limits, this.log);
 
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
     if (!bundleWorkerPath || !path.isAbsolute(bundleWorkerPath))
@@ -143,6 +151,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     }
     // A previous server on this host may have died mid-spawn.
     this.killOrphanSandboxes().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan sandbox scan failed'));
+    this.cgroups.cleanupOrphans().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan cgroup scan failed'));
   }
 
   /** Ports and UIDs this instance holds (for tests and metrics). */
@@ -200,12 +209,20 @@ export class ProcessBackend extends EventEmitter implements Backend {
     whileCloning: () => void,
   ): Promise<Worker> {
     const { ports, uids } = this.allocators;
-    const lease = await ports.reserve();
+    // First: a 'required' refusal then holds no port or UID.
+    const cgroup = await this.cgroups.acquire();
+    let lease: PortLease;
+    try {
+      lease = await ports.reserve();
+    } catch (err) {
+      await cgroup?.remove();
+      throw err;
+    }
     let uid: number;
     try {
       uid = await uids.alloc();
     } catch (err) {
-      await ports.release(lease);
+      await Promise.all([ports.release(lease), cgroup?.remove()]);
       throw err;
     }
     const ring = new LogRing(this.proc.logLines);
@@ -220,10 +237,11 @@ export class ProcessBackend extends EventEmitter implements Backend {
         closeBeforeClone: takeListener(lease),
         whileCloning,
         onLine: (line) => ring.push(line),
+        limits: this.cgroups.spawnOptions(cgroup, workerLimits(spec, this.limits), this.asRoot),
       });
     } catch (err) {
-      await Promise.all([ports.release(lease), uids.release(uid)]);
-      throw err;
+      await Promise.all([ports.release(lease), uids.release(uid), cgroup?.remove()]);
+      throw this.cgroups.explain(err, cgroup);
     }
     const worker: Worker = {
       spec,
@@ -231,14 +249,18 @@ export class ProcessBackend extends EventEmitter implements Backend {
       uid,
       sandbox,
       ring,
+      cgroup,
       quiet: false,
       released: sandbox.exited.then(async (status) => {
         ring.close();
-        await Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
-          this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
-        );
+        const [oomKilled] = await Promise.all([
+          this.endCgroup(cgroup, status, spec.workerId),
+          Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
+            this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
+          ),
+        ]);
         if (worker.quiet) return;
-        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal };
+        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal, oomKilled };
         this.log.info(event, 'procyard: worker exited');
         this.emit('exit', event);
       }),
@@ -314,7 +336,14 @@ export class ProcessBackend extends EventEmitter implements Backend {
     const mounts = await this.bindableMounts(spec.mounts ?? [], 'mounts');
     if (signal?.aborted) return { success: false, exitCode: -1, logs: 'build aborted before it started' };
 
-    const uid = await this.allocators.uids.alloc();
+    const cgroup = await this.cgroups.acquire();
+    let uid: number;
+    try {
+      uid = await this.allocators.uids.alloc();
+    } catch (err) {
+      await cgroup?.remove();
+      throw err;
+    }
     const ring = new LogRing(this.proc.logLines);
     try {
       const sandbox = await startSandbox({
@@ -331,6 +360,9 @@ export class ProcessBackend extends EventEmitter implements Backend {
             this.log.warn({ err, bundleId: spec.bundleId }, 'procyard: build logWriter threw');
           }
         },
+        limits: this.cgroups.spawnOptions(cgroup, defaultLimits(this.limits), this.asRoot),
+      }).catch((err: unknown) => {
+        throw this.cgroups.explain(err, cgroup);
       });
       this.builds.add(sandbox);
       if (this.closed) void sandbox.kill();
@@ -339,13 +371,18 @@ export class ProcessBackend extends EventEmitter implements Backend {
       try {
         const status = await sandbox.exited;
         const exitCode = exitCodeOf(status);
+        if (await this.endCgroup(cgroup, status, spec.bundleId)) {
+          const note = `procyard: the build was killed by the kernel's OOM killer at its memory limit (${this.limits.memoryBytes} bytes, server.defaultMemoryLimit)`;
+          ring.push(note);
+          spec.logWriter?.(note);
+        }
         return { success: exitCode === 0 && !signal?.aborted, exitCode, logs: ring.snapshot().join('\n') };
       } finally {
         signal?.removeEventListener('abort', abort);
         this.builds.delete(sandbox);
       }
     } finally {
-      await this.allocators.uids.release(uid);
+      await Promise.all([this.allocators.uids.release(uid), cgroup?.remove()]);
     }
   }
 
@@ -364,7 +401,10 @@ export class ProcessBackend extends EventEmitter implements Backend {
   async workerResourceUsage(id: string): Promise<WorkerResourceUsage | null> {
     const worker = this.workers.get(id);
     if (!worker || !worker.sandbox.running) return null;
-    const [sample] = await sampleTrees([worker.sandbox.pid]);
+    const [[sample], memory] = await Promise.all([
+      sampleTrees([worker.sandbox.pid]),
+      worker.cgroup?.memory().catch(() => null) ?? null,
+    ]);
     if (!sample.alive || !worker.sandbox.running) return null;
     const now = performance.now();
     let cpuPercent = 0;
@@ -374,16 +414,37 @@ export class ProcessBackend extends EventEmitter implements Backend {
       if (seconds > 0) cpuPercent = Math.max(0, (ticks / clockTicksPerSecond / seconds) * 100);
     }
     worker.lastSample = { ticks: sample.ticks, at: now };
-    return { cpuPercent, memoryUsageBytes: sample.rssBytes, memoryLimitBytes: 0 };
+    // The cgroup counts what its limit counts (each page once, page cache and
+    // tmpfs included); without one, the RSS summed over the tree.
+    return {
+      cpuPercent,
+      memoryUsageBytes: memory?.usageBytes ?? sample.rssBytes,
+      memoryLimitBytes: memory?.limitBytes ?? 0,
+    };
   }
 
+  /**
+   * Changes a live worker's memory limit (bytes) and CPU quota (nanoCPUs,
+   * 1e9 = one CPU) in its cgroup; 0 leaves that one as it is.
+   */
   async updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void> {
-    void memoryBytes;
-    void nanoCpus;
-    throw new NotSupportedError(
-      `updateResources(${JSON.stringify(id)}): the process backend sets no memory or CPU limits; ` +
-        'use a container backend, or cgroups outside procyard',
-    );
+    for (const [name, value] of [['memoryBytes', memoryBytes], ['nanoCpus', nanoCpus]] as const)
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0)
+        throw new RangeError(`updateResources: ${name} must be a non-negative integer (0 leaves it as it is), got ${String(value)}`);
+    const worker = this.mustGet(id);
+    if (!worker.sandbox.running) throw new Error(`worker "${id}" has exited: its limits can no longer change`);
+    if (!worker.cgroup)
+      throw new NotSupportedError(
+        `updateResources(${JSON.stringify(id)}): the worker runs without a cgroup (process.resourceLimits is ` +
+          `"${this.limits.mode}"${this.limits.mode === 'off' ? '' : ' and cgroups are not usable here: see preflight\'s resource_limits'})`,
+      );
+    try {
+      await worker.cgroup.update({ memoryBytes, cpus: nanoCpus / 1e9 });
+    } catch (err) {
+      if (err instanceof NotSupportedError) throw err;
+      throw new Error(`updateResources(${JSON.stringify(id)}): cannot set memory ${memoryBytes} bytes / ${nanoCpus} nanoCPUs: ${(err as Error).message}` +
+        ((err as NodeJS.ErrnoException).code === 'EBUSY' ? ' (the worker uses more memory than that and the kernel could not reclaim it)' : ''));
+    }
   }
 
   /**
@@ -391,7 +452,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
    * sandboxes orphaned by a server that died in the middle of a spawn.
    */
   async cleanupOrphanResources(): Promise<void> {
-    await Promise.all([this.allocators.cleanupOrphans(), this.killOrphanSandboxes()]);
+    await Promise.all([this.allocators.cleanupOrphans(), this.killOrphanSandboxes(), this.cgroups.cleanupOrphans()]);
   }
 
   private async killOrphanSandboxes(): Promise<void> {
@@ -420,7 +481,18 @@ export class ProcessBackend extends EventEmitter implements Backend {
     // Spawns and builds in flight stop what they started once they see `closed`.
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.onIdle = resolve));
     await Promise.all([...this.workers.keys()].map((id) => this.stop(id).catch(() => {})));
-    await this.allocators.close();
+    await Promise.all([this.allocators.close(), this.cgroups.close()]);
+  }
+
+  /** Whether the OOM killer ended the sandbox (read first), then its cgroup removed. */
+  private async endCgroup(cgroup: WorkerCgroup | null, status: ExitStatus, who: string): Promise<boolean> {
+    if (!cgroup) return false;
+    try {
+      return await cgroup.finish(status);
+    } catch (err) {
+      this.log.error({ err, id: who }, 'procyard: removing a cgroup failed');
+      return false;
+    }
   }
 
   /** Runs a spawn or build, counted so that close() can wait for it. */

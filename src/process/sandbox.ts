@@ -12,6 +12,7 @@ import {
   PidWatcherNative,
   spawnNative,
   type ExitStatus,
+  type NativeSpawnOptions,
   type PidWatcher,
 } from '../native.js';
 import { bwrapArgs, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
@@ -31,6 +32,8 @@ export interface SandboxOptions {
   whileCloning?: () => void;
   /** Each output line, stdout and stderr as they arrive. */
   onLine: (line: string) => void;
+  /** Limits (cgroup.ts): the cgroup the child enters and the limits written first, or the RLIMIT_NPROC cap. */
+  limits?: Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites' | 'rlimitNproc'>;
 }
 
 let builtinFilterFd = -1;
@@ -326,6 +329,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       ...(opts.closeBeforeClone !== undefined && opts.closeBeforeClone >= 0
         ? { closeBeforeClone: opts.closeBeforeClone }
         : {}),
+      ...opts.limits,
     });
     opts.whileCloning?.();
     const child = await spawning;

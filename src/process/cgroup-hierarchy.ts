@@ -1,0 +1,274 @@
+// Where the cgroup hierarchies are, where this server sits in them, and how a
+// parent cgroup is made ready to hold workers' cgroups (SPEC §8). Parsing is
+// pure; the rest reads and writes cgroupfs. See cgroup.ts for the workers'.
+import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import path from 'node:path';
+
+export type Controller = 'memory' | 'cpu' | 'pids';
+export const CONTROLLERS: readonly Controller[] = Object.freeze(['memory', 'cpu', 'pids']);
+
+/** v2: the leaf the server moves into when its own cgroup must hand controllers to children. */
+export const SERVER_LEAF = 'procyard-server';
+
+export interface CgroupMount {
+  fstype: 'cgroup' | 'cgroup2';
+  /** The mount's root inside the hierarchy (mountinfo's 4th field), usually '/'. */
+  root: string;
+  mountPoint: string;
+  /** v1: the controllers in its super options (memory, cpu, cpuacct, ...). */
+  options: string[];
+}
+
+/** One hierarchy whose controllers procyard uses. */
+export interface Hierarchy {
+  mountPoint: string;
+  mountRoot: string;
+  /** v1: the controllers of ours it carries; v2: all three (what is delegated is checked later). */
+  controllers: Controller[];
+  /** This process's cgroup in it, as /proc/self/cgroup shows it ('/system.slice/x.service'). */
+  ownPath: string;
+}
+
+export type Layout =
+  | { version: 1 | 2; hierarchies: Hierarchy[] }
+  | { version: 0; reason: string };
+
+/** A cgroup problem with the fix: what 'required' rejects with and preflight reports. */
+export class CgroupProblem extends Error {
+  override readonly name = 'CgroupProblem';
+  constructor(
+    readonly problem: string,
+    readonly fix: string,
+  ) {
+    super(`${problem}: ${fix}`);
+  }
+}
+
+const unescapeMount = (s: string) => s.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+
+/** The cgroup and cgroup2 mounts in /proc/self/mountinfo. */
+export function parseMountinfo(text: string): CgroupMount[] {
+  const out: CgroupMount[] = [];
+  for (const line of text.split('\n')) {
+    const dash = line.indexOf(' - ');
+    if (dash < 0) continue;
+    const before = line.slice(0, dash).split(' ');
+    const [fstype, , superOptions = ''] = line.slice(dash + 3).split(' ');
+    if ((fstype !== 'cgroup' && fstype !== 'cgroup2') || before.length < 5) continue;
+    out.push({
+      fstype,
+      root: unescapeMount(before[3]!),
+      mountPoint: unescapeMount(before[4]!),
+      options: superOptions.split(','),
+    });
+  }
+  return out;
+}
+
+export interface ProcCgroupLine {
+  id: number;
+  /** v1: 'cpu', 'cpuacct', ... ; v2: none. */
+  controllers: string[];
+  path: string;
+}
+
+/** /proc/<pid>/cgroup: `id:controllers:path` per hierarchy. */
+export function parseProcCgroup(text: string): ProcCgroupLine[] {
+  const out: ProcCgroupLine[] = [];
+  for (const line of text.split('\n')) {
+    const first = line.indexOf(':');
+    const second = line.indexOf(':', first + 1);
+    if (first < 0 || second < 0) continue;
+    const list = line.slice(first + 1, second);
+    out.push({ id: Number(line.slice(0, first)), controllers: list === '' ? [] : list.split(','), path: line.slice(second + 1) });
+  }
+  return out;
+}
+
+/**
+ * Which hierarchy holds each of memory, cpu and pids. Any of them on a v1
+ * hierarchy means v1 (a hybrid host's v2 tree then has none of them);
+ * otherwise the unified (v2) hierarchy.
+ */
+export function layoutFrom(mountinfo: string, procCgroup: string): Layout {
+  const mounts = parseMountinfo(mountinfo);
+  const lines = parseProcCgroup(procCgroup);
+  const v1: Hierarchy[] = [];
+  const taken = new Set<Controller>();
+  for (const m of mounts) {
+    if (m.fstype !== 'cgroup') continue;
+    const controllers = CONTROLLERS.filter((c) => m.options.includes(c) && !taken.has(c));
+    if (controllers.length === 0) continue;
+    const line = lines.find((l) => l.controllers.some((c) => m.options.includes(c)));
+    if (!line) continue;
+    controllers.forEach((c) => taken.add(c));
+    v1.push({ mountPoint: m.mountPoint, mountRoot: m.root, controllers, ownPath: line.path });
+  }
+  if (v1.length > 0) return { version: 1, hierarchies: v1 };
+  const unified = mounts.find((m) => m.fstype === 'cgroup2');
+  const own = lines.find((l) => l.id === 0 && l.controllers.length === 0);
+  if (!unified)
+    return { version: 0, reason: 'no cgroup filesystem is mounted (/proc/self/mountinfo lists neither cgroup2 nor a v1 memory, cpu or pids hierarchy)' };
+  if (!own) return { version: 0, reason: `cgroup2 is mounted at ${unified.mountPoint} but /proc/self/cgroup has no "0::" line` };
+  return { version: 2, hierarchies: [{ mountPoint: unified.mountPoint, mountRoot: unified.root, controllers: [...CONTROLLERS], ownPath: own.path }] };
+}
+
+/** The hierarchies as this process sees them now. */
+export async function detectLayout(): Promise<Layout> {
+  try {
+    const [mountinfo, procCgroup] = await Promise.all([readFile('/proc/self/mountinfo', 'utf8'), readFile('/proc/self/cgroup', 'utf8')]);
+    return layoutFrom(mountinfo, procCgroup);
+  } catch (err) {
+    return { version: 0, reason: `cannot read /proc/self/mountinfo or /proc/self/cgroup (${(err as Error).message})` };
+  }
+}
+
+/** The directory of cgroup `cgroupPath` in h, or null when it lies outside the mounted part. */
+export function dirOf(h: Hierarchy, cgroupPath: string): string | null {
+  const root = h.mountRoot === '/' ? '' : h.mountRoot;
+  if (cgroupPath !== root && !cgroupPath.startsWith(`${root}/`)) return null;
+  const rest = cgroupPath.slice(root.length);
+  return rest === '' || rest === '/' ? h.mountPoint : path.join(h.mountPoint, rest);
+}
+
+/** The cgroup workers' cgroups go under: cgroupParent, else the server's own (its leaf's parent). */
+export function parentPath(h: Hierarchy, cgroupParent: string): string {
+  if (cgroupParent !== '') return cgroupParent;
+  return path.posix.basename(h.ownPath) === SERVER_LEAF ? path.posix.dirname(h.ownPath) : h.ownPath;
+}
+
+/** A parent made ready: its directory, and the controllers its children get. */
+export interface ReadyParent {
+  dir: string;
+  controllers: Controller[];
+  /** Controllers that cannot be had here, each with the reason. */
+  missing: { controller: Controller; why: string }[];
+  /** What was done (or, in a dry run, would be done) to get there. */
+  actions: string[];
+}
+
+function errText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  return e.code ?? e.message;
+}
+
+async function exists(dir: string): Promise<boolean> {
+  return stat(dir).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+}
+
+async function words(file: string): Promise<string[]> {
+  return (await readFile(file, 'utf8')).split(/\s+/).filter(Boolean);
+}
+
+const HOW_TO_DELEGATE =
+  'run the server as root, or under systemd with Delegate=yes (see the README\'s "Resources"), or set process.cgroupParent to a cgroup delegated to the server\'s user';
+
+/**
+ * Makes the parent cgroup exist and (v2) hand memory, cpu and pids to its
+ * children. v2 lets a cgroup with processes of its own hand no controllers
+ * down ("no internal processes"): when the parent is the server's own
+ * cgroup, the server moves into a leaf of it, SERVER_LEAF. A dry run
+ * (preflight) changes nothing and says what it would do. Throws a
+ * CgroupProblem when the parent cannot be had at all.
+ */
+export async function readyParent(version: 1 | 2, h: Hierarchy, cgroupParent: string, dryRun: boolean): Promise<ReadyParent> {
+  const wanted = h.controllers;
+  const cgPath = parentPath(h, cgroupParent);
+  const dir = dirOf(h, cgPath);
+  if (dir === null)
+    throw new CgroupProblem(
+      `cgroup ${cgPath} lies outside the part of the hierarchy mounted at ${h.mountPoint} (its root there is ${h.mountRoot})`,
+      'set process.cgroupParent to a cgroup under that root, or "" for the server\'s own',
+    );
+  // The deepest ancestor (or the dir itself) that exists; below it, what to make.
+  const toMake: string[] = [];
+  let existing = dir;
+  while (!(await exists(existing))) {
+    if (existing === h.mountPoint)
+      throw new CgroupProblem(`the cgroup hierarchy at ${h.mountPoint} is not there`, 'mount it, or set process.resourceLimits to "off"');
+    toMake.unshift(existing);
+    existing = path.dirname(existing);
+  }
+  const actions: string[] = [];
+  try {
+    await access(existing, fsConstants.W_OK);
+  } catch {
+    throw new CgroupProblem(`cannot create cgroups in ${existing}: not writable by this user (uid ${process.getuid?.()})`, HOW_TO_DELEGATE);
+  }
+  if (version === 1) {
+    if (toMake.length > 0) {
+      actions.push(`create ${dir}`);
+      if (!dryRun) await mkdirCgroup(dir, true);
+    }
+    return { dir, controllers: wanted, missing: [], actions };
+  }
+
+  // v2: what the existing ancestor may hand down, and making it do so.
+  const available = new Set(await words(path.join(existing, 'cgroup.controllers')).catch(() => [] as string[]));
+  const controllers = wanted.filter((c) => available.has(c));
+  const missing = wanted
+    .filter((c) => !available.has(c))
+    .map((controller) => ({
+      controller,
+      why: `${existing}/cgroup.controllers lists ${[...available].join(' ') || 'nothing'}: ${controller} is not delegated to that cgroup`,
+    }));
+  const enabled = new Set(await words(path.join(existing, 'cgroup.subtree_control')).catch(() => [] as string[]));
+  const toEnable = controllers.filter((c) => !enabled.has(c));
+  if (toEnable.length > 0 && existing !== h.mountPoint) {
+    const procs = (await words(path.join(existing, 'cgroup.procs')).catch(() => [] as string[])).map(Number);
+    const others = procs.filter((pid) => pid !== process.pid);
+    if (others.length > 0)
+      throw new CgroupProblem(
+        `cgroup ${existing} holds processes (${others.slice(0, 5).join(', ')}${others.length > 5 ? ', …' : ''}) besides the server, and cgroup v2 lets a cgroup with processes hand no controllers to children`,
+        'run the server as its unit\'s only process (systemd: Delegate=yes), or set process.cgroupParent to a delegated cgroup that holds no processes',
+      );
+    if (procs.includes(process.pid)) {
+      const leaf = path.join(existing, SERVER_LEAF);
+      actions.push(`move the server (pid ${process.pid}) into ${leaf}`);
+      if (!dryRun) {
+        await mkdirCgroup(leaf, false);
+        await writeCgroup(path.join(leaf, 'cgroup.procs'), String(process.pid));
+      }
+    }
+  }
+  if (toEnable.length > 0) {
+    actions.push(`enable ${toEnable.join(', ')} in ${existing}/cgroup.subtree_control`);
+    if (!dryRun) await enable(existing, toEnable);
+  }
+  for (const d of toMake) {
+    actions.push(`create ${d}`);
+    if (!dryRun) {
+      await mkdirCgroup(d, false);
+      await enable(d, controllers);
+    }
+  }
+  return { dir, controllers, missing, actions };
+}
+
+/** mkdir, EEXIST being fine; errors become CgroupProblems naming the dir. */
+export async function mkdirCgroup(dir: string, recursive: boolean): Promise<void> {
+  try {
+    await mkdir(dir, { recursive, mode: 0o755 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return;
+    throw new CgroupProblem(`cannot create cgroup ${dir} (${errText(err)})`, HOW_TO_DELEGATE);
+  }
+}
+
+async function writeCgroup(file: string, value: string): Promise<void> {
+  try {
+    await writeFile(file, value);
+  } catch (err) {
+    throw new CgroupProblem(`cannot write "${value}" to ${file} (${errText(err)})`, HOW_TO_DELEGATE);
+  }
+}
+
+/** v2: lets the children of dir have these controllers. */
+export async function enable(dir: string, controllers: readonly Controller[]): Promise<void> {
+  if (controllers.length === 0) return;
+  await writeCgroup(path.join(dir, 'cgroup.subtree_control'), controllers.map((c) => `+${c}`).join(' '));
+}
