@@ -7,9 +7,10 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NotSupportedError, type WorkerExitEvent, type WorkerSpec } from '../src/backend.js';
 import type { Config } from '../src/config.js';
+import { runPreflight } from '../src/preflight/index.js';
 import { inspectCgroups, type CgroupSupport } from '../src/process/cgroup.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { NODE, appSpec, testConfig } from './helpers/backend.js';
@@ -50,6 +51,11 @@ beforeAll(async () => {
   backend.on('exit', (e: WorkerExitEvent) => exits.push(e));
 });
 
+// A case that fails midway leaves nothing running for the next one.
+afterEach(async () => {
+  for (const r of (await backend?.listManaged()) ?? []) await backend.removeResource(r);
+});
+
 afterAll(async () => {
   await Promise.all([backend?.close(), ...others.map((b) => b.close())]);
 });
@@ -67,7 +73,7 @@ function other(cfg: Config): ProcessBackend {
 interface WorkerView {
   uid: number;
   sandbox: { pid: number };
-  cgroup: { dirs: ReadonlyMap<string, string> } | null;
+  cgroup: { dirs: ReadonlyMap<string, string>; memoryCharged(): Promise<number> } | null;
   ring: { snapshot(): string[] };
 }
 
@@ -172,10 +178,11 @@ describe('per-worker limits on this kernel', () => {
     const raised = (await backend.workerResourceUsage('live'))!;
     expect(raised.memoryLimitBytes).toBe(256 * MiB);
     expect(await ask(await backend.addr('live'), '200\n')).toBe('held 200');
-    const usage = (await backend.workerResourceUsage('live'))!;
-    // The cgroup's count (what the limit counts) now holds the 200 MiB.
-    expect(usage.memoryUsageBytes).toBeGreaterThan(200 * MiB);
-    expect(usage.memoryUsageBytes).toBeLessThanOrEqual(256 * MiB);
+    expect((await backend.workerResourceUsage('live'))!.memoryUsageBytes).toBeGreaterThan(200 * MiB);
+    // What the limit counts, the cgroup's charge, holds the 200 MiB under the new limit.
+    const charged = await internals(backend, 'live').cgroup!.memoryCharged();
+    expect(charged).toBeGreaterThan(200 * MiB);
+    expect(charged).toBeLessThanOrEqual(256 * MiB);
     // 0 leaves a limit as it is; the CPU quota changes alone.
     await backend.updateResources('live', 0, 500_000_000);
     expect((await backend.workerResourceUsage('live'))!.memoryLimitBytes).toBe(256 * MiB);
@@ -245,18 +252,28 @@ describe('per-worker limits on this kernel', () => {
 
   it('cpuLimit 0.5 holds busy loops near half a CPU while an unlimited worker beside them gets more', async (ctx) => {
     if (skip) return ctx.skip(skip);
-    // Three loops each: the unlimited one outgrows half a CPU even on a busy machine.
     const busy = ['/bin/sh', '-c', 'for i in 1 2 3; do (while :; do :; done) & done; wait'];
-    await backend.spawn(appSpec('capped', 'serve', { cmd: busy, cpuLimit: 0.5 }));
-    await backend.spawn(appSpec('free', 'serve', { cmd: busy }));
-    await new Promise((r) => setTimeout(r, 300));
-    await Promise.all([backend.workerResourceUsage('capped'), backend.workerResourceUsage('free')]);
-    await new Promise((r) => setTimeout(r, 2500));
-    const [capped, free] = await Promise.all([backend.workerResourceUsage('capped'), backend.workerResourceUsage('free')]);
-    console.log(`cpu: capped at 0.5 used ${capped!.cpuPercent.toFixed(0)}%, unlimited used ${free!.cpuPercent.toFixed(0)}%`);
-    expect(capped!.cpuPercent).toBeLessThanOrEqual(60);
-    expect(free!.cpuPercent).toBeGreaterThan(capped!.cpuPercent);
-    await Promise.all([backend.removeResource({ id: 'capped', kind: 'container', labels: {} }), backend.removeResource({ id: 'free', kind: 'container', labels: {} })]);
+    try {
+      await backend.spawn(appSpec('capped', 'serve', { cmd: busy, cpuLimit: 0.5 }));
+      await backend.spawn(appSpec('free', 'serve', { cmd: busy }));
+      await new Promise((r) => setTimeout(r, 300));
+      await Promise.all([backend.workerResourceUsage('capped'), backend.workerResourceUsage('free')]);
+      await new Promise((r) => setTimeout(r, 2500));
+      const [capped, free] = (await Promise.all([backend.workerResourceUsage('capped'), backend.workerResourceUsage('free')])).map((u) => u!.cpuPercent);
+      const stat = readFileSync(path.join(internals(backend, 'capped').cgroup!.dirs.get('cpu')!, 'cpu.stat'), 'utf8');
+      const throttled = Number(/^(?:throttled_time|throttled_usec) (\d+)$/m.exec(stat)?.[1] ?? 0);
+      console.log(`cpu over 2.5 s: capped at 0.5 used ${capped!.toFixed(0)}%, unlimited ${free!.toFixed(0)}%; capped throttled ${throttled}`);
+      // The quota holds whatever the machine does, and the kernel says it throttled.
+      expect(capped).toBeLessThanOrEqual(60);
+      expect(throttled).toBeGreaterThan(0);
+      // Each worker's cgroup is one scheduling entity: on a machine too busy to
+      // give even one of them over half a CPU, both get the same share and
+      // there is nothing to compare.
+      if (free! >= 70) expect(free).toBeGreaterThan(capped! * 1.2);
+      else console.log(`cpu: the machine left the unlimited worker ${free!.toFixed(0)}%: too busy to compare`);
+    } finally {
+      await Promise.all(['capped', 'free'].map((id) => backend.removeResource({ id, kind: 'container', labels: {} })));
+    }
   });
 
   it('leaves no cgroup after stop, removal, a SIGKILLed worker, its own exit, a build, and close()', async (ctx) => {
@@ -317,7 +334,7 @@ describe('per-worker limits on this kernel', () => {
     expect(err?.name).toBe('CgroupError');
     expect(err?.message).toMatch(/resourceLimits is "required"/);
     expect(err?.message).toContain('/cgroup.procs');
-    expect(err?.message).toContain('Delegate=yes');
+    expect(err?.message).toMatch(/: set process\.cgroupParent/);
     await expect(required.build({ appId: 'a', bundleId: 'b', cmd: ['/bin/true'] })).rejects.toThrow(/resourceLimits is "required"/);
     expect(required.inUse).toEqual({ ports: 0, uids: 0 });
     expect(await required.listManaged()).toEqual([]);
@@ -342,6 +359,39 @@ describe('per-worker limits on this kernel', () => {
     await expect(off.updateResources('plain', 512 * MiB, 0)).rejects.toThrow(/resourceLimits is "off"/);
     await off.stop('plain');
     expect(instanceDirs(off)).toEqual([]);
+  });
+});
+
+describe('preflight resource_limits', () => {
+  async function verdict(cfg: Config) {
+    const report = await runPreflight({ ...cfg, process: { ...cfg.process, skipMetadataCheck: true } });
+    return report.results.find((r) => r.name === 'resource_limits')!;
+  }
+
+  it('says where limits are enforced, and warns or errs where they cannot be', async (ctx) => {
+    if (skip) return ctx.skip(skip);
+    const ok = await verdict(config(MAIN, {}, { defaultMemoryLimit: '2g' }));
+    expect(ok.severity).toBe('ok');
+    expect(ok.message).toContain(`cgroup v${support.version}`);
+    for (const { parent } of support.controllers) expect(ok.message).toContain(parent);
+    expect(ok.message).toContain('memory 2 GiB');
+
+    const unenforceable = await verdict(config(MAIN, { cgroupParent: BROKEN_PARENT }, { defaultMemoryLimit: '2g', defaultCpuLimit: 1 }));
+    expect(unenforceable.severity).toBe('warning');
+    expect(unenforceable.message).toContain('default_memory_limit = "2g"');
+    expect(unenforceable.message).toContain('default_cpu_limit = 1');
+    expect(unenforceable.message).toContain('RLIMIT_NPROC');
+
+    const required = await verdict(config(MAIN, { cgroupParent: BROKEN_PARENT, resourceLimits: 'required' }));
+    expect(required.severity).toBe('error');
+    expect(required.message).toMatch(/resource_limits = "required" cannot be met.*cgroup\.procs is not a cgroup/);
+
+    const off = await verdict(config(MAIN, { resourceLimits: 'off' }, { defaultCpuLimit: 1 }));
+    expect(off.severity).toBe('warning');
+    expect(off.message).toMatch(/default_cpu_limit = 1 is set but cannot be enforced.*"off"/);
+
+    // Preflight changes nothing: no cgroup was made by any of it.
+    expect(existsSync(path.join(support.controllers[0]!.parent, BROKEN_PARENT))).toBe(true);
   });
 });
 

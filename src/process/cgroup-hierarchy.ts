@@ -153,11 +153,12 @@ function errText(err: unknown): string {
   return e.code ?? e.message;
 }
 
+/** Whether dir exists; something there that is no directory is a problem. */
 async function exists(dir: string): Promise<boolean> {
-  return stat(dir).then(
-    (s) => s.isDirectory(),
-    () => false,
-  );
+  const info = await stat(dir).catch(() => null);
+  if (info && !info.isDirectory())
+    throw new CgroupProblem(`${dir} is not a cgroup (not a directory)`, 'set process.cgroupParent to a cgroup path, or "" for the server\'s own');
+  return info !== null;
 }
 
 async function words(file: string): Promise<string[]> {

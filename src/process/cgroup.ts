@@ -207,18 +207,20 @@ export class WorkerCgroup {
     };
   }
 
-  /** Memory in use (what the limit counts: anonymous memory, page cache, tmpfs, kernel) and the limit in force; null without a memory controller. */
-  async memory(): Promise<{ usageBytes: number; limitBytes: number } | null> {
+  /** The memory limit in force, as the kernel has it (0 = none). */
+  async memoryLimit(): Promise<number> {
     const dir = this.dirs.get('memory');
-    if (!dir) return null;
-    const [usageBytes, limitBytes] =
-      this.version === 1
-        ? await Promise.all([
-            readNumber(`${dir}/memory.usage_in_bytes`, () => false),
-            readNumber(`${dir}/memory.limit_in_bytes`, (t) => Number(t) >= UNLIMITED_V1),
-          ])
-        : await Promise.all([readNumber(`${dir}/memory.current`, () => false), readNumber(`${dir}/memory.max`, (t) => t === 'max')]);
-    return { usageBytes, limitBytes };
+    if (!dir) return 0;
+    return this.version === 1
+      ? readNumber(`${dir}/memory.limit_in_bytes`, (t) => Number(t) >= UNLIMITED_V1)
+      : readNumber(`${dir}/memory.max`, (t) => t === 'max');
+  }
+
+  /** Memory charged to the cgroup: what its limit counts (anonymous memory, page cache and tmpfs it touched first, kernel memory). */
+  async memoryCharged(): Promise<number> {
+    const dir = this.dirs.get('memory');
+    if (!dir) return 0;
+    return readNumber(`${dir}/${this.version === 1 ? 'memory.usage_in_bytes' : 'memory.current'}`, () => false);
   }
 
   /** Changes the limits of the live cgroup; 0 leaves one as it is. */

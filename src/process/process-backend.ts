@@ -253,12 +253,11 @@ export class ProcessBackend extends EventEmitter implements Backend {
       quiet: false,
       released: sandbox.exited.then(async (status) => {
         ring.close();
-        const [oomKilled] = await Promise.all([
-          this.endCgroup(cgroup, status, spec.workerId),
-          Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
-            this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
-          ),
-        ]);
+        // The cgroup first: its port and UID go back only once nothing of it is left.
+        const oomKilled = await this.endCgroup(cgroup, status, spec.workerId);
+        await Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
+          this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
+        );
         if (worker.quiet) return;
         const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal, oomKilled };
         this.log.info(event, 'procyard: worker exited');
@@ -401,9 +400,9 @@ export class ProcessBackend extends EventEmitter implements Backend {
   async workerResourceUsage(id: string): Promise<WorkerResourceUsage | null> {
     const worker = this.workers.get(id);
     if (!worker || !worker.sandbox.running) return null;
-    const [[sample], memory] = await Promise.all([
+    const [[sample], memoryLimitBytes] = await Promise.all([
       sampleTrees([worker.sandbox.pid]),
-      worker.cgroup?.memory().catch(() => null) ?? null,
+      worker.cgroup?.memoryLimit().catch(() => 0) ?? 0,
     ]);
     if (!sample.alive || !worker.sandbox.running) return null;
     const now = performance.now();
@@ -414,13 +413,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
       if (seconds > 0) cpuPercent = Math.max(0, (ticks / clockTicksPerSecond / seconds) * 100);
     }
     worker.lastSample = { ticks: sample.ticks, at: now };
-    // The cgroup counts what its limit counts (each page once, page cache and
-    // tmpfs included); without one, the RSS summed over the tree.
-    return {
-      cpuPercent,
-      memoryUsageBytes: memory?.usageBytes ?? sample.rssBytes,
-      memoryLimitBytes: memory?.limitBytes ?? 0,
-    };
+    return { cpuPercent, memoryUsageBytes: sample.rssBytes, memoryLimitBytes };
   }
 
   /**
