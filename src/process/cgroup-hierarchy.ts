@@ -4,6 +4,7 @@
 import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import path from 'node:path';
+import { parseStat } from '../native.js';
 
 export type Controller = 'memory' | 'cpu' | 'pids';
 export const CONTROLLERS: readonly Controller[] = Object.freeze(['memory', 'cpu', 'pids']);
@@ -219,26 +220,20 @@ export async function readyParent(version: 1 | 2, h: Hierarchy, cgroupParent: st
     }));
   const enabled = new Set(await words(path.join(existing, 'cgroup.subtree_control')).catch(() => [] as string[]));
   const toEnable = controllers.filter((c) => !enabled.has(c));
-  if (toEnable.length > 0 && existing !== h.mountPoint) {
-    const procs = (await words(path.join(existing, 'cgroup.procs')).catch(() => [] as string[])).map(Number);
-    const others = procs.filter((pid) => pid !== process.pid);
-    if (others.length > 0)
-      throw new CgroupProblem(
-        `cgroup ${existing} holds processes (${others.slice(0, 5).join(', ')}${others.length > 5 ? ', …' : ''}) besides the server, and cgroup v2 lets a cgroup with processes hand no controllers to children`,
-        'run the server as its unit\'s only process (systemd: Delegate=yes), or set process.cgroupParent to a delegated cgroup that holds no processes',
-      );
-    if (procs.includes(process.pid)) {
-      const leaf = path.join(existing, SERVER_LEAF);
-      actions.push(`move the server (pid ${process.pid}) into ${leaf}`);
-      if (!dryRun) {
-        await mkdirCgroup(leaf, false);
-        await writeCgroup(path.join(leaf, 'cgroup.procs'), String(process.pid));
+  if (toEnable.length > 0) {
+    // A process the server starts meanwhile (a probe, a sandbox without
+    // limits) lands in `existing` and makes the enabling fail: try again.
+    for (let attempt = 1; ; attempt++) {
+      if (existing !== h.mountPoint) await vacate(existing, actions, dryRun);
+      if (attempt === 1) actions.push(`enable ${toEnable.join(', ')} in ${existing}/cgroup.subtree_control`);
+      if (dryRun) break;
+      try {
+        await enable(existing, toEnable);
+        break;
+      } catch (err) {
+        if (attempt >= 3) throw err;
       }
     }
-  }
-  if (toEnable.length > 0) {
-    actions.push(`enable ${toEnable.join(', ')} in ${existing}/cgroup.subtree_control`);
-    if (!dryRun) await enable(existing, toEnable);
   }
   for (const d of toMake) {
     actions.push(`create ${d}`);
@@ -248,6 +243,63 @@ export async function readyParent(version: 1 | 2, h: Hierarchy, cgroupParent: st
     }
   }
   return { dir, controllers, missing, actions };
+}
+
+/** Whether pid is this process or one it started (a probe, a sandbox), or gone already. */
+async function whose(pid: number): Promise<'ours' | 'other' | 'gone'> {
+  for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
+    if (p === process.pid) return 'ours';
+    const stat = parseStat(await readFile(`/proc/${p}/stat`, 'utf8').catch(() => ''));
+    // Exited between the listing and now (or a zombie): in no one's way.
+    if (!stat || stat.state === 'Z' || stat.state === 'X') return p === pid ? 'gone' : 'other';
+    p = stat.ppid;
+  }
+  return 'other';
+}
+
+/**
+ * Empties a cgroup that must hand controllers down: the server, and what it
+ * started, move into its leaf SERVER_LEAF. Anyone else's process there is a
+ * problem the server cannot solve.
+ */
+async function vacate(dir: string, actions: string[], dryRun: boolean): Promise<void> {
+  let ours: number[] = [];
+  let others: number[] = [];
+  // Looked at again after a moment: a sandbox the server is tearing down has
+  // processes that outlive their parent for a few milliseconds.
+  for (let look = 0; look < 4 && (look === 0 || others.length > 0); look++) {
+    if (look > 0) await new Promise((resolve) => setTimeout(resolve, 50));
+    ours = [];
+    others = [];
+    for (const pid of (await words(path.join(dir, 'cgroup.procs')).catch(() => [] as string[])).map(Number)) {
+      const owner = await whose(pid);
+      if (owner !== 'gone') (owner === 'ours' ? ours : others).push(pid);
+    }
+  }
+  if (ours.length === 0 && others.length === 0) return;
+  if (others.length > 0) {
+    const named = await Promise.all(
+      others.slice(0, 5).map(async (pid) => `${pid} ${(await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '?')).trim()}`),
+    );
+    throw new CgroupProblem(
+      `cgroup ${dir} holds processes (${named.join(', ')}${others.length > 5 ? ', …' : ''}) besides the server, and cgroup v2 lets a cgroup with processes hand no controllers to children`,
+      'run the server as its unit\'s only process (systemd: Delegate=yes), or set process.cgroupParent to a delegated cgroup that holds no processes',
+    );
+  }
+  const leaf = path.join(dir, SERVER_LEAF);
+  if (!actions.some((a) => a.startsWith('move the server')))
+    actions.push(`move the server (pid ${process.pid}) and what it started into ${leaf}`);
+  if (dryRun) return;
+  await mkdirCgroup(leaf, false);
+  for (const pid of ours) {
+    try {
+      await writeFile(path.join(leaf, 'cgroup.procs'), String(pid));
+    } catch (err) {
+      // A child that exited meanwhile is fine; the server itself must move.
+      if (pid === process.pid || (err as NodeJS.ErrnoException).code !== 'ESRCH')
+        throw new CgroupProblem(`cannot move pid ${pid} into ${leaf} (${errText(err)})`, HOW_TO_DELEGATE);
+    }
+  }
 }
 
 /** mkdir, EEXIST being fine; errors become CgroupProblems naming the dir. */
