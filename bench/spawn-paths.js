@@ -228,13 +228,22 @@ async function main() {
   const tAlloc = performance.now();
   const resident = makeResident(opts.residentMb);
   const allocMs = performance.now() - tAlloc;
-  const backend = new ProcessBackend(backendConfig(opts.ports, opts.uids));
+  // Two backends, each on half of the ranges: per-worker limits on (a cgroup
+  // per worker, default memory and CPU limits set) and off, side by side.
+  const split = ([start, end]) => [[start, start + Math.floor((end - start) / 2)], [start + Math.floor((end - start) / 2) + 1, end]];
+  const [portsOn, portsOff] = split(opts.ports);
+  const [uidsOn, uidsOff] = split(opts.uids);
+  const backend = new ProcessBackend({ ...backendConfig(portsOn, uidsOn), server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 } });
+  const backendOff = new ProcessBackend(backendConfig(portsOff, uidsOff, { resourceLimits: 'off' }));
   const waiter = exitWaiter(backend);
+  const waiterOff = exitWaiter(backendOff);
   try {
-    await backend.cleanupOrphanResources(); // its start-up /proc scan, finished before timing
+    // Their start-up /proc scans, finished before timing.
+    await Promise.all([backend.cleanupOrphanResources(), backendOff.cleanupOrphanResources()]);
     const paths = {
       native: nativePath(),
       backend: backendPath(backend, waiter),
+      backendOff: backendPath(backendOff, waiterOff),
       childProcess: childProcessPath(),
       execa: execaPath(),
     };
@@ -247,7 +256,8 @@ async function main() {
     return { residentMb: opts.residentMb, rssMb, allocMs, residentChunks: resident.length, latency: lat, bursts };
   } finally {
     waiter.dispose();
-    await backend.close();
+    waiterOff.dispose();
+    await Promise.all([backend.close(), backendOff.close()]);
     await floor.close();
     closeSync(statusSink);
   }

@@ -20,5 +20,6 @@ export { runPreflight } from './preflight/index.js';
 export { loadConfig, ConfigError } from './config.js';
 export { RedisUnreachableError } from './process/allocators/redis.js';
 export { ProcessBackend } from './process/process-backend.js';
+export { CgroupError } from './process/cgroup.js';
 export type { ProcessBackendOptions } from './process/process-backend.js';
 export { resolveRBinary, installedRVersions } from './process/rversion.js';

@@ -4,7 +4,7 @@
 // one), a CPU quota against an unlimited neighbour, 'required' refusing and
 // 'auto' running without cgroups, and no cgroup left behind however a worker
 // ends. The same cases on cgroup v2 run in User-Mode Linux (cgroup-v2.test.ts).
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -256,6 +256,14 @@ describe('per-worker limits on this kernel', () => {
     try {
       await backend.spawn(appSpec('capped', 'serve', { cmd: busy, cpuLimit: 0.5 }));
       await backend.spawn(appSpec('free', 'serve', { cmd: busy }));
+      // A shared machine gives each cgroup one share among many: both get a
+      // large weight, so that they win CPU from the rest and only the quota
+      // tells them apart.
+      for (const id of ['capped', 'free']) {
+        const dir = internals(backend, id).cgroup!.dirs.get('cpu')!;
+        const v1 = existsSync(path.join(dir, 'cpu.shares'));
+        writeFileSync(path.join(dir, v1 ? 'cpu.shares' : 'cpu.weight'), v1 ? '100000' : '10000');
+      }
       await new Promise((r) => setTimeout(r, 300));
       await Promise.all([backend.workerResourceUsage('capped'), backend.workerResourceUsage('free')]);
       await new Promise((r) => setTimeout(r, 2500));

@@ -338,7 +338,8 @@ export class CgroupManager {
   /**
    * A fresh cgroup for one worker or build, or null when it runs without
    * one ('off', or 'auto' where cgroups cannot be had). Rejects with a
-   * CgroupError under 'required' when they cannot.
+   * CgroupError under 'required' when they cannot. Call refill() once the
+   * spawn is done.
    */
   async acquire(): Promise<WorkerCgroup | null> {
     if (this.config.mode === 'off') return null;
@@ -354,8 +355,28 @@ export class CgroupManager {
         return this.unavailable(new CgroupProblem(`cannot create a cgroup for the worker (${(err as Error).message})`, 'see the README\'s "Resources"'));
       }
     }
-    this.refill(setup);
     return cgroup;
+  }
+
+  /**
+   * Makes cgroups ahead, up to SPARES, on the pool. Called once a spawn is
+   * done: making them during one would compete with its clone for the CPU.
+   */
+  refill(): void {
+    void this.setup?.then((setup) => {
+      if (setup instanceof CgroupProblem) return;
+      while (!this.closed && this.spares.length + this.pending.size < SPARES) {
+        const job: Promise<void> = this.make(setup).then(
+          (cgroup) => {
+            if (this.closed) return cgroup.remove();
+            this.spares.push(cgroup);
+          },
+          (err: unknown) => this.log.warn({ err }, 'procyard: making a cgroup ahead failed'),
+        );
+        this.pending.add(job);
+        void job.finally(() => this.pending.delete(job));
+      }
+    });
   }
 
   /**
@@ -467,21 +488,6 @@ export class CgroupManager {
     const defaults: Limits = { memoryBytes: this.config.memoryBytes, cpus: this.config.cpus, pids: this.config.pidsLimit };
     await cgroupCreate({ dirs, writes: limitWrites(setup.version, byController, defaults, NO_LIMITS) });
     return new WorkerCgroup(setup.version, byController, dirs, defaults);
-  }
-
-  /** Makes cgroups ahead, off the spawn path, up to SPARES. */
-  private refill(setup: Setup): void {
-    while (!this.closed && this.spares.length + this.pending.size < SPARES) {
-      const job: Promise<void> = this.make(setup).then(
-        (cgroup) => {
-          if (this.closed) return cgroup.remove();
-          this.spares.push(cgroup);
-        },
-        (err: unknown) => this.log.warn({ err }, 'procyard: making a cgroup ahead failed'),
-      );
-      this.pending.add(job);
-      void job.finally(() => this.pending.delete(job));
-    }
   }
 
   /** A dead server's instance directory: its cgroups, whatever still runs in them, then itself. */

@@ -242,6 +242,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
     } catch (err) {
       await Promise.all([ports.release(lease), uids.release(uid), cgroup?.remove()]);
       throw this.cgroups.explain(err, cgroup);
+    } finally {
+      this.cgroups.refill();
     }
     const worker: Worker = {
       spec,
@@ -360,9 +362,11 @@ export class ProcessBackend extends EventEmitter implements Backend {
           }
         },
         limits: this.cgroups.spawnOptions(cgroup, defaultLimits(this.limits), this.asRoot),
-      }).catch((err: unknown) => {
-        throw this.cgroups.explain(err, cgroup);
-      });
+      })
+        .catch((err: unknown) => {
+          throw this.cgroups.explain(err, cgroup);
+        })
+        .finally(() => this.cgroups.refill());
       this.builds.add(sandbox);
       if (this.closed) void sandbox.kill();
       const abort = () => void sandbox.kill();
