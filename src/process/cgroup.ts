@@ -388,6 +388,30 @@ export class CgroupManager {
     return this.config.pidsLimit;
   }
 
+  /**
+   * updateResources on a live worker: new limits in its cgroup (memory in
+   * bytes, CPU in nanoCPUs; 0 leaves one as it is). NotSupportedError when it
+   * has no cgroup.
+   */
+  async update(id: string, cgroup: WorkerCgroup | null, memoryBytes: number, nanoCpus: number): Promise<void> {
+    for (const [name, value] of [['memoryBytes', memoryBytes], ['nanoCpus', nanoCpus]] as const)
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0)
+        throw new RangeError(`updateResources: ${name} must be a non-negative integer (0 leaves it as it is), got ${String(value)}`);
+    const mode = this.config.mode;
+    if (!cgroup)
+      throw new NotSupportedError(
+        `updateResources(${JSON.stringify(id)}): the worker runs without a cgroup (process.resourceLimits is "${mode}"` +
+          `${mode === 'off' ? '' : ' and cgroups are not usable here: see preflight\'s resource_limits'})`,
+      );
+    try {
+      await cgroup.update({ memoryBytes, cpus: nanoCpus / 1e9 });
+    } catch (err) {
+      if (err instanceof NotSupportedError) throw err;
+      const busy = (err as NodeJS.ErrnoException).code === 'EBUSY' ? ' (it uses more memory than that, and the kernel could not reclaim enough)' : '';
+      throw new Error(`updateResources(${JSON.stringify(id)}): cannot set memory ${memoryBytes} bytes / ${nanoCpus} nanoCPUs: ${(err as Error).message}${busy}`);
+    }
+  }
+
   /** Native spawn options that put a sandbox in its cgroup with these limits, or cap its UID's processes. */
   spawnOptions(cgroup: WorkerCgroup | null, limits: Limits, asRoot: boolean): Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites' | 'rlimitNproc'> {
     const nproc = this.nprocLimit(cgroup, asRoot);

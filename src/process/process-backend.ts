@@ -6,7 +6,6 @@ import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import type { Redis, Cluster } from 'ioredis';
 import {
-  NotSupportedError,
   type Backend,
   type BuildResult,
   type BuildSpec,
@@ -377,7 +376,11 @@ export class ProcessBackend extends EventEmitter implements Backend {
         if (await this.endCgroup(cgroup, status, spec.bundleId)) {
           const note = `procyard: the build was killed by the kernel's OOM killer at its memory limit (${this.limits.memoryBytes} bytes, server.defaultMemoryLimit)`;
           ring.push(note);
-          spec.logWriter?.(note);
+          try {
+            spec.logWriter?.(note);
+          } catch {
+            // as for every other line: a throwing logWriter does not end the build's report
+          }
         }
         return { success: exitCode === 0 && !signal?.aborted, exitCode, logs: ring.snapshot().join('\n') };
       } finally {
@@ -425,23 +428,9 @@ export class ProcessBackend extends EventEmitter implements Backend {
    * 1e9 = one CPU) in its cgroup; 0 leaves that one as it is.
    */
   async updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void> {
-    for (const [name, value] of [['memoryBytes', memoryBytes], ['nanoCpus', nanoCpus]] as const)
-      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0)
-        throw new RangeError(`updateResources: ${name} must be a non-negative integer (0 leaves it as it is), got ${String(value)}`);
     const worker = this.mustGet(id);
     if (!worker.sandbox.running) throw new Error(`worker "${id}" has exited: its limits can no longer change`);
-    if (!worker.cgroup)
-      throw new NotSupportedError(
-        `updateResources(${JSON.stringify(id)}): the worker runs without a cgroup (process.resourceLimits is ` +
-          `"${this.limits.mode}"${this.limits.mode === 'off' ? '' : ' and cgroups are not usable here: see preflight\'s resource_limits'})`,
-      );
-    try {
-      await worker.cgroup.update({ memoryBytes, cpus: nanoCpus / 1e9 });
-    } catch (err) {
-      if (err instanceof NotSupportedError) throw err;
-      throw new Error(`updateResources(${JSON.stringify(id)}): cannot set memory ${memoryBytes} bytes / ${nanoCpus} nanoCPUs: ${(err as Error).message}` +
-        ((err as NodeJS.ErrnoException).code === 'EBUSY' ? ' (the worker uses more memory than that and the kernel could not reclaim it)' : ''));
-    }
+    await this.cgroups.update(id, worker.cgroup, memoryBytes, nanoCpus);
   }
 
   /**
