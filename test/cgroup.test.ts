@@ -73,7 +73,7 @@ function other(cfg: Config): ProcessBackend {
 interface WorkerView {
   uid: number;
   sandbox: { pid: number };
-  cgroup: { dirs: ReadonlyMap<string, string>; memoryCharged(): Promise<number> } | null;
+  cgroup: { dirs: ReadonlyMap<string, string>; memoryCharged(): number } | null;
   ring: { snapshot(): string[] };
 }
 
@@ -180,7 +180,7 @@ describe('per-worker limits on this kernel', () => {
     expect(await ask(await backend.addr('live'), '200\n')).toBe('held 200');
     expect((await backend.workerResourceUsage('live'))!.memoryUsageBytes).toBeGreaterThan(200 * MiB);
     // What the limit counts, the cgroup's charge, holds the 200 MiB under the new limit.
-    const charged = await internals(backend, 'live').cgroup!.memoryCharged();
+    const charged = internals(backend, 'live').cgroup!.memoryCharged();
     expect(charged).toBeGreaterThan(200 * MiB);
     expect(charged).toBeLessThanOrEqual(256 * MiB);
     // 0 leaves a limit as it is; the CPU quota changes alone.

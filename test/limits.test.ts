@@ -113,17 +113,18 @@ describe('cgroup hierarchies', () => {
     const layout = layoutFrom(V1_MOUNTINFO, V1_CGROUP);
     expect(layout).toEqual({
       version: 1,
+      // In the order the clone child enters them: cpu last.
       hierarchies: [
-        { mountPoint: '/sys/fs/cgroup/cpu', mountRoot: '/', controllers: ['cpu'], ownPath: '/' },
         { mountPoint: '/sys/fs/cgroup/memory', mountRoot: '/', controllers: ['memory'], ownPath: '/process_api/abc' },
         { mountPoint: '/sys/fs/cgroup/pids', mountRoot: '/', controllers: ['pids'], ownPath: '/' },
+        { mountPoint: '/sys/fs/cgroup/cpu', mountRoot: '/', controllers: ['cpu'], ownPath: '/' },
       ],
     });
     if (layout.version !== 1) throw new Error('v1 expected');
-    const memory = layout.hierarchies[1]!;
+    const memory = layout.hierarchies[0]!;
     expect(dirOf(memory, parentPath(memory, ''))).toBe('/sys/fs/cgroup/memory/process_api/abc');
     expect(dirOf(memory, parentPath(memory, '/procyard.slice'))).toBe('/sys/fs/cgroup/memory/procyard.slice');
-    expect(dirOf(layout.hierarchies[0]!, '/')).toBe('/sys/fs/cgroup/cpu');
+    expect(dirOf(layout.hierarchies[2]!, '/')).toBe('/sys/fs/cgroup/cpu');
   });
 
   it('reads cpu,cpuacct co-mounted as one hierarchy', () => {
@@ -134,8 +135,8 @@ describe('cgroup hierarchies', () => {
     expect(layout).toMatchObject({
       version: 1,
       hierarchies: [
-        { mountPoint: '/sys/fs/cgroup/cpu,cpuacct', controllers: ['cpu'], ownPath: '/user.slice' },
         { mountPoint: '/sys/fs/cgroup/memory', controllers: ['memory'], ownPath: '/user.slice/u.scope' },
+        { mountPoint: '/sys/fs/cgroup/cpu,cpuacct', controllers: ['cpu'], ownPath: '/user.slice' },
       ],
     });
   });
@@ -144,7 +145,7 @@ describe('cgroup hierarchies', () => {
     const layout = layoutFrom(V2_MOUNTINFO, '0::/system.slice/procyard.service\n');
     expect(layout).toEqual({
       version: 2,
-      hierarchies: [{ mountPoint: '/sys/fs/cgroup', mountRoot: '/', controllers: ['memory', 'cpu', 'pids'], ownPath: '/system.slice/procyard.service' }],
+      hierarchies: [{ mountPoint: '/sys/fs/cgroup', mountRoot: '/', controllers: ['memory', 'pids', 'cpu'], ownPath: '/system.slice/procyard.service' }],
     });
     if (layout.version !== 2) throw new Error('v2 expected');
     const h = layout.hierarchies[0]!;

@@ -7,7 +7,12 @@ import path from 'node:path';
 import { parseStat } from '../native.js';
 
 export type Controller = 'memory' | 'cpu' | 'pids';
-export const CONTROLLERS: readonly Controller[] = Object.freeze(['memory', 'cpu', 'pids']);
+/**
+ * In the order a v1 clone child enters their hierarchies: cpu last. Measured
+ * here, a child that moved into its new cpu cgroup first lost ~0.3 ms more
+ * to the scheduler before its exec than one that moved there last.
+ */
+export const CONTROLLERS: readonly Controller[] = Object.freeze(['memory', 'pids', 'cpu']);
 
 /** v2: the leaf the server moves into when its own cgroup must hand controllers to children. */
 export const SERVER_LEAF = 'procyard-server';
@@ -106,7 +111,8 @@ export function layoutFrom(mountinfo: string, procCgroup: string): Layout {
     controllers.forEach((c) => taken.add(c));
     v1.push({ mountPoint: m.mountPoint, mountRoot: m.root, controllers, ownPath: line.path });
   }
-  if (v1.length > 0) return { version: 1, hierarchies: v1 };
+  const rank = (h: Hierarchy) => Math.min(...h.controllers.map((c) => CONTROLLERS.indexOf(c)));
+  if (v1.length > 0) return { version: 1, hierarchies: v1.sort((a, b) => rank(a) - rank(b)) };
   const unified = mounts.find((m) => m.fstype === 'cgroup2');
   const own = lines.find((l) => l.id === 0 && l.controllers.length === 0);
   if (!unified)

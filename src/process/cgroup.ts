@@ -11,7 +11,7 @@
 // are made ahead, with the default limits already set: a cgroup mkdir costs
 // ~0.1 ms of kernel time per hierarchy, which would otherwise sit on every
 // spawn's path.
-import { closeSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { readdir, readFile, readlink, rmdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { NotSupportedError, type Logger } from '../backend.js';
@@ -119,8 +119,9 @@ function limitWrites(version: 1 | 2, dirs: ReadonlyMap<Controller, string>, limi
   return out;
 }
 
-async function readNumber(file: string, unlimited: (text: string) => boolean): Promise<number> {
-  const text = (await readFile(file, 'utf8')).trim();
+// cgroupfs is in memory: a sync read costs less than the four pool round trips of an async one.
+function readNumber(file: string, unlimited: (text: string) => boolean): number {
+  const text = readFileSync(file, 'utf8').trim();
   return unlimited(text) ? 0 : Number(text);
 }
 
@@ -208,7 +209,7 @@ export class WorkerCgroup {
   }
 
   /** The memory limit in force, as the kernel has it (0 = none). */
-  async memoryLimit(): Promise<number> {
+  memoryLimit(): number {
     const dir = this.dirs.get('memory');
     if (!dir) return 0;
     return this.version === 1
@@ -217,7 +218,7 @@ export class WorkerCgroup {
   }
 
   /** Memory charged to the cgroup: what its limit counts (anonymous memory, page cache and tmpfs it touched first, kernel memory). */
-  async memoryCharged(): Promise<number> {
+  memoryCharged(): number {
     const dir = this.dirs.get('memory');
     if (!dir) return 0;
     return readNumber(`${dir}/${this.version === 1 ? 'memory.usage_in_bytes' : 'memory.current'}`, () => false);
@@ -235,11 +236,11 @@ export class WorkerCgroup {
   }
 
   /** How many processes the kernel's OOM killer ended in this cgroup for its limit. */
-  async oomKills(): Promise<number> {
+  oomKills(): number {
     const dir = this.dirs.get('memory');
     if (!dir) return 0;
     try {
-      const text = await readFile(`${dir}/${this.version === 1 ? 'memory.oom_control' : 'memory.events'}`, 'utf8');
+      const text = readFileSync(`${dir}/${this.version === 1 ? 'memory.oom_control' : 'memory.events'}`, 'utf8');
       return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? 0);
     } catch {
       return 0;
@@ -252,7 +253,7 @@ export class WorkerCgroup {
    * (bwrap reports its app's as 137) in a cgroup where the OOM killer struck.
    */
   async finish(exit: { code: number | null; signal: string | null }): Promise<boolean> {
-    const kills = await this.oomKills();
+    const kills = this.oomKills();
     await this.remove();
     return kills > 0 && (exit.signal === 'SIGKILL' || exit.code === 137);
   }
@@ -360,10 +361,11 @@ export class CgroupManager {
 
   /**
    * Makes cgroups ahead, up to SPARES, on the pool. Called once a spawn is
-   * done: making them during one would compete with its clone for the CPU.
+   * done, and deferred a turn of the loop further: making them during one
+   * would compete with its last steps for the pool and the CPU.
    */
   refill(): void {
-    void this.setup?.then((setup) => {
+    setImmediate(() => void this.setup?.then((setup) => {
       if (setup instanceof CgroupProblem) return;
       while (!this.closed && this.spares.length + this.pending.size < SPARES) {
         const job: Promise<void> = this.make(setup).then(
@@ -376,7 +378,7 @@ export class CgroupManager {
         this.pending.add(job);
         void job.finally(() => this.pending.delete(job));
       }
-    });
+    }));
   }
 
   /**

@@ -407,11 +407,14 @@ export class ProcessBackend extends EventEmitter implements Backend {
   async workerResourceUsage(id: string): Promise<WorkerResourceUsage | null> {
     const worker = this.workers.get(id);
     if (!worker || !worker.sandbox.running) return null;
-    const [[sample], memoryLimitBytes] = await Promise.all([
-      sampleTrees([worker.sandbox.pid]),
-      worker.cgroup?.memoryLimit().catch(() => 0) ?? 0,
-    ]);
+    const [sample] = await sampleTrees([worker.sandbox.pid]);
     if (!sample.alive || !worker.sandbox.running) return null;
+    let memoryLimitBytes = 0;
+    try {
+      memoryLimitBytes = worker.cgroup?.memoryLimit() ?? 0;
+    } catch {
+      // the cgroup went with the worker meanwhile
+    }
     const now = performance.now();
     let cpuPercent = 0;
     if (worker.lastSample) {
