@@ -75,6 +75,43 @@ class WriteWorker : public Napi::AsyncWorker {
   bool ok_ = false;
 };
 
+// One pool job for a worker's cgroups (one per v1 hierarchy) instead of one each.
+class RemoveWorker : public Napi::AsyncWorker {
+ public:
+  RemoveWorker(Napi::Env env, std::vector<std::string> dirs)
+      : Napi::AsyncWorker(env, "procyard:cgroupRemove"), deferred_(Napi::Promise::Deferred::New(env)),
+        dirs_(std::move(dirs)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { ok_ = CgroupRemove(dirs_, &busy_, &error_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!ok_) {
+      deferred_.Reject(SystemError(env, error_.err, error_.syscall, error_.subject).Value());
+      return;
+    }
+    Napi::Array out = Napi::Array::New(env, busy_.size());
+    for (uint32_t i = 0; i < busy_.size(); i++) out.Set(i, busy_[i]);
+    deferred_.Resolve(out);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::vector<std::string> dirs_;
+  std::vector<std::string> busy_;
+  SpawnError error_;
+  bool ok_ = false;
+};
+
+Napi::Value CgroupRemoveJs(const Napi::CallbackInfo& info) {
+  auto* worker = new RemoveWorker(info.Env(), ParsePaths(info.Env(), info[0], "dirs"));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
 Napi::Value CgroupCreateJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) ThrowType(env, "cgroupCreate options must be an object");
@@ -97,6 +134,7 @@ Napi::Value CgroupWriteJs(const Napi::CallbackInfo& info) {
 void InitCgroup(Napi::Env env, Napi::Object exports) {
   exports.Set("cgroupCreate", Napi::Function::New(env, CgroupCreateJs, "cgroupCreate"));
   exports.Set("cgroupWrite", Napi::Function::New(env, CgroupWriteJs, "cgroupWrite"));
+  exports.Set("cgroupRemove", Napi::Function::New(env, CgroupRemoveJs, "cgroupRemove"));
 }
 
 }  // namespace procyard

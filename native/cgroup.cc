@@ -118,6 +118,15 @@ bool CgroupCreate(const std::vector<std::string>& dirs, const std::vector<Cgroup
   return false;
 }
 
+bool CgroupRemove(const std::vector<std::string>& dirs, std::vector<std::string>* busy, SpawnError* error) {
+  for (const std::string& dir : dirs) {
+    if (rmdir(dir.c_str()) == 0 || errno == ENOENT) continue;
+    if (errno != EBUSY) return Fail(error, "rmdir", dir);
+    busy->push_back(dir);
+  }
+  return true;
+}
+
 CgroupFds::~CgroupFds() {
   for (int fd : enter) close(fd);
   if (dir >= 0) close(dir);

@@ -17,6 +17,10 @@ bool CgroupCreate(const std::vector<std::string>& dirs, const std::vector<Cgroup
 // Writes each value to its file (open, write, close); stops at the first failure.
 bool CgroupWriteAll(const std::vector<CgroupWrite>& writes, SpawnError* error);
 
+// rmdir of each dir, deepest first as given; the dirs still busy (processes
+// inside, EBUSY) go to *busy. Fails on any other error but ENOENT.
+bool CgroupRemove(const std::vector<std::string>& dirs, std::vector<std::string>* busy, SpawnError* error);
+
 // What a spawn enters its cgroup through, open; closed when it goes.
 struct CgroupFds {
   std::vector<int> enter;  // SpawnRequest::cgroupEnter, O_WRONLY

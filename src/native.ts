@@ -116,6 +116,7 @@ interface Addon {
   builtinSeccompRules(): string[];
   cgroupCreate(options: { dirs: string[]; writes: CgroupWrite[] }): Promise<void>;
   cgroupWrite(writes: CgroupWrite[]): Promise<void>;
+  cgroupRemove(dirs: string[]): Promise<string[]>;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -158,3 +159,5 @@ export const builtinSeccompRules = addon.builtinSeccompRules;
 export const cgroupCreate = addon.cgroupCreate;
 /** On a pool thread: writes each value to its cgroup file, in order. */
 export const cgroupWrite = addon.cgroupWrite;
+/** On a pool thread: rmdir of each dir (gone already is fine); resolves with those still busy (EBUSY). */
+export const cgroupRemove = addon.cgroupRemove;

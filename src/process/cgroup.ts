@@ -17,6 +17,7 @@ import path from 'node:path';
 import { NotSupportedError, type Logger } from '../backend.js';
 import {
   cgroupCreate,
+  cgroupRemove,
   cgroupWrite,
   parseStat,
   pidfdOpen,
@@ -154,25 +155,24 @@ async function killAll(dir: string): Promise<void> {
 }
 
 /**
- * Removes an (otherwise empty) cgroup directory. Processes may still be
- * leaving it for a moment after the sandbox's exit was seen (a SIGKILLed
- * monitor's init tearing down): wait for them, then kill what stays.
+ * Removes (otherwise empty) cgroup directories, in one pool job per try.
+ * Processes may still be leaving them for a moment after the sandbox's exit
+ * was seen (a SIGKILLed monitor's init tearing down): wait for them, then
+ * kill what stays.
  */
-async function removeDir(dir: string): Promise<void> {
+async function removeDirs(dirs: string[]): Promise<void> {
   const deadline = Date.now() + 5000;
+  let busy = dirs;
   for (let attempt = 0, wait = 2; ; attempt++, wait = Math.min(wait * 2, 100)) {
-    try {
-      await rmdir(dir);
-      return;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return;
-      if (code !== 'EBUSY' || Date.now() > deadline) throw err;
-    }
-    if (attempt >= 10) await killAll(dir);
+    busy = await cgroupRemove(busy);
+    if (busy.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`cgroups ${busy.join(', ')} still hold processes (EBUSY)`);
+    if (attempt >= 10) await Promise.all(busy.map(killAll));
     await sleep(wait);
   }
 }
+
+const removeDir = (dir: string) => removeDirs([dir]);
 
 /** One worker's (or build's) cgroup: one directory per v1 hierarchy, or one v2 directory. */
 export class WorkerCgroup {
@@ -260,7 +260,7 @@ export class WorkerCgroup {
 
   /** Removes the cgroup (once its processes are gone); safe to call more than once. */
   remove(): Promise<void> {
-    this.removal ??= Promise.all(this.allDirs.map(removeDir)).then(() => undefined);
+    this.removal ??= removeDirs(this.allDirs);
     return this.removal;
   }
 }
