@@ -17,7 +17,9 @@
         "native/landlock.cc",
         "native/binding_landlock.cc",
         "native/lockfile.cc",
-        "native/binding_lockfile.cc"
+        "native/binding_lockfile.cc",
+        "native/cgroup.cc",
+        "native/binding_cgroup.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

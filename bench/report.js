@@ -27,7 +27,8 @@ function table(head, rows) {
 
 const PATHS = [
   ['native', 'procyard native spawn'],
-  ['backend', 'ProcessBackend.spawn (full spec)'],
+  ['backend', 'ProcessBackend.spawn (full spec, limits on)'],
+  ['backendOff', 'ProcessBackend.spawn, resourceLimits off'],
   ['childProcess', 'child_process.spawn'],
   ['execa', 'execa'],
 ];
@@ -67,6 +68,16 @@ export function buildReport(r) {
     cpBig / be.b >= 100,
   );
   target(`ProcessBackend.spawn p50 at ${bigLabel} within 1.5x of small heap`, `${ms(be.b)} vs ${ms(be.s)} = ${ratio(be.b / be.s)}`, be.b <= 1.5 * be.s);
+  // Per-worker limits (a cgroup per worker) against the same backend without them.
+  if (small.latency.backendOff) {
+    const off = { s: small.latency.backendOff.p50, b: big.latency.backendOff.p50 };
+    for (const [label, on, without] of [['small heap', be.s, off.s], [bigLabel, be.b, off.b]])
+      target(
+        `ProcessBackend.spawn p50 with limits on within 10% of limits off, ${label}`,
+        `${ms(on)} vs ${ms(without)} = ${on >= without ? '+' : ''}${(((on - without) / without) * 100).toFixed(1)}%`,
+        on <= 1.1 * without,
+      );
+  }
   const nat = { s: small.latency.native.p50, b: big.latency.native.p50 };
   target('native spawn p50 within 1.5x of the C floor, small heap', `${ms(nat.s)} vs ${ms(fs.p50)} = ${ratio(nat.s / fs.p50)}`, nat.s <= 1.5 * fs.p50);
   target(`native spawn p50 within 1.5x of the C floor, ${bigLabel}`, `${ms(nat.b)} vs ${ms(fb.p50)} = ${ratio(nat.b / fb.p50)}`, nat.b <= 1.5 * fb.p50);

@@ -256,23 +256,35 @@ async function main() {
   const tAlloc = performance.now();
   const resident = makeResident(opts.residentMb);
   const allocMs = performance.now() - tAlloc;
-  const backend = new ProcessBackend(backendConfig(opts.ports, opts.uids));
+  // Two backends, each on half of the ranges: per-worker limits on (a cgroup
+  // per worker, default memory and CPU limits set) and off, side by side.
+  const split = ([start, end]) => [[start, start + Math.floor((end - start) / 2)], [start + Math.floor((end - start) / 2) + 1, end]];
+  const [portsOn, portsOff] = split(opts.ports);
+  const [uidsOn, uidsOff] = split(opts.uids);
+  const backend = new ProcessBackend({ ...backendConfig(portsOn, uidsOn), server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 } });
+  const backendOff = new ProcessBackend(backendConfig(portsOff, uidsOff, { resourceLimits: 'off' }));
   const waiter = exitWaiter(backend);
-  const backendOff = new ProcessBackend(backendConfig(opts.offPorts, opts.offUids, { networkPolicy: 'off' }));
   const waiterOff = exitWaiter(backendOff);
+  // A third, for the network policy: the same limits as `backend`, Landlock off.
+  const backendPolicyOff = new ProcessBackend({
+    ...backendConfig(opts.offPorts, opts.offUids, { networkPolicy: 'off' }),
+    server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 },
+  });
+  const waiterPolicyOff = exitWaiter(backendPolicyOff);
   try {
-    await backend.cleanupOrphanResources(); // its start-up /proc scan, finished before timing
-    await backendOff.cleanupOrphanResources();
+    // Their start-up /proc scans, finished before timing.
+    await Promise.all([backend, backendOff, backendPolicyOff].map((b) => b.cleanupOrphanResources()));
     const paths = {
       native: nativePath(),
       backend: backendPath(backend, waiter),
+      backendOff: backendPath(backendOff, waiterOff),
       childProcess: childProcessPath(),
       execa: execaPath(),
     };
     const rssMb = process.memoryUsage().rss / 2 ** 20;
-    const lat = await latency({ ...paths, backendPolicyOff: backendPath(backendOff, waiterOff) }, floor);
+    const lat = await latency({ ...paths, backendPolicyOff: backendPath(backendPolicyOff, waiterPolicyOff) }, floor);
     const policy = backend.network.decision;
-    const pairs = await policyPairs(backendPath(backend, waiter), backendPath(backendOff, waiterOff), opts.spawns);
+    const pairs = await policyPairs(backendPath(backend, waiter), backendPath(backendPolicyOff, waiterPolicyOff), opts.spawns);
     const bursts = { idle: await idle(1000) };
     for (const inFlight of opts.burstInFlight) {
       for (const [name, start] of Object.entries(paths)) bursts[`${name}@${inFlight}`] = await burst(start, opts.burst, inFlight);
@@ -289,7 +301,8 @@ async function main() {
   } finally {
     waiter.dispose();
     waiterOff.dispose();
-    await Promise.all([backend.close(), backendOff.close()]);
+    waiterPolicyOff.dispose();
+    await Promise.all([backend.close(), backendOff.close(), backendPolicyOff.close()]);
     await floor.close();
     closeSync(statusSink);
   }

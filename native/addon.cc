@@ -8,6 +8,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   procyard::InitSeccomp(env, exports);
   procyard::InitLandlock(env, exports);
   procyard::InitLockfile(env, exports);
+  procyard::InitCgroup(env, exports);
   return exports;
 }
 }  // namespace

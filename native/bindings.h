@@ -11,4 +11,5 @@ void InitLandlock(Napi::Env env, Napi::Object exports);
 struct LandlockPolicy;
 LandlockPolicy ParseLandlockPolicy(Napi::Env env, Napi::Value value);
 void InitLockfile(Napi::Env env, Napi::Object exports);
+void InitCgroup(Napi::Env env, Napi::Object exports);
 }  // namespace procyard

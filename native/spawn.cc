@@ -3,6 +3,8 @@
 // no glibc wrappers that broadcast to other threads (setuid and friends).
 #include "spawn.h"
 
+#include "cgroup.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/close_range.h>
@@ -40,6 +42,8 @@ enum Step : int {
   kSigmask,
   kDupFd,
   kCloseFds,
+  kCgroup,
+  kNproc,
   kSetgroups,
   kSetgid,
   kSetuid,
@@ -72,6 +76,13 @@ struct ChildArgs {
   gid_t gid;
   pid_t parentPid;
   int landlockFd;  // the ruleset, at this fd in the child (O_CLOEXEC); -1: none
+  // Limits: the cgroup fds sit at cgroupFdBase.. after the fd shuffle.
+  int cgroupFdBase;
+  size_t nCgroupFds;
+  bool bornInCgroup;  // clone3(CLONE_INTO_CGROUP): nothing to write, only to close
+  bool setNproc;
+  struct rlimit nproc;
+  volatile int failIndex;  // which cgroup fd failed
   // Written by the child before _exit(127); read after the vfork wait.
   volatile int failStep;
   volatile int failErrno;
@@ -130,6 +141,21 @@ int ChildMain(void* arg) {
     for (rlim_t fd = a->maxTarget + 1; fd < lim.rlim_cur; fd++) syscall(SYS_close, fd);
   }
 
+  // Into the worker's own cgroup (v1: once per hierarchy) while still root and
+  // before exec: every process of the sandbox is born inside it, none ever
+  // runs unlimited. Writing "0" moves the writer (v1: to `tasks`, which moves
+  // just this thread without the global lock that cgroup.procs waits on).
+  for (size_t i = 0; i < a->nCgroupFds; i++) {
+    if (!a->bornInCgroup && syscall(SYS_write, a->cgroupFdBase + i, "0", 1) < 0) {
+      a->failIndex = static_cast<int>(i);
+      ChildFail(a, kCgroup);
+    }
+    syscall(SYS_close, a->cgroupFdBase + i);
+  }
+  // No pids cgroup: cap the processes of the worker's UID instead (one UID
+  // per worker). The user namespace bwrap makes inherits the cap.
+  if (a->setNproc && syscall(SYS_prlimit64, 0, RLIMIT_NPROC, &a->nproc, nullptr) < 0) ChildFail(a, kNproc);
+
   // Raw calls: glibc's setuid would signal every thread of the parent.
   if (a->credentials) {
     if (syscall(SYS_setgroups, 0, nullptr) < 0) ChildFail(a, kSetgroups);
@@ -167,6 +193,8 @@ const char* StepSyscall(int step) {
     case kSigmask: return "rt_sigprocmask";
     case kDupFd: return "dup3";
     case kCloseFds: return "close_range";
+    case kCgroup: return "write(cgroup tasks)";
+    case kNproc: return "prlimit64(RLIMIT_NPROC)";
     case kSetgroups: return "setgroups";
     case kSetgid: return "setgid";
     case kSetuid: return "setuid";
@@ -216,9 +244,17 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
     error->subject = std::move(subject);
     return false;
   };
-  if (req.extraFds.size() + 4 > kMaxFds) {
+  if (req.extraFds.size() + req.cgroupEnter.size() + 4 > kMaxFds) {
     if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
     return fail("spawn", "too many extra fds", E2BIG);
+  }
+
+  // The worker's cgroup (native/cgroup.cc): its limits set, and open what the
+  // child enters it through; closed on every path out of here.
+  CgroupFds cgroup;
+  if (!CgroupPrepare(req, &cgroup, error)) {
+    if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
+    return false;
   }
 
   // The Landlock ruleset is built here, off the JS thread (a few syscalls);
@@ -268,7 +304,14 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
       fds[3 + i] = req.extraFds[i];
       maxTarget = std::max(maxTarget, req.extraFds[i].target);
     }
+    // The cgroup fds go through the shuffle above every other target, for
+    // the child to write and close.
     size_t nfds = 3 + req.extraFds.size();
+    args.cgroupFdBase = maxTarget + 1;
+    args.nCgroupFds = cgroup.enter.size();
+    for (int fd : cgroup.enter) fds[nfds++] = {fd, ++maxTarget};
+    args.setNproc = req.nprocLimit >= 0;
+    args.nproc.rlim_cur = args.nproc.rlim_max = static_cast<rlim_t>(req.nprocLimit);
     args.landlockFd = -1;
     if (rulesetFd >= 0) {
       // Kept O_CLOEXEC in the child: the sandbox never sees the ruleset.
@@ -301,7 +344,15 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
       close(req.closeBeforeClone);
     }
     char* top = static_cast<char*>(stack) + kStackSize;
-    pid = clone(ChildMain, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
+    // cgroup v2: born in its cgroup (native/cgroup.cc says why); where the
+    // kernel refuses, the plain clone below, and the child enters by a write.
+    if (cgroup.dir >= 0) {
+      args.bornInCgroup = true;
+      pid = CloneIntoCgroup(ChildMain, stack, kStackSize, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &args,
+                            cgroup.dir, &pidfd);
+      args.bornInCgroup = pid > 0;
+    }
+    if (pid < 0) pid = clone(ChildMain, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
     if (pid < 0 && errno == EINVAL) {
       // Kernel without CLONE_PIDFD (< 5.2): open the pidfd after the fact.
       pidfd = -1;
@@ -335,6 +386,7 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
       case kExec: subject = req.file; break;
       case kSetuid: subject = std::to_string(req.uid); break;
       case kSetgid: subject = std::to_string(req.gid); break;
+      case kCgroup: subject = req.cgroupEnter[args.failIndex]; break;
       default: break;
     }
     return fail(StepSyscall(args.failStep), subject, args.failErrno);

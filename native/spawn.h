@@ -16,6 +16,12 @@ struct FdMapping {
   bool cloexec = false;  // for the child's own steps only: closed at exec
 };
 
+// A value for a cgroup control file (native/cgroup.h), e.g. a memory limit.
+struct CgroupWrite {
+  std::string path;
+  std::string value;
+};
+
 struct SpawnRequest {
   std::string file;  // executed as given: no PATH search
   std::vector<std::string> argv;
@@ -27,6 +33,12 @@ struct SpawnRequest {
   int closeBeforeClone = -1;  // e.g. the held port listener; closed on every path
   // Landlock domain the child enters right before exec (ruleset built by Spawn).
   LandlockPolicy landlock;
+  // Limits (native/cgroup.cc): written before the clone, the worker's own
+  // cgroup entered by the child before its UID switch.
+  std::vector<CgroupWrite> cgroupWrites;  // limits that differ from the prepared cgroup's
+  std::vector<std::string> cgroupEnter;   // v1 `tasks` (one per hierarchy) or v2 cgroup.procs: the child writes "0"
+  std::string cgroupDir;                  // v2: the cgroup itself, to be born in (clone3)
+  long long nprocLimit = -1;              // RLIMIT_NPROC for the child when >= 0 (no pids cgroup)
 };
 
 struct SpawnResult {

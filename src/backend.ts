@@ -29,8 +29,12 @@ export interface WorkerSpec {
   /** Ignored: the backend picks the port (see addr()). */
   shinyPort?: number;
   rVersion?: string;
-  /** Not enforced by the process backend (preflight warns). */
+  /**
+   * Memory limit of the worker's cgroup: '512k', '64m', '2g' or plain bytes
+   * (binary units; '0' = none). Default: server.defaultMemoryLimit.
+   */
   memoryLimit?: string;
+  /** CPUs (0.5 = half a CPU, 0 = none), as a CFS quota. Default: server.defaultCpuLimit. */
   cpuLimit?: number;
   labels?: Record<string, string>;
   env?: Record<string, string>;
@@ -70,7 +74,7 @@ export interface ManagedResource {
 export interface WorkerResourceUsage {
   cpuPercent: number;
   memoryUsageBytes: number;
-  /** Always 0: the process backend sets no memory limit. */
+  /** The memory limit in force (0 = none). */
   memoryLimitBytes: number;
 }
 

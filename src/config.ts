@@ -63,6 +63,21 @@ export interface ProcessConfig {
    * `<os.tmpdir()>/procyard-<uid>`.
    */
   runtimeDir?: string;
+  /**
+   * Per-worker limits through a cgroup of its own (SPEC §8): 'auto' enforces
+   * them where the host allows and runs workers unlimited where not
+   * (preflight says which); 'required' makes spawn and build reject when they
+   * cannot be enforced; 'off' never sets them. Default 'auto'.
+   */
+  resourceLimits?: 'auto' | 'required' | 'off';
+  /**
+   * Absolute cgroup path (inside the hierarchy, e.g. '/procyard.slice') under
+   * which workers' cgroups are made; '' = the server's own cgroup, as a
+   * delegated subtree (systemd: Delegate=yes). Default ''.
+   */
+  cgroupParent?: string;
+  /** Processes (tasks) per worker; 0 = no cap. Default 1024. */
+  pidsLimit?: number;
 }
 
 export interface Config {
@@ -108,6 +123,9 @@ export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   networkPolicy: 'auto',
   allocator: 'host',
   runtimeDir: defaultRuntimeDir(),
+  resourceLimits: 'auto',
+  cgroupParent: '',
+  pidsLimit: 1024,
 });
 
 export const DEFAULT_BUNDLE_WORKER_PATH = '/app';
@@ -168,6 +186,9 @@ const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
   allowed_connect_ports: ['allowedConnectPorts', 'ports'],
   allocator: ['allocator', 'string'],
   runtime_dir: ['runtimeDir', 'string'],
+  resource_limits: ['resourceLimits', 'string'],
+  cgroup_parent: ['cgroupParent', 'string'],
+  pids_limit: ['pidsLimit', 'integer'],
 };
 
 /** The other sections procyard reads: TOML key → Config field and type. */

@@ -23,6 +23,7 @@ export { runPreflight } from './preflight/index.js';
 export { loadConfig, ConfigError } from './config.js';
 export { RedisUnreachableError } from './process/allocators/redis.js';
 export { ProcessBackend } from './process/process-backend.js';
+export { CgroupError } from './process/cgroup.js';
 export { NetworkPolicyError } from './process/network-policy.js';
 export type { NetworkPolicyMode } from './process/network-policy.js';
 export type { ProcessBackendEvents, ProcessBackendOptions } from './process/process-backend.js';

@@ -23,6 +23,24 @@ export interface NativeSpawnOptions {
   closeBeforeClone?: number;
   /** A Landlock domain the child enters right before exec (see src/process/landlock.ts). */
   landlock?: NativeLandlockRules;
+  /**
+   * Limits (src/process/cgroup.ts): the files the child writes "0" to before
+   * its UID switch, entering its cgroup (v1 `tasks`, one per hierarchy; v2
+   * cgroup.procs).
+   */
+  cgroupEnter?: string[];
+  /** cgroup v2: the cgroup directory to be born in (clone3 CLONE_INTO_CGROUP); cgroupEnter where the kernel refuses. */
+  cgroupDir?: string;
+  /** Written before the clone: limits that differ from those the cgroup was made with. */
+  cgroupWrites?: CgroupWrite[];
+  /** RLIMIT_NPROC (soft and hard) for the child: the process cap when there is no pids cgroup. */
+  rlimitNproc?: number;
+}
+
+/** A value for a cgroup control file. */
+export interface CgroupWrite {
+  path: string;
+  value: string;
 }
 
 /** Landlock network rules and scopes; filesystem access is never restricted (bwrap must mount). */
@@ -122,6 +140,9 @@ interface Addon {
   landlockAbi(): { abi: number; code: string };
   lockBytes(fd: number, offset: number, length?: number): boolean;
   unlockBytes(fd: number, offset: number, length?: number): void;
+  cgroupCreate(options: { dirs: string[]; writes: CgroupWrite[] }): Promise<void>;
+  cgroupWrite(writes: CgroupWrite[]): Promise<void>;
+  cgroupRemove(dirs: string[]): Promise<string[]>;
 }
 
 /** No addon binary this host can load: neither a local build nor a shipped prebuild. */
@@ -226,3 +247,12 @@ export const landlockAbi = addon.landlockAbi;
 export const lockBytes = addon.lockBytes;
 /** Unlocks bytes [offset, offset + length); a range not held is a no-op. */
 export const unlockBytes = addon.unlockBytes;
+/**
+ * On a pool thread: makes the dirs and writes the limits. On failure the
+ * dirs it made are removed; rejects naming the syscall and path.
+ */
+export const cgroupCreate = addon.cgroupCreate;
+/** On a pool thread: writes each value to its cgroup file, in order. */
+export const cgroupWrite = addon.cgroupWrite;
+/** On a pool thread: rmdir of each dir (gone already is fine); resolves with those still busy (EBUSY). */
+export const cgroupRemove = addon.cgroupRemove;

@@ -5,7 +5,7 @@
 // with a message; none crashes the process (the native fuzzing runs in this
 // very process: a crash kills the vitest worker and fails the file), and none
 // leaks a port, UID, fd or process. CI runs modest counts; PROCYARD_STRESS more.
-import { chmodSync, closeSync, fstatSync, mkdirSync, openSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fstatSync, mkdirSync, openSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -331,6 +331,9 @@ const stringArray = fc.oneof(
   weirdValue,
 );
 
+// Absolute paths under a directory that does not exist: open and mkdir fail there.
+const NO_SUCH_PATHS = ['/nonexistent/procyard/tasks', '/nonexistent/procyard', 'relative/tasks', '', '/nonexistent/a\0b'];
+
 describe('native addon', () => {
   it('spawn: bad options throw or reject with a clear Error; good ones run and are reaped', async () => {
     let ran = 0;
@@ -349,6 +352,11 @@ describe('native addon', () => {
               weirdValue,
             ),
             closeBeforeClone: fc.oneof(notAnFd, fc.constant('listener')),
+            // Limits: only paths that cannot exist (a fuzzer must not write "0" into host files).
+            cgroupEnter: fc.oneof(fc.array(fc.oneof(fc.constantFrom(...NO_SUCH_PATHS), weirdValue), { maxLength: 3 }), fc.constant(Array(9).fill('/nonexistent/t')), weirdValue),
+            cgroupDir: fc.oneof(fc.constantFrom(...NO_SUCH_PATHS), weirdValue),
+            cgroupWrites: fc.oneof(fc.array(fc.record({ path: fc.oneof(fc.constantFrom(...NO_SUCH_PATHS), weirdValue), value: weirdValue }, { requiredKeys: [] }), { maxLength: 2 }), weirdValue),
+            rlimitNproc: fc.oneof(weirdNumber, weirdValue, fc.constantFrom(1, 64, 2 ** 32, 2 ** 33)),
         }),
         fc.integer({ min: FUZZ_PORTS[0], max: FUZZ_PORTS[1] }),
         async (opts, port) => {
@@ -377,6 +385,19 @@ describe('native addon', () => {
     expect(await waitFor(() => liveChildren().length === 0, 5000)).toBe(true);
     expect(await waitFor(() => openFds().length <= fdsAtStart, 5000)).toBe(true);
   }, 300_000);
+
+  it('cgroupCreate and cgroupWrite: bad arguments throw or reject with a clear Error', async () => {
+    const paths = fc.oneof(fc.array(fc.oneof(fc.constantFrom(...NO_SUCH_PATHS), weirdValue), { maxLength: 3 }), weirdValue);
+    const writes = fc.oneof(fc.array(fc.oneof(fc.record({ path: fc.oneof(fc.constantFrom(...NO_SUCH_PATHS), weirdValue), value: weirdValue }, { requiredKeys: [] }), weirdValue), { maxLength: 2 }), weirdValue);
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(fc.record({ dirs: paths, writes }, { requiredKeys: [] }), weirdValue), writes, async (create, write) => {
+        await tryAsync('cgroupCreate', () => native.cgroupCreate(create as never));
+        await tryAsync('cgroupWrite', () => native.cgroupWrite(write as never));
+      }),
+      { numRuns: NATIVE_RUNS },
+    );
+    expect(existsSync('/nonexistent')).toBe(false);
+  });
 
   it('spawn: a closeBeforeClone that is not a valid fd number closes nothing', async () => {
     // A fractional or > 32-bit value must not be truncated onto an fd we hold.

@@ -1,8 +1,9 @@
 // Churn: many spawn/stop cycles at concurrency 20, mixing graceful stops,
 // removeResource, workers that exit or crash by themselves, double stops,
-// stop racing spawn of the same id and removeResource during stop. After it:
-// nothing leaks (ports, UIDs, fds, zombies, processes), no rejection goes
-// unhandled, and no port or UID was ever held by two live workers at once.
+// stop racing spawn of the same id and removeResource during stop, every
+// worker under memory, CPU and pids limits. After it: nothing leaks (ports,
+// UIDs, fds, zombies, processes, cgroups), no rejection goes unhandled, and no
+// port or UID was ever held by two live workers at once.
 // CI runs 300 cycles; `npm run test:stress` (PROCYARD_STRESS=1) runs 2000.
 import { chmodSync, closeSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -300,6 +301,16 @@ function pick(rnd: () => number): string {
   return MIX[0]![0];
 }
 
+/** The backend's cgroup instance directories (none where the host has no usable cgroup). */
+function instanceDirs(): string[] {
+  return [...(backend as unknown as { cgroups: { instanceDirs: string[] } }).cgroups.instanceDirs];
+}
+
+/** The cgroups below them: a worker's or build's, or one made ahead. */
+function workerCgroups(): string[] {
+  return instanceDirs().flatMap((dir) => readdirSync(dir).filter((n) => /^c\d+$/.test(n)).map((n) => path.join(dir, n)));
+}
+
 /** Zombie children of this process: reaping is ours to do (the pidfd watcher). */
 function zombieChildren(): number[] {
   const out: number[] = [];
@@ -333,7 +344,10 @@ function liveProcessesOf(range: [number, number]): number[] {
 
 beforeAll(() => {
   process.on('unhandledRejection', onUnhandled);
-  backend = new ProcessBackend(testConfig(PORTS, UIDS, { stopGraceMs: GRACE_MS, logLines: 100 }));
+  backend = new ProcessBackend({
+    ...testConfig(PORTS, UIDS, { stopGraceMs: GRACE_MS, logLines: 100 }),
+    server: { defaultMemoryLimit: '256m', defaultCpuLimit: 1 },
+  });
   backend.on('exit', onExit);
 });
 
@@ -384,12 +398,22 @@ describe('churn', () => {
     expect(await waitFor(() => zombieChildren().length === 0, 2000)).toBe(true);
     expect(zombieChildren()).toEqual([]);
     expect(await waitFor(() => liveProcessesOf(UIDS).length === 0, 2000)).toBe(true);
+    // cgroups: a worker's goes with it; what is left is the few made ahead, empty.
+    const cgroups = workerCgroups();
+    expect(cgroups.length).toBeLessThanOrEqual(2 * instanceDirs().length);
+    expect(cgroups.filter((dir) => readFileSync(path.join(dir, 'cgroup.procs'), 'utf8') !== '')).toEqual([]);
     expect(unhandled.map(String)).toEqual([]);
     console.log(
       `churn: ${spawned} workers in ${CYCLES} cycles (seed ${SEED}):`,
       Object.fromEntries([...scenarioCounts.entries()].sort()),
     );
   }, STRESS ? 900_000 : 120_000);
+
+  it('close() leaves no cgroup behind', async () => {
+    const dirs = instanceDirs();
+    await backend.close();
+    expect(dirs.filter(existsSync)).toEqual([]);
+  });
 });
 
 /** Reaps a native child and closes its fds. */

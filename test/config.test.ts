@@ -53,6 +53,9 @@ network_policy = "required"
 allowed_connect_ports = [443, 5432]
 allocator = "memory"
 runtime_dir = "/run/procyard-test"
+resource_limits = "required"
+cgroup_parent = "/procyard.slice"
+pids_limit = 256
 
 [redis]
 url = "redis://:secret@127.0.0.1:16400/0"
@@ -89,6 +92,9 @@ bundle_server_path = "/data/bundles"
         allowedConnectPorts: [443, 5432],
         allocator: 'memory',
         runtimeDir: '/run/procyard-test',
+        resourceLimits: 'required',
+        cgroupParent: '/procyard.slice',
+        pidsLimit: 256,
       },
       server: { defaultMemoryLimit: '2g', defaultCpuLimit: 1.5 },
       redis: { url: 'redis://:secret@127.0.0.1:16400/0' },

@@ -1,9 +1,9 @@
-// Parent crash: a server with 20 live workers (root mode, one host UID each)
-// is SIGKILLed. Every process of every worker tree must die with it (the apps
-// would serve forever: only the parent-death signal ends them), and a new
-// backend on the same ranges must get every port and UID back.
+// Parent crash: a server with 20 live workers (root mode, one host UID each,
+// a cgroup each) is SIGKILLed. Every process of every worker tree must be
+// dead within 1 s, a new backend must remove the dead server's cgroups, and
+// get every port and UID back on the same ranges.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -20,6 +20,8 @@ const COUNT = 20;
 interface Report {
   trees: { monitor: number; pids: number[]; uid: number }[];
   ports: number[];
+  /** The dead server's cgroup instance directories (none where the host has no usable cgroup). */
+  cgroups: string[];
 }
 
 /** Live (not zombie) processes on the host whose real uid is in uids. */
@@ -64,7 +66,7 @@ describe.runIf(isRoot)('parent crash', () => {
       new Promise<string>((_, reject) => child.once('exit', () => reject(new Error(`server exited: ${stderr}`)))),
       new Promise<string>((_, reject) => setTimeout(() => reject(new Error(`server not ready: ${stderr}`)), 45000).unref()),
     ]);
-    const { trees, ports } = JSON.parse(first) as Report;
+    const { trees, ports, cgroups } = JSON.parse(first) as Report;
 
     // 20 trees of bwrap monitor -> bwrap init -> app, each its own UID, every process running as it.
     expect(trees.length).toBe(COUNT);
@@ -93,8 +95,15 @@ describe.runIf(isRoot)('parent crash', () => {
     // Nothing anywhere on the host still runs as one of those UIDs.
     expect(liveProcessesOf(new Set(uids))).toEqual([]);
 
-    // A new backend on the same ranges: the ports are free to bind, the UIDs unused.
+    // The dead server's cgroups are still there (a worker cgroup each, empty now)...
+    expect(cgroups.filter((dir) => !existsSync(dir))).toEqual([]);
+    const workerCgroups = cgroups.flatMap((dir) => readdirSync(dir).filter((n) => /^c\d+$/.test(n)));
+    if (cgroups.length > 0) expect(workerCgroups.length).toBeGreaterThanOrEqual(COUNT);
+
+    // A new backend on the same ranges: it removes them as it starts; the
+    // ports are free to bind, the UIDs unused.
     backend = new ProcessBackend(testConfig(PORTS, UIDS));
+    expect(await waitFor(() => cgroups.every((dir) => !existsSync(dir)), 5000), `left: ${cgroups.filter(existsSync)}`).toBe(true);
     const ids = Array.from({ length: COUNT }, (_, i) => `again-${i}`);
     await Promise.all(ids.map((id) => backend!.spawn(appSpec(id))));
     const newPorts = await Promise.all(ids.map(async (id) => Number((await backend!.addr(id)).split(':')[1])));

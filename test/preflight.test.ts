@@ -308,15 +308,17 @@ describe('port_range and resource_limits', () => {
     expect((await check('port_range', config({ portRangeStart: 22010, portRangeEnd: 22000 }))).severity).toBe('error');
   });
 
-  it('resource_limits warns naming the keys that are set', async () => {
-    const mem = await check('resource_limits', config({}, { server: { defaultMemoryLimit: '2g' } }));
+  it('resource_limits warns naming the keys that are set when limits are off', async () => {
+    const off = { resourceLimits: 'off' as const };
+    const mem = await check('resource_limits', config(off, { server: { defaultMemoryLimit: '2g' } }));
     expect(mem.severity).toBe('warning');
     expect(mem.message).toContain('default_memory_limit');
     expect(mem.message).not.toContain('default_cpu_limit');
-    const both = await check('resource_limits', config({}, { server: { defaultMemoryLimit: '2g', defaultCpuLimit: 2 } }));
+    const both = await check('resource_limits', config(off, { server: { defaultMemoryLimit: '2g', defaultCpuLimit: 2 } }));
     expect(both.message).toContain('default_memory_limit');
     expect(both.message).toContain('default_cpu_limit');
-    expect((await check('resource_limits', config())).severity).toBe('ok');
+    expect((await check('resource_limits', config(off))).severity).toBe('info');
+    // More (cgroups usable or not, 'required'): test/cgroup.test.ts.
   });
 });
 

@@ -21,6 +21,7 @@ import { BASE_ENV, MOUNT_TARGETS } from '../process/bwrap.js';
 import { NetworkPolicy } from '../process/landlock.js';
 import { installedRVersions } from '../process/rversion.js';
 import { startSandbox, type Sandbox } from '../process/sandbox.js';
+import { resourceLimitsVerdict } from './checks/resource-limits.js';
 import type { Severity } from './report.js';
 
 export interface Verdict {
@@ -217,17 +218,9 @@ export function checkPortRange(ctx: PreflightContext): Verdict {
   return ok(`port range ${start}-${end}: ${count} ports`);
 }
 
-export function checkResourceLimits(ctx: PreflightContext): Verdict {
-  const server = ctx.config.server ?? {};
-  const set: string[] = [];
-  if (server.defaultMemoryLimit) set.push(`default_memory_limit = ${JSON.stringify(server.defaultMemoryLimit)}`);
-  if (server.defaultCpuLimit) set.push(`default_cpu_limit = ${server.defaultCpuLimit}`);
-  if (set.length === 0) return ok('no default per-worker resource limits configured');
-  return warning(
-    `[server] ${set.join(' and ')} ${set.length > 1 ? 'are' : 'is'} set, but the process backend does not enforce ` +
-      `per-worker memory or CPU limits: remove ${set.length > 1 ? 'them' : 'it'} from [server], or use a backend ` +
-      `with cgroup limits (Docker) where workers must be capped`,
-  );
+/** How per-worker limits are enforced here (cgroups): see checks/resource-limits.ts. */
+export function checkResourceLimits(ctx: PreflightContext): Promise<Verdict> {
+  return resourceLimitsVerdict(ctx);
 }
 
 export async function checkSeccompProfile(ctx: PreflightContext): Promise<Verdict> {

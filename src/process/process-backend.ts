@@ -37,6 +37,8 @@ import { LogRing } from './logs.js';
 import { probeOwnListener, waitForListener } from './readiness.js';
 import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mounts.js';
 import { NetworkPolicy } from './landlock.js';
+import { CgroupManager, type WorkerCgroup } from './cgroup.js';
+import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
@@ -63,7 +65,9 @@ interface Worker {
   readonly uid: number;
   readonly sandbox: Sandbox;
   readonly ring: LogRing;
-  /** Settles once the port and UID are back in their pools after exit. */
+  /** Its own cgroup (null: runs without one); removed once it has exited. */
+  readonly cgroup: WorkerCgroup | null;
+  /** Settles once the port and UID are back in their pools (and its cgroup gone) after exit. */
   readonly released: Promise<void>;
   stopping?: Promise<void>;
   lastSample?: { ticks: number; at: number };
@@ -119,6 +123,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private readonly proc: ResolvedProcessConfig;
   private readonly log: Logger;
   private readonly allocators: Allocators;
+  private readonly limits: LimitsConfig;
+  private readonly cgroups: CgroupManager;
   private readonly workers = new Map<string, Worker>();
   private readonly starting = new Set<string>();
   private readonly builds = new Set<Sandbox>();
@@ -154,6 +160,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
       if (!Number.isSafeInteger(p[key]) || p[key] < 1)
         throw new ConfigError(`process.${key} must be a positive integer, got ${String(p[key])}`);
     this.network = new NetworkPolicy(p.networkPolicy, p.allowedConnectPorts);
+    this.limits = resolveLimitsConfig(config);
+    this.cgroups = new CgroupManager(this.limits, this.log);
 
     // checkConfig has made sure it is absolute.
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
@@ -197,6 +205,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     this.sweepTimer.unref();
     // A previous server on this host may have died mid-spawn.
     this.killOrphanSandboxes().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan sandbox scan failed'));
+    this.cgroups.cleanupOrphans().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan cgroup scan failed'));
   }
 
   /** Ports and UIDs this instance holds (for tests and metrics). */
@@ -259,12 +268,20 @@ export class ProcessBackend extends EventEmitter implements Backend {
     whileCloning: () => void,
   ): Promise<Worker> {
     const { ports, uids } = this.allocators;
-    const lease = await ports.reserve();
+    // First: a 'required' refusal then holds no port or UID.
+    const cgroup = await this.cgroups.acquire();
+    let lease: PortLease;
+    try {
+      lease = await ports.reserve();
+    } catch (err) {
+      await cgroup?.remove();
+      throw err;
+    }
     let uid: number;
     try {
       uid = await uids.alloc();
     } catch (err) {
-      await ports.release(lease);
+      await Promise.all([ports.release(lease), cgroup?.remove()]);
       throw err;
     }
     const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
@@ -280,10 +297,13 @@ export class ProcessBackend extends EventEmitter implements Backend {
         landlock: this.network.forWorker(lease.port),
         whileCloning,
         onLine: (line, bytes) => ring.push(line, bytes),
+        limits: this.cgroups.spawnOptions(cgroup, workerLimits(spec, this.limits), this.asRoot),
       });
     } catch (err) {
-      await Promise.all([ports.release(lease), uids.release(uid)]);
-      throw err;
+      await Promise.all([ports.release(lease), uids.release(uid), cgroup?.remove()]);
+      throw this.cgroups.explain(err, cgroup);
+    } finally {
+      this.cgroups.refill();
     }
     const worker: Worker = {
       spec,
@@ -291,14 +311,17 @@ export class ProcessBackend extends EventEmitter implements Backend {
       uid,
       sandbox,
       ring,
+      cgroup,
       quiet: false,
       released: sandbox.exited.then(async (status) => {
         ring.close();
+        // The cgroup first: its port and UID go back only once nothing of it is left.
+        const oomKilled = await this.endCgroup(cgroup, status, spec.workerId);
         await Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
           this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
         );
         if (worker.quiet) return;
-        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal, oomKilled: false };
+        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal, oomKilled };
         this.log.info(event, 'procyard: worker exited');
         this.emit('exit', event);
       }),
@@ -404,11 +427,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
       return { success: false, exitCode: -1, logs: 'build aborted before it started' };
     }
 
+    let cgroup: WorkerCgroup | null;
+    try {
+      cgroup = await this.cgroups.acquire();
+    } catch (err) {
+      targets.release();
+      throw err;
+    }
     let uid: number;
     try {
       uid = await this.allocators.uids.alloc();
     } catch (err) {
       targets.release();
+      await cgroup?.remove();
       throw err;
     }
     const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
@@ -429,7 +460,12 @@ export class ProcessBackend extends EventEmitter implements Backend {
             this.log.warn({ err, bundleId: spec.bundleId }, 'procyard: build logWriter threw');
           }
         },
-      });
+        limits: this.cgroups.spawnOptions(cgroup, defaultLimits(this.limits), this.asRoot),
+      })
+        .catch((err: unknown) => {
+          throw this.cgroups.explain(err, cgroup);
+        })
+        .finally(() => this.cgroups.refill());
       this.builds.add(sandbox);
       if (this.closed) void sandbox.kill();
       const abort = () => void sandbox.kill();
@@ -437,6 +473,15 @@ export class ProcessBackend extends EventEmitter implements Backend {
       try {
         const status = await sandbox.exited;
         const exitCode = exitCodeOf(status);
+        if (await this.endCgroup(cgroup, status, spec.bundleId)) {
+          const note = `procyard: the build was killed by the kernel's OOM killer at its memory limit (${this.limits.memoryBytes} bytes, server.defaultMemoryLimit)`;
+          ring.push(note);
+          try {
+            spec.logWriter?.(note);
+          } catch {
+            // as for every other line: a throwing logWriter does not end the build's report
+          }
+        }
         return { success: exitCode === 0 && !signal?.aborted, exitCode, logs: ring.snapshot().join('\n') };
       } finally {
         signal?.removeEventListener('abort', abort);
@@ -444,7 +489,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
       }
     } finally {
       targets.release();
-      await this.allocators.uids.release(uid);
+      await Promise.all([this.allocators.uids.release(uid), cgroup?.remove()]);
     }
   }
 
@@ -465,6 +510,12 @@ export class ProcessBackend extends EventEmitter implements Backend {
     if (!worker || !worker.sandbox.running) return null;
     const [sample] = await sampleTrees([worker.sandbox.pid]);
     if (!sample.alive || !worker.sandbox.running) return null;
+    let memoryLimitBytes = 0;
+    try {
+      memoryLimitBytes = worker.cgroup?.memoryLimit() ?? 0;
+    } catch {
+      // the cgroup went with the worker meanwhile
+    }
     const now = performance.now();
     let cpuPercent = 0;
     if (worker.lastSample) {
@@ -473,17 +524,17 @@ export class ProcessBackend extends EventEmitter implements Backend {
       if (seconds > 0) cpuPercent = Math.max(0, (ticks / clockTicksPerSecond / seconds) * 100);
     }
     worker.lastSample = { ticks: sample.ticks, at: now };
-    return { cpuPercent, memoryUsageBytes: sample.rssBytes, memoryLimitBytes: 0 };
+    return { cpuPercent, memoryUsageBytes: sample.rssBytes, memoryLimitBytes };
   }
 
+  /**
+   * Changes a live worker's memory limit (bytes) and CPU quota (nanoCPUs,
+   * 1e9 = one CPU) in its cgroup; 0 leaves that one as it is.
+   */
   async updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void> {
-    this.mustGet(id);
-    void memoryBytes;
-    void nanoCpus;
-    throw new NotSupportedError(
-      `updateResources(${JSON.stringify(id)}): the process backend sets no memory or CPU limits; ` +
-        'use a container backend, or cgroups outside procyard',
-    );
+    const worker = this.mustGet(id);
+    if (!worker.sandbox.running) throw new Error(`worker "${id}" has exited: its limits can no longer change`);
+    await this.cgroups.update(id, worker.cgroup, memoryBytes, nanoCpus);
   }
 
   /**
@@ -491,7 +542,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
    * sandboxes orphaned by a server that died in the middle of a spawn.
    */
   async cleanupOrphanResources(): Promise<void> {
-    await Promise.all([this.allocators.cleanupOrphans(), this.killOrphanSandboxes()]);
+    await Promise.all([this.allocators.cleanupOrphans(), this.killOrphanSandboxes(), this.cgroups.cleanupOrphans()]);
   }
 
   private async killOrphanSandboxes(): Promise<void> {
@@ -520,7 +571,18 @@ export class ProcessBackend extends EventEmitter implements Backend {
     // Spawns and builds in flight stop what they started once they see `closed`.
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.onIdle = resolve));
     await Promise.all([...this.workers.keys()].map((id) => this.stop(id).catch(() => {})));
-    await this.allocators.close();
+    await Promise.all([this.allocators.close(), this.cgroups.close()]);
+  }
+
+  /** Whether the OOM killer ended the sandbox (read first), then its cgroup removed. */
+  private async endCgroup(cgroup: WorkerCgroup | null, status: ExitStatus, who: string): Promise<boolean> {
+    if (!cgroup) return false;
+    try {
+      return await cgroup.finish(status);
+    } catch (err) {
+      this.log.error({ err, id: who }, 'procyard: removing a cgroup failed');
+      return false;
+    }
   }
 
   /** Runs a spawn or build, counted so that close() can wait for it. */

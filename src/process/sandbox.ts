@@ -15,6 +15,7 @@ import {
   spawnNative,
   type ExitStatus,
   type NativeLandlockRules,
+  type NativeSpawnOptions,
   type PidWatcher,
 } from '../native.js';
 import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
@@ -39,6 +40,8 @@ export interface SandboxOptions {
   whileCloning?: () => void;
   /** Each output line, stdout and stderr as they arrive, with its length in UTF-8 bytes. */
   onLine: (line: string, utf8Bytes: number) => void;
+  /** Limits (cgroup.ts): the cgroup the child enters and the limits written first, or the RLIMIT_NPROC cap. */
+  limits?: Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites' | 'rlimitNproc'>;
 }
 
 let builtinFilterFd = -1;
@@ -385,6 +388,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
         ? { closeBeforeClone: opts.closeBeforeClone }
         : {}),
       ...(opts.landlock ? { landlock: opts.landlock } : {}),
+      ...opts.limits,
     });
     opts.whileCloning?.();
     const child = await spawning;

@@ -2,6 +2,7 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { BuildSpec, MountEntry, WorkerSpec } from '../backend.js';
+import { cpuField, memoryField } from './limits.js';
 
 export class SpecError extends Error {
   constructor(message: string) {
@@ -100,6 +101,14 @@ export function checkWorkerSpec(spec: WorkerSpec): void {
   checkRecord(spec.env, 'env', ENV_KEY);
   checkRecord(spec.labels, 'labels');
   checkMounts(spec.dataMounts, 'dataMounts');
+  if (spec.memoryLimit !== undefined && spec.memoryLimit !== '') {
+    const memory = memoryField(spec.memoryLimit, 'memoryLimit');
+    if (typeof memory === 'string') fail(memory);
+  }
+  if (spec.cpuLimit !== undefined) {
+    const cpus = cpuField(spec.cpuLimit, 'cpuLimit');
+    if (typeof cpus === 'string') fail(cpus);
+  }
 }
 
 /** That the host paths of a checked WorkerSpec exist; rejects with a SpecError naming the field. */

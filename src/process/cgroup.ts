@@ -1,0 +1,536 @@
+// Per-worker cgroups (SPEC §8). Each worker and each build gets a cgroup of
+// its own, made before the clone; the clone child enters it before its UID
+// switch and exec (native/spawn.cc), so no process of a sandbox ever runs
+// outside it. Under the parent (cgroupParent, or the server's own cgroup), in
+// each v1 hierarchy or in the one v2 tree:
+//
+//   <parent>/procyard-<pid ns>-<pid>-<starttime>-<n>/c<seq>
+//
+// The instance directory names the server that owns it, so a later server
+// can tell it was left by a dead one (cleanupOrphans). A couple of cgroups
+// are made ahead, with the default limits already set: a cgroup mkdir costs
+// ~0.1 ms of kernel time per hierarchy, which would otherwise sit on every
+// spawn's path.
+import { closeSync, readFileSync } from 'node:fs';
+import { readdir, readFile, readlink, rmdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { NotSupportedError, type Logger } from '../backend.js';
+import {
+  cgroupCreate,
+  cgroupRemove,
+  cgroupWrite,
+  parseStat,
+  pidfdOpen,
+  pidfdSignal,
+  type CgroupWrite,
+  type NativeSpawnOptions,
+} from '../native.js';
+import {
+  CONTROLLERS,
+  CgroupProblem,
+  detectLayout,
+  dirOf,
+  enable,
+  mkdirCgroup,
+  parentPath,
+  readyParent,
+  type Controller,
+  type Hierarchy,
+} from './cgroup-hierarchy.js';
+import { CPU_PERIOD_US, cpuQuotaUs, type Limits, type LimitsConfig } from './limits.js';
+
+export { CgroupProblem } from './cgroup-hierarchy.js';
+export type { Controller } from './cgroup-hierarchy.js';
+
+/** Limits cannot be enforced and resourceLimits is 'required': spawn and build reject with it. */
+export class CgroupError extends Error {
+  override readonly name = 'CgroupError';
+}
+
+const INSTANCE_DIR = /^procyard-(\d+)-(\d+)-(\d+)-(\d+)$/;
+/** Cgroups kept made ahead, per backend. */
+const SPARES = 2;
+const NO_LIMITS: Limits = { memoryBytes: 0, cpus: 0, pids: 0 };
+/** v1 reports "no memory limit" as a number near 2^63. */
+const UNLIMITED_V1 = 2 ** 60;
+
+function errText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  return e?.code ?? e?.message ?? String(err);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Identity {
+  pid: number;
+  starttime: number;
+  /** Inode of the pid namespace: pids are compared only within one. */
+  pidns: number;
+}
+
+let identity: Promise<Identity> | undefined;
+let instances = 0;
+
+/** This process as an instance directory names it. */
+function self(): Promise<Identity> {
+  identity ??= (async () => {
+    const [stat, ns] = await Promise.all([readFile('/proc/self/stat', 'utf8'), readlink('/proc/self/ns/pid')]);
+    return { pid: process.pid, starttime: parseStat(stat)?.starttime ?? 0, pidns: Number(/\d+/.exec(ns)?.[0] ?? 0) };
+  })();
+  return identity;
+}
+
+/** Whether pid is the process that started at starttime. */
+async function isAlive(pid: number, starttime: number): Promise<boolean> {
+  try {
+    const fields = parseStat(await readFile(`/proc/${pid}/stat`, 'utf8'));
+    return fields !== null && fields.starttime === starttime && fields.state !== 'Z' && fields.state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+/** The control file and value that set one controller's limit (0 = none). */
+function limitWrite(version: 1 | 2, controller: Controller, dir: string, value: number): CgroupWrite {
+  switch (controller) {
+    case 'memory':
+      return version === 1
+        ? { path: `${dir}/memory.limit_in_bytes`, value: value === 0 ? '-1' : String(value) }
+        : { path: `${dir}/memory.max`, value: value === 0 ? 'max' : String(value) };
+    case 'cpu': {
+      const quota = value === 0 ? null : cpuQuotaUs(value);
+      return version === 1
+        ? { path: `${dir}/cpu.cfs_quota_us`, value: quota === null ? '-1' : String(quota) }
+        : { path: `${dir}/cpu.max`, value: `${quota ?? 'max'} ${CPU_PERIOD_US}` };
+    }
+    case 'pids':
+      return { path: `${dir}/pids.max`, value: value === 0 ? 'max' : String(value) };
+  }
+}
+
+const LIMIT_OF: Record<Controller, keyof Limits> = { memory: 'memoryBytes', cpu: 'cpus', pids: 'pids' };
+
+/** The writes that turn a cgroup's limits `from` into `limits`: only what differs. */
+function limitWrites(version: 1 | 2, dirs: ReadonlyMap<Controller, string>, limits: Limits, from: Limits): CgroupWrite[] {
+  const out: CgroupWrite[] = [];
+  for (const [controller, dir] of dirs) {
+    const key = LIMIT_OF[controller];
+    if (limits[key] !== from[key]) out.push(limitWrite(version, controller, dir, limits[key]));
+  }
+  return out;
+}
+
+// cgroupfs is in memory: a sync read costs less than the four pool round trips of an async one.
+function readNumber(file: string, unlimited: (text: string) => boolean): number {
+  const text = readFileSync(file, 'utf8').trim();
+  return unlimited(text) ? 0 : Number(text);
+}
+
+/** The processes in a cgroup directory ([] when it is gone). */
+async function procsOf(dir: string): Promise<number[]> {
+  try {
+    return (await readFile(path.join(dir, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** SIGKILLs every process in dir, each pinned by a pidfd and re-checked, so a recycled pid is never hit. */
+async function killAll(dir: string): Promise<void> {
+  // v2 (Linux 5.14+) kills the whole cgroup in one write.
+  if (await writeFile(path.join(dir, 'cgroup.kill'), '1').then(() => true, () => false)) return;
+  for (const pid of await procsOf(dir)) {
+    let pidfd: number;
+    try {
+      pidfd = pidfdOpen(pid);
+    } catch {
+      continue;
+    }
+    try {
+      if ((await procsOf(dir)).includes(pid)) pidfdSignal(pidfd, 9);
+    } finally {
+      closeSync(pidfd);
+    }
+  }
+}
+
+/**
+ * Removes (otherwise empty) cgroup directories, in one pool job per try.
+ * Processes may still be leaving them for a moment after the sandbox's exit
+ * was seen (a SIGKILLed monitor's init tearing down): wait for them, then
+ * kill what stays.
+ */
+async function removeDirs(dirs: string[]): Promise<void> {
+  const deadline = Date.now() + 5000;
+  let busy = dirs;
+  for (let attempt = 0, wait = 2; ; attempt++, wait = Math.min(wait * 2, 100)) {
+    busy = await cgroupRemove(busy);
+    if (busy.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`cgroups ${busy.join(', ')} still hold processes (EBUSY)`);
+    if (attempt >= 10) await Promise.all(busy.map(killAll));
+    await sleep(wait);
+  }
+}
+
+const removeDir = (dir: string) => removeDirs([dir]);
+
+/** One worker's (or build's) cgroup: one directory per v1 hierarchy, or one v2 directory. */
+export class WorkerCgroup {
+  private removal?: Promise<void>;
+
+  /** @internal made by CgroupManager */
+  constructor(
+    readonly version: 1 | 2,
+    /** Each controller's directory (v1: a directory per hierarchy). */
+    readonly dirs: ReadonlyMap<Controller, string>,
+    private readonly allDirs: string[],
+    /** The limits it was made with. */
+    private readonly made: Limits,
+  ) {}
+
+  has(controller: Controller): boolean {
+    return this.dirs.has(controller);
+  }
+
+  /**
+   * What the native spawn needs: the limits to write first, and what the
+   * child enters through. v1: `tasks`, whose "0" moves the writing thread
+   * alone, without the global lock cgroup.procs takes (it waits out an RCU
+   * grace period: ms per spawn); v2: born inside (clone3), cgroup.procs the
+   * fallback.
+   */
+  spawnOptions(limits: Limits): Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites'> {
+    const v2 = this.version === 2;
+    return {
+      cgroupWrites: limitWrites(this.version, this.dirs, limits, this.made),
+      cgroupEnter: this.allDirs.map((d) => `${d}/${v2 ? 'cgroup.procs' : 'tasks'}`),
+      ...(v2 ? { cgroupDir: this.allDirs[0]! } : {}),
+    };
+  }
+
+  /** The memory limit in force, as the kernel has it (0 = none). */
+  memoryLimit(): number {
+    const dir = this.dirs.get('memory');
+    if (!dir) return 0;
+    return this.version === 1
+      ? readNumber(`${dir}/memory.limit_in_bytes`, (t) => Number(t) >= UNLIMITED_V1)
+      : readNumber(`${dir}/memory.max`, (t) => t === 'max');
+  }
+
+  /** Memory charged to the cgroup: what its limit counts (anonymous memory, page cache and tmpfs it touched first, kernel memory). */
+  memoryCharged(): number {
+    const dir = this.dirs.get('memory');
+    if (!dir) return 0;
+    return readNumber(`${dir}/${this.version === 1 ? 'memory.usage_in_bytes' : 'memory.current'}`, () => false);
+  }
+
+  /** Changes the limits of the live cgroup; 0 leaves one as it is. */
+  async update(change: { memoryBytes: number; cpus: number }): Promise<void> {
+    for (const [controller, wanted] of [['memory', change.memoryBytes], ['cpu', change.cpus]] as const)
+      if (wanted > 0 && !this.dirs.has(controller))
+        throw new NotSupportedError(`the ${controller} controller is not available to this worker's cgroup, so its ${controller} limit cannot be set`);
+    const writes: CgroupWrite[] = [];
+    if (change.memoryBytes > 0) writes.push(limitWrite(this.version, 'memory', this.dirs.get('memory')!, change.memoryBytes));
+    if (change.cpus > 0) writes.push(limitWrite(this.version, 'cpu', this.dirs.get('cpu')!, change.cpus));
+    await cgroupWrite(writes);
+  }
+
+  /** How many processes the kernel's OOM killer ended in this cgroup for its limit. */
+  oomKills(): number {
+    const dir = this.dirs.get('memory');
+    if (!dir) return 0;
+    try {
+      const text = readFileSync(`${dir}/${this.version === 1 ? 'memory.oom_control' : 'memory.events'}`, 'utf8');
+      return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? 0);
+    } catch {
+      return 0;
+    }
+  }
+
+  /**
+   * After the sandbox exited: whether the OOM killer ended it (read before
+   * the cgroup goes), then the cgroup removed. A sandbox ended by SIGKILL
+   * (bwrap reports its app's as 137) in a cgroup where the OOM killer struck.
+   */
+  async finish(exit: { code: number | null; signal: string | null }): Promise<boolean> {
+    const kills = this.oomKills();
+    await this.remove();
+    return kills > 0 && (exit.signal === 'SIGKILL' || exit.code === 137);
+  }
+
+  /** Removes the cgroup (once its processes are gone); safe to call more than once. */
+  remove(): Promise<void> {
+    this.removal ??= removeDirs(this.allDirs);
+    return this.removal;
+  }
+}
+
+/** Where workers' cgroups are made, once the parent is ready. */
+interface Setup {
+  version: 1 | 2;
+  /** One instance directory per hierarchy, with the controllers it gives. */
+  bases: { dir: string; controllers: Controller[] }[];
+  missing: { controller: Controller; why: string }[];
+}
+
+/** What preflight and the docs report: how limits are enforced on this host. */
+export interface CgroupSupport {
+  version: 0 | 1 | 2;
+  /** Each usable controller and the parent cgroup directory its workers' cgroups go in. */
+  controllers: { controller: Controller; parent: string }[];
+  missing: { controller: Controller; why: string }[];
+  /** Set when no cgroup can be had at all. */
+  problem?: CgroupProblem;
+  /** What the backend will do to the hierarchy on its first spawn (v2 delegation). */
+  actions: string[];
+}
+
+/** The parent cgroups of each hierarchy, as the backend would use them; changes nothing. */
+export async function inspectCgroups(cgroupParent: string): Promise<CgroupSupport> {
+  const layout = await detectLayout();
+  if (layout.version === 0)
+    return { version: 0, controllers: [], missing: [], actions: [], problem: new CgroupProblem(layout.reason, NO_HIERARCHY_FIX) };
+  const support: CgroupSupport = { version: layout.version, controllers: [], missing: [], actions: [] };
+  try {
+    for (const h of layout.hierarchies) {
+      const ready = await readyParent(layout.version, h, cgroupParent, true);
+      support.controllers.push(...ready.controllers.map((controller) => ({ controller, parent: ready.dir })));
+      support.missing.push(...ready.missing);
+      support.actions.push(...ready.actions);
+    }
+  } catch (err) {
+    support.problem = asProblem(err);
+  }
+  if (layout.version === 1) support.missing.push(...missingV1(layout.hierarchies));
+  return support;
+}
+
+const NO_HIERARCHY_FIX = 'mount cgroup2 at /sys/fs/cgroup (or the v1 memory, cpu and pids hierarchies), or set process.resourceLimits to "off"';
+
+function asProblem(err: unknown): CgroupProblem {
+  return err instanceof CgroupProblem ? err : new CgroupProblem(`cgroup set-up failed (${errText(err)})`, 'see the README\'s "Resources"');
+}
+
+function missingV1(hierarchies: Hierarchy[]): { controller: Controller; why: string }[] {
+  return CONTROLLERS.filter((c) => !hierarchies.some((h) => h.controllers.includes(c))).map((controller) => ({
+    controller,
+    why: `no v1 hierarchy carries ${controller} (see /proc/self/mountinfo)`,
+  }));
+}
+
+/**
+ * A backend's cgroups: makes the parent ready on first use, hands out a
+ * cgroup per worker or build, and removes what dead servers left.
+ */
+export class CgroupManager {
+  private setup?: Promise<Setup | CgroupProblem>;
+  private readonly spares: WorkerCgroup[] = [];
+  private readonly pending = new Set<Promise<void>>();
+  private instanceDirs: string[] = [];
+  private seq = 0;
+  private closed = false;
+  private warned = false;
+
+  constructor(
+    private readonly config: LimitsConfig,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * A fresh cgroup for one worker or build, or null when it runs without
+   * one ('off', or 'auto' where cgroups cannot be had). Rejects with a
+   * CgroupError under 'required' when they cannot. Call refill() once the
+   * spawn is done.
+   */
+  async acquire(): Promise<WorkerCgroup | null> {
+    if (this.config.mode === 'off') return null;
+    const setup = await this.ready();
+    if (setup instanceof CgroupProblem) return this.unavailable(setup);
+    if (this.config.mode === 'required' && setup.missing.length > 0)
+      return this.unavailable(new CgroupProblem(setup.missing.map((m) => m.why).join('; '), 'delegate memory, cpu and pids to the server (systemd: Delegate=yes), or set process.resourceLimits to "auto"'));
+    let cgroup = this.spares.shift();
+    if (!cgroup) {
+      try {
+        cgroup = await this.make(setup);
+      } catch (err) {
+        return this.unavailable(new CgroupProblem(`cannot create a cgroup for the worker (${(err as Error).message})`, 'see the README\'s "Resources"'));
+      }
+    }
+    return cgroup;
+  }
+
+  /**
+   * Makes cgroups ahead, up to SPARES, on the pool. Called once a spawn is
+   * done, and deferred a turn of the loop further: making them during one
+   * would compete with its last steps for the pool and the CPU.
+   */
+  refill(): void {
+    setImmediate(() => void this.setup?.then((setup) => {
+      if (setup instanceof CgroupProblem) return;
+      while (!this.closed && this.spares.length + this.pending.size < SPARES) {
+        const job: Promise<void> = this.make(setup).then(
+          (cgroup) => {
+            if (this.closed) return cgroup.remove();
+            this.spares.push(cgroup);
+          },
+          (err: unknown) => this.log.warn({ err }, 'procyard: making a cgroup ahead failed'),
+        );
+        this.pending.add(job);
+        void job.finally(() => this.pending.delete(job));
+      }
+    }));
+  }
+
+  /**
+   * RLIMIT_NPROC for a worker as root when no pids cgroup caps it: counted
+   * per UID, and each worker has its own, so it caps that worker alone.
+   */
+  nprocLimit(cgroup: WorkerCgroup | null, asRoot: boolean): number | undefined {
+    if (this.config.mode === 'off' || this.config.pidsLimit === 0 || !asRoot || cgroup?.has('pids')) return undefined;
+    return this.config.pidsLimit;
+  }
+
+  /**
+   * updateResources on a live worker: new limits in its cgroup (memory in
+   * bytes, CPU in nanoCPUs; 0 leaves one as it is). NotSupportedError when it
+   * has no cgroup.
+   */
+  async update(id: string, cgroup: WorkerCgroup | null, memoryBytes: number, nanoCpus: number): Promise<void> {
+    for (const [name, value] of [['memoryBytes', memoryBytes], ['nanoCpus', nanoCpus]] as const)
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0)
+        throw new RangeError(`updateResources: ${name} must be a non-negative integer (0 leaves it as it is), got ${String(value)}`);
+    const mode = this.config.mode;
+    if (!cgroup)
+      throw new NotSupportedError(
+        `updateResources(${JSON.stringify(id)}): the worker runs without a cgroup (process.resourceLimits is "${mode}"` +
+          `${mode === 'off' ? '' : ' and cgroups are not usable here: see preflight\'s resource_limits'})`,
+      );
+    try {
+      await cgroup.update({ memoryBytes, cpus: nanoCpus / 1e9 });
+    } catch (err) {
+      if (err instanceof NotSupportedError) throw err;
+      const busy = (err as NodeJS.ErrnoException).code === 'EBUSY' ? ' (it uses more memory than that, and the kernel could not reclaim enough)' : '';
+      throw new Error(`updateResources(${JSON.stringify(id)}): cannot set memory ${memoryBytes} bytes / ${nanoCpus} nanoCPUs: ${(err as Error).message}${busy}`);
+    }
+  }
+
+  /** Native spawn options that put a sandbox in its cgroup with these limits, or cap its UID's processes. */
+  spawnOptions(cgroup: WorkerCgroup | null, limits: Limits, asRoot: boolean): Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites' | 'rlimitNproc'> {
+    const nproc = this.nprocLimit(cgroup, asRoot);
+    return { ...cgroup?.spawnOptions(limits), ...(nproc === undefined ? {} : { rlimitNproc: nproc }) };
+  }
+
+  /** A spawn error from the cgroup steps, reworded to name the cgroup; others as they are. */
+  explain(err: unknown, cgroup: WorkerCgroup | null): unknown {
+    const e = err as NodeJS.ErrnoException;
+    if (!cgroup || typeof e?.syscall !== 'string') return err;
+    if (e.syscall === 'write(cgroup tasks)' || ((e.syscall === 'open' || e.syscall === 'write') && e.path?.startsWith('/')))
+      return new CgroupError(
+        `cannot put the worker in its cgroup with its limits (${e.message}): check the memoryLimit and cpuLimit values ` +
+          'and that the cgroup hierarchy is intact, or set process.resourceLimits to "off"',
+      );
+    return err;
+  }
+
+  /** Removes the cgroups left by servers that are gone (each instance directory names its owner). */
+  async cleanupOrphans(): Promise<string[]> {
+    if (this.config.mode === 'off') return [];
+    const layout = await detectLayout();
+    if (layout.version === 0) return [];
+    const me = await self();
+    const orphans: string[] = [];
+    for (const h of layout.hierarchies) {
+      const parent = dirOf(h, parentPath(h, this.config.cgroupParent));
+      if (parent === null) continue;
+      const entries = await readdir(parent).catch(() => [] as string[]);
+      for (const name of entries) {
+        const m = INSTANCE_DIR.exec(name);
+        if (!m || Number(m[1]) !== me.pidns) continue;
+        if (!(await isAlive(Number(m[2]), Number(m[3])))) orphans.push(path.join(parent, name));
+      }
+    }
+    await Promise.all(orphans.map((dir) => this.removeInstance(dir)));
+    return orphans;
+  }
+
+  /** Removes the cgroups made ahead and this backend's instance directories. */
+  async close(): Promise<void> {
+    this.closed = true;
+    while (this.pending.size > 0) await Promise.all(this.pending);
+    await Promise.all(this.spares.splice(0).map((c) => c.remove()));
+    await Promise.all(this.instanceDirs.map((dir) => removeDir(dir).catch((err: unknown) => this.log.warn({ err, dir }, 'procyard: removing a cgroup failed'))));
+    this.instanceDirs = [];
+  }
+
+  private unavailable(problem: CgroupProblem): null {
+    if (this.config.mode === 'required')
+      throw new CgroupError(`process.resourceLimits is "required", but limits cannot be enforced: ${problem.message}`);
+    if (!this.warned) {
+      this.warned = true;
+      this.log.warn({ problem: problem.problem }, 'procyard: workers run without cgroup limits');
+    }
+    return null;
+  }
+
+  private ready(): Promise<Setup | CgroupProblem> {
+    this.setup ??= this.prepare().catch(asProblem);
+    return this.setup;
+  }
+
+  private async prepare(): Promise<Setup> {
+    const layout = await detectLayout();
+    if (layout.version === 0) throw new CgroupProblem(layout.reason, NO_HIERARCHY_FIX);
+    const me = await self();
+    const name = `procyard-${me.pidns}-${me.pid}-${me.starttime}-${instances++}`;
+    const setup: Setup = { version: layout.version, bases: [], missing: [] };
+    try {
+      for (const h of layout.hierarchies) {
+        const parent = await readyParent(layout.version, h, this.config.cgroupParent, false);
+        const dir = path.join(parent.dir, name);
+        await mkdirCgroup(dir, false);
+        this.instanceDirs.push(dir);
+        if (layout.version === 2) await enable(dir, parent.controllers);
+        setup.bases.push({ dir, controllers: parent.controllers });
+        setup.missing.push(...parent.missing);
+      }
+    } catch (err) {
+      await Promise.all(this.instanceDirs.map((dir) => rmdir(dir).catch(() => {})));
+      this.instanceDirs = [];
+      throw err;
+    }
+    if (layout.version === 1) setup.missing.push(...missingV1(layout.hierarchies));
+    if (setup.bases.every((b) => b.controllers.length === 0))
+      throw new CgroupProblem(setup.missing.map((m) => m.why).join('; '), 'delegate memory, cpu and pids to the server (systemd: Delegate=yes)');
+    this.log.info({ version: setup.version, cgroups: setup.bases }, 'procyard: per-worker cgroups ready');
+    return setup;
+  }
+
+  /** A new cgroup with the default limits set. */
+  private async make(setup: Setup): Promise<WorkerCgroup> {
+    const name = `c${++this.seq}`;
+    const dirs = setup.bases.map((b) => path.join(b.dir, name));
+    const byController = new Map<Controller, string>();
+    setup.bases.forEach((b, i) => b.controllers.forEach((c) => byController.set(c, dirs[i]!)));
+    const defaults: Limits = { memoryBytes: this.config.memoryBytes, cpus: this.config.cpus, pids: this.config.pidsLimit };
+    await cgroupCreate({ dirs, writes: limitWrites(setup.version, byController, defaults, NO_LIMITS) });
+    return new WorkerCgroup(setup.version, byController, dirs, defaults);
+  }
+
+  /** A dead server's instance directory: its cgroups, whatever still runs in them, then itself. */
+  private async removeInstance(dir: string): Promise<void> {
+    try {
+      const children = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory());
+      await Promise.all(
+        children.map(async (child) => {
+          const cg = path.join(dir, child.name);
+          await killAll(cg);
+          await removeDir(cg);
+        }),
+      );
+      await removeDir(dir);
+      this.log.warn({ dir }, 'procyard: removed cgroups left by a dead server');
+    } catch (err) {
+      this.log.warn({ err, dir }, 'procyard: removing cgroups left by a dead server failed');
+    }
+  }
+}
