@@ -262,9 +262,11 @@ const MEMORY_UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 
  * trailing b or ib): '64m', '2g', '512k', '1.5G', '1048576'. Null when malformed.
  */
 export function parseMemorySize(text: string): number | null {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i.exec(text);
   if (!m) return null;
-  const bytes = Math.floor(Number(m[1]) * MEMORY_UNITS[m[2]!.toLowerCase()]!);
+  const [, number, unit, suffix] = m;
+  if (unit === '' && suffix?.toLowerCase() === 'ib') return null;
+  const bytes = Math.floor(Number(number) * MEMORY_UNITS[unit!.toLowerCase()]!);
   return Number.isSafeInteger(bytes) ? bytes : null;
 }
 
@@ -307,7 +309,7 @@ export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', f
   if (cpu !== undefined && !(typeof cpu === 'number' && Number.isFinite(cpu) && cpu >= 0))
     fail(
       'server.defaultCpuLimit',
-      `${n('server.defaultCpuLimit')}${where} must be a number of CPUs >= 0 (0.5 = half a CPU), got ${JSON.stringify(cpu)}`,
+      `${n('server.defaultCpuLimit')}${where} must be a number of CPUs >= 0 (0.5 = half a CPU), got ${String(cpu)}`,
     );
   const bundleWorkerPath = config.storage?.bundleWorkerPath;
   if (bundleWorkerPath !== undefined && (typeof bundleWorkerPath !== 'string' || !path.isAbsolute(bundleWorkerPath)))

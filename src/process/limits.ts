@@ -2,7 +2,7 @@
 // into the numbers the kernel takes. Pure (no I/O): tests need no cgroup.
 import path from 'node:path';
 import type { Config } from '../config.js';
-import { resolveProcessConfig } from '../config.js';
+import { parseMemorySize, resolveProcessConfig } from '../config.js';
 
 export type LimitsMode = 'auto' | 'required' | 'off';
 
@@ -26,21 +26,8 @@ export interface Limits {
   pids: number;
 }
 
-const UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
-
-/**
- * '512k', '64m', '2g', '1.5g', '1t' or plain bytes ('1048576'): binary units,
- * any case, an optional 'b'/'ib' after the unit ('64MiB'). '0' means no limit.
- * Returns the bytes, or null when the text is no such size.
- */
-export function parseMemorySize(text: string): number | null {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i.exec(text);
-  if (!match) return null;
-  const [, number, unit, suffix] = match;
-  if (unit === '' && suffix?.toLowerCase() === 'ib') return null;
-  const bytes = Math.floor(Number(number) * UNITS[unit!.toLowerCase()]!);
-  return Number.isSafeInteger(bytes) ? bytes : null;
-}
+/** The memory sizes of specs and config: one parser (config.ts). */
+export { parseMemorySize };
 
 /** A non-negative, finite number of CPUs (0 = none). */
 export function isCpuCount(value: unknown): value is number {
