@@ -157,18 +157,20 @@ async function killAll(dir: string): Promise<void> {
 /**
  * Removes (otherwise empty) cgroup directories, in one pool job per try.
  * Processes may still be leaving them for a moment after the sandbox's exit
- * was seen (a SIGKILLed monitor's init tearing down): wait for them, then
- * kill what stays.
+ * was seen: bwrap's monitor exits on its init's word, while the init (or,
+ * after a SIGKILL, the whole pid namespace) is still tearing down. So the
+ * first retry comes a loop turn later, then after 1, 2, 4 ... ms; what stays
+ * is killed.
  */
 async function removeDirs(dirs: string[]): Promise<void> {
   const deadline = Date.now() + 5000;
   let busy = dirs;
-  for (let attempt = 0, wait = 2; ; attempt++, wait = Math.min(wait * 2, 100)) {
+  for (let attempt = 0, wait = 0; ; attempt++, wait = Math.min(Math.max(1, wait * 2), 100)) {
     busy = await cgroupRemove(busy);
     if (busy.length === 0) return;
     if (Date.now() > deadline) throw new Error(`cgroups ${busy.join(', ')} still hold processes (EBUSY)`);
-    if (attempt >= 10) await Promise.all(busy.map(killAll));
-    await sleep(wait);
+    if (attempt >= 12) await Promise.all(busy.map(killAll));
+    await (wait === 0 ? new Promise((resolve) => setImmediate(resolve)) : sleep(wait));
   }
 }
 
