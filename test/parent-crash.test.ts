@@ -95,10 +95,14 @@ describe.runIf(isRoot)('parent crash', () => {
     // Nothing anywhere on the host still runs as one of those UIDs.
     expect(liveProcessesOf(new Set(uids))).toEqual([]);
 
-    // The dead server's cgroups are still there (a worker cgroup each, empty now)...
-    expect(cgroups.filter((dir) => !existsSync(dir))).toEqual([]);
-    const workerCgroups = cgroups.flatMap((dir) => readdirSync(dir).filter((n) => /^c\d+$/.test(n)));
-    if (cgroups.length > 0) expect(workerCgroups.length).toBeGreaterThanOrEqual(COUNT);
+    // The dead server's cgroups (a worker cgroup each, empty now) wait for the
+    // next backend. One of another suite running beside this one may get
+    // there first: any backend removes a dead server's cgroups.
+    const left = cgroups.filter(existsSync);
+    if (left.length === cgroups.length && cgroups.length > 0) {
+      const workerCgroups = cgroups.flatMap((dir) => readdirSync(dir).filter((n) => /^c\d+$/.test(n)));
+      expect(workerCgroups.length).toBeGreaterThanOrEqual(COUNT);
+    } else if (cgroups.length > 0) console.log(`parent-crash: ${cgroups.length - left.length} of the dead server's cgroup dirs were already removed by another backend`);
 
     // A new backend on the same ranges: it removes them as it starts; the
     // ports are free to bind, the UIDs unused.
