@@ -5,7 +5,6 @@
 #include "binding_util.h"
 #include "bindings.h"
 #include "bitset.h"
-#include "memfd.h"
 #include "mounttarget.h"
 #include "port.h"
 #include "probe.h"
@@ -190,16 +189,6 @@ Napi::Value ReservePortJs(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-Napi::Value SealedMemfdJs(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::string name = ToCString(env, info[0], "name");
-  if (!info[1].IsBuffer()) ThrowType(env, "data must be a Buffer");
-  Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
-  MemfdResult memfd = SealedMemfd(name.c_str(), data.Data(), data.Length());
-  if (memfd.fd < 0) throw SystemError(env, memfd.err, memfd.step, name);
-  return Napi::Number::New(env, memfd.fd);
-}
-
 // resolveMountTarget(path, {create, workerUids?: [start, end], workerGid?, trustedUid})
 //   -> {path, created} | {problem, code}
 Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
@@ -236,7 +225,6 @@ Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
 
 void InitMisc(Napi::Env env, Napi::Object exports) {
   exports.Set("resolveMountTarget", Napi::Function::New(env, ResolveMountTargetJs, "resolveMountTarget"));
-  exports.Set("sealedMemfd", Napi::Function::New(env, SealedMemfdJs, "sealedMemfd"));
   exports.Set("probeUserNamespace", Napi::Function::New(env, ProbeUserNamespaceJs, "probeUserNamespace"));
   exports.Set("probePidfd", Napi::Function::New(env, ProbePidfdJs, "probePidfd"));
   exports.Set("adoptsOrphans", Napi::Function::New(env, AdoptsOrphansJs, "adoptsOrphans"));

@@ -40,6 +40,14 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
     req.uid = static_cast<uid_t>(ToInteger(env, o.Get("uid"), "uid", 0, 0xfffffffe));
     req.gid = static_cast<gid_t>(ToInteger(env, o.Get("gid"), "gid", 0, 0xfffffffe));
   }
+  if (Has(o, "memfd")) {
+    if (!o.Get("memfd").IsObject()) ThrowType(env, "memfd must be {data, target}");
+    Napi::Object m = o.Get("memfd").As<Napi::Object>();
+    if (!m.Get("data").IsBuffer()) ThrowType(env, "memfd.data must be a Buffer");
+    Napi::Buffer<char> data = m.Get("data").As<Napi::Buffer<char>>();
+    req.memfdData.assign(data.Data(), data.Length());
+    req.memfdTarget = static_cast<int>(ToInteger(env, m.Get("target"), "memfd.target", 3, 1023));
+  }
   if (Has(o, "fds")) {
     Napi::Value fds = o.Get("fds");
     if (!fds.IsArray()) ThrowType(env, "fds must be an array of {source, target}");
@@ -60,6 +68,8 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
       req.extraFds.push_back(mapping);
     }
   }
+  for (const FdMapping& m : req.extraFds)
+    if (m.target == req.memfdTarget) ThrowType(env, "memfd.target " + std::to_string(m.target) + " is also an fds target");
   if (Has(o, "closeBeforeClone"))
     req.closeBeforeClone = static_cast<int>(ToInteger(env, o.Get("closeBeforeClone"), "closeBeforeClone", 3, 1 << 20));
   if (Has(o, "landlock")) req.landlock = ParseLandlockPolicy(env, o.Get("landlock"));

@@ -2,6 +2,7 @@
 // make raw system calls on data prepared by the parent. No malloc, no locks,
 // no glibc wrappers that broadcast to other threads (setuid and friends).
 #include "spawn.h"
+#include "memfd.h"
 
 #include "cgroup.h"
 
@@ -244,7 +245,7 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
     error->subject = std::move(subject);
     return false;
   };
-  if (req.extraFds.size() + req.cgroupEnter.size() + 4 > kMaxFds) {
+  if (req.extraFds.size() + req.cgroupEnter.size() + 5 > kMaxFds) {
     if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
     return fail("spawn", "too many extra fds", E2BIG);
   }
@@ -268,6 +269,19 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
       if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
       return fail(step, "", err);
     }
+  }
+
+  // The child's data fd (bwrap's --args: the app's environment), made here
+  // off the JS thread; ours to close once the child has exec'd.
+  int memfd = -1;
+  if (req.memfdTarget >= 0) {
+    MemfdResult made = SealedMemfd("procyard-args", req.memfdData.data(), req.memfdData.size());
+    if (made.fd < 0) {
+      if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
+      if (rulesetFd >= 0) close(rulesetFd);
+      return fail(made.step, "memfd", made.err);
+    }
+    memfd = made.fd;
   }
 
   std::vector<char*> argv = CStringArray(req.argv);
@@ -307,6 +321,10 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
     // The cgroup fds go through the shuffle above every other target, for
     // the child to write and close.
     size_t nfds = 3 + req.extraFds.size();
+    if (memfd >= 0) {
+      fds[nfds++] = {memfd, req.memfdTarget};
+      maxTarget = std::max(maxTarget, req.memfdTarget);
+    }
     args.cgroupFdBase = maxTarget + 1;
     args.nCgroupFds = cgroup.enter.size();
     for (int fd : cgroup.enter) fds[nfds++] = {fd, ++maxTarget};
@@ -369,6 +387,7 @@ bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
   CloseIfOpen(&errPipe[1]);
   CloseIfOpen(&devNull);
   CloseIfOpen(&rulesetFd);
+  CloseIfOpen(&memfd);
 
   if (!failedCall && args.failStep != kNone) {
     // The child never reached the program: reap it here, nobody else will.

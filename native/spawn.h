@@ -30,6 +30,10 @@ struct SpawnRequest {
   uid_t uid = 0;
   gid_t gid = 0;
   std::vector<FdMapping> extraFds;
+  // Data the child reads from an fd (bwrap's --args): a sealed memfd made
+  // here on the spawning thread, placed at memfdTarget (>= 3); none when empty.
+  std::string memfdData;
+  int memfdTarget = -1;
   int closeBeforeClone = -1;  // e.g. the held port listener; closed on every path
   // Landlock domain the child enters right before exec (ruleset built by Spawn).
   LandlockPolicy landlock;

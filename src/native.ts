@@ -21,6 +21,8 @@ export interface NativeSpawnOptions {
    * closed by every call, even one that fails.
    */
   closeBeforeClone?: number;
+  /** Data the child reads from fd `target` (a sealed memfd made on the pool thread; bwrap's --args). */
+  memfd?: { data: Buffer; target: number };
   /** A Landlock domain the child enters right before exec (see src/process/landlock.ts). */
   landlock?: NativeLandlockRules;
   /**
@@ -132,7 +134,6 @@ interface Addon {
   reservePort(port: number): number;
   builtinSeccompFilter(): number;
   builtinSeccompRules(): string[];
-  sealedMemfd(name: string, data: Buffer): number;
   resolveMountTarget(
     path: string,
     options: { create: boolean; trustedUid: number; workerUids?: [number, number]; workerGid?: number },
@@ -225,8 +226,6 @@ export const clockTicksPerSecond = addon.clockTicksPerSecond;
 export const reservePort = addon.reservePort;
 /** A memfd holding procyard's built-in seccomp BPF program (see native/seccomp.cc). */
 export const builtinSeccompFilter = addon.builtinSeccompFilter;
-/** A sealed memfd holding exactly data (O_CLOEXEC, offset 0): for a child to read by fd. */
-export const sealedMemfd = addon.sealedMemfd;
 /**
  * Walks an absolute path from / without following untrusted symlinks (see
  * native/mounttarget.h), creating missing directories when asked: the real

@@ -11,7 +11,6 @@ import {
   pidfdSignal,
   pipe,
   PidWatcherNative,
-  sealedMemfd,
   spawnNative,
   type ExitStatus,
   type NativeLandlockRules,
@@ -364,12 +363,7 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
     const [r, w] = pipe({ nonBlockingRead: true });
     statusRead = r;
     owned.push(w);
-    const args = sealedMemfd('procyard-env', envArgs(opts.env));
-    owned.push(args);
-    const fds = [
-      { source: w, target: STATUS_FD },
-      { source: args, target: ARGS_FD },
-    ];
+    const fds = [{ source: w, target: STATUS_FD }];
     const seccomp = opts.seccompProfile !== '';
     if (seccomp) {
       const fd = openSeccomp(opts.seccompProfile);
@@ -382,6 +376,8 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
       // /run is hidden in every sandbox, whatever the network policy (a plan may say how).
       argv: [opts.bwrapPath, ...bwrapArgs({ ...opts.plan, seccomp, run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan() })],
       env: [...BWRAP_ENV],
+      // The app's environment, for bwrap's --args: a sealed memfd made on the pool thread.
+      memfd: { data: envArgs(opts.env), target: ARGS_FD },
       ...(opts.hostCredentials ? { uid: opts.plan.uid, gid: opts.plan.gid } : {}),
       fds,
       ...(opts.closeBeforeClone !== undefined && opts.closeBeforeClone >= 0
