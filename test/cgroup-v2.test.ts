@@ -3,14 +3,8 @@
 // pids), booted once for the whole file. The script that runs inside is
 // test/fixtures/uml-cgroup.mjs; each case below reads its verdict.
 import path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
 import { FIXTURES } from './helpers/backend.js';
-import { runInUml, umlUnavailable, type UmlRun } from './helpers/uml.js';
-
-interface Result {
-  facts: Record<string, unknown>;
-  cases: Record<string, { ok: boolean; detail: unknown; ms: number }>;
-}
+import { describeUmlCases } from './helpers/uml.js';
 
 const CASES = [
   'no cgroups: required refuses spawn and build, naming the problem',
@@ -22,27 +16,9 @@ const CASES = [
   "v2: no cgroup is left after stop, SIGKILL, exit and close; a dead server's are removed",
 ];
 
-const unavailable = umlUnavailable();
-let run: UmlRun<Result> | undefined;
-
-beforeAll(async () => {
-  if (unavailable) return;
-  // Booted without cgroup2: the script mounts it after the no-cgroup cases.
-  run = await runInUml<Result>({ script: path.join(FIXTURES, 'uml-cgroup.mjs'), cgroup2: false, timeoutMs: 240_000 });
-  console.log(`UML: ${Math.round(run.ms)} ms, ${JSON.stringify(run.result?.facts)}`);
-}, 250_000);
-
-describe.skipIf(unavailable)(`cgroup v2 in User-Mode Linux${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
-  it('boots, runs the script to its end and reports', () => {
-    const diagnosis = `exit ${run?.exitCode}, timed out ${run?.timedOut}\nstderr: ${run?.stderr.slice(-3000)}\nconsole: ${run?.console.slice(-1500)}`;
-    expect(run?.result, diagnosis).not.toBeNull();
-    expect(run?.exitCode, diagnosis).toBe(0);
-    expect(Object.keys(run!.result!.cases).sort()).toEqual([...CASES].sort());
-  });
-
-  it.each(CASES)('%s', (name) => {
-    const verdict = run?.result?.cases[name];
-    expect(verdict, `no verdict; stderr: ${run?.stderr.slice(-2000)}`).toBeDefined();
-    expect(verdict!.ok, String(verdict!.detail)).toBe(true);
-  });
+// Booted without cgroup2: the script mounts it after the no-cgroup cases.
+describeUmlCases('cgroup v2 in User-Mode Linux', CASES, {
+  script: path.join(FIXTURES, 'uml-cgroup.mjs'),
+  cgroup2: false,
+  timeoutMs: 240_000,
 });

@@ -316,31 +316,30 @@ function realBwrap(bwrapPath: string): string {
   return real;
 }
 
-/** A pidfd on pid if it is (pinned) an orphaned init of this sandbox's kind, else -1. */
-function openOrphanedInit(pid: number, identity: SandboxIdentity): number {
+/**
+ * A pidfd on pid if, once pinned, `is(pid)` holds, else -1. Checked after
+ * pinning it: a pid recycled before the open fails the check.
+ */
+function openIf(pid: number, is: (pid: number) => boolean): number {
   let pidfd: number;
   try {
     pidfd = pidfdOpen(pid);
   } catch {
     return -1;
   }
-  if (isOrphanedInit(pid, identity.bwrap, identity.uid)) return pidfd;
+  if (is(pid)) return pidfd;
   closeQuietly(pidfd);
   return -1;
 }
 
+/** A pidfd on pid if it is an orphaned init of this sandbox's kind, else -1. */
+function openOrphanedInit(pid: number, identity: SandboxIdentity): number {
+  return openIf(pid, (p) => isOrphanedInit(p, identity.bwrap, identity.uid));
+}
+
 /** A pidfd on pid if it is still a child of parentPid, else -1. */
 function openChild(pid: number, parentPid: number): number {
-  let pidfd: number;
-  try {
-    pidfd = pidfdOpen(pid);
-  } catch {
-    return -1;
-  }
-  // Checked after pinning it: a pid recycled before the open fails this.
-  if (parentOf(pid) === parentPid) return pidfd;
-  closeQuietly(pidfd);
-  return -1;
+  return openIf(pid, (p) => parentOf(p) === parentPid);
 }
 
 function parentOf(pid: number): number {

@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
 
 export const UML_KERNEL = '/usr/bin/linux.uml';
 
@@ -131,4 +132,40 @@ export async function runInUml<T = unknown>(opts: UmlOptions): Promise<UmlRun<T>
   };
   rmSync(dir, { recursive: true, force: true });
   return run;
+}
+
+/** What a UML case script reports: facts, and a verdict per named case. */
+export interface UmlCases {
+  facts: Record<string, unknown>;
+  cases: Record<string, { ok: boolean; detail: unknown; ms?: number }>;
+}
+
+/**
+ * A suite over one UML boot: runs `script` once (before all), then one test
+ * that it ran to its end and reported exactly `cases`, and one test per case
+ * reading its verdict. Skipped, with the reason, where UML cannot run.
+ */
+export function describeUmlCases(title: string, cases: readonly string[], opts: UmlOptions): void {
+  const unavailable = umlUnavailable();
+  let run: UmlRun<UmlCases> | undefined;
+  beforeAll(async () => {
+    if (unavailable) return;
+    run = await runInUml<UmlCases>(opts);
+    console.log(`UML: ${Math.round(run.ms)} ms, ${JSON.stringify(run.result?.facts)}`);
+  }, (opts.timeoutMs ?? 120_000) + 10_000);
+
+  describe.skipIf(unavailable)(`${title}${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
+    it('boots, runs the script to its end and reports', () => {
+      const diagnosis = `exit ${run?.exitCode}, timed out ${run?.timedOut}\nstderr: ${run?.stderr.slice(-3000)}\nconsole: ${run?.console.slice(-1500)}`;
+      expect(run?.result, diagnosis).not.toBeNull();
+      expect(run?.exitCode, diagnosis).toBe(0);
+      expect(Object.keys(run!.result!.cases).sort()).toEqual([...cases].sort());
+    });
+
+    it.each(cases)('%s', (name) => {
+      const verdict = run?.result?.cases[name];
+      expect(verdict, `no verdict; stderr: ${run?.stderr.slice(-2000)}`).toBeDefined();
+      expect(verdict!.ok, String(verdict!.detail)).toBe(true);
+    });
+  });
 }

@@ -53,7 +53,7 @@ export function judgeNetworkPolicy(decision: NetworkPolicyDecision, allowedConne
       `${kernel} lacks the ${describeParts(decision.missing)}, so under network_policy = "auto" workers can ` +
       `${decision.missing.map((p) => WITHOUT[p]).join(', and ')}. Enforced: ${enforced.length ? enforced.join('; ') : 'no Landlock rule'}; ${hidden}. ` +
       `Fix: run Linux 6.12 or later with landlock in the lsm= boot list, close the TCP part with the iptables owner-match ` +
-      `recipe (README, security model), or set network_policy = "required" so that workers never start without it`,
+      `recipe (docs/security.md), or set network_policy = "required" so that workers never start without it`,
   };
 }
 
