@@ -45,6 +45,7 @@ enum Step : int {
   kCloseFds,
   kCgroup,
   kNproc,
+  kCore,
   kSetgroups,
   kSetgid,
   kSetuid,
@@ -156,6 +157,11 @@ int ChildMain(void* arg) {
   // No pids cgroup: cap the processes of the worker's UID instead (one UID
   // per worker). The user namespace bwrap makes inherits the cap.
   if (a->setNproc && syscall(SYS_prlimit64, 0, RLIMIT_NPROC, &a->nproc, nullptr) < 0) ChildFail(a, kNproc);
+  // No core dumps, not even raised by the app itself: a host that pipes
+  // cores to a root helper (apport, systemd-coredump) would run it on
+  // tenant-shaped data. A hard limit can only be lowered.
+  struct rlimit noCore = {0, 0};
+  if (syscall(SYS_prlimit64, 0, RLIMIT_CORE, &noCore, nullptr) < 0) ChildFail(a, kCore);
 
   // Raw calls: glibc's setuid would signal every thread of the parent.
   if (a->credentials) {
@@ -196,6 +202,7 @@ const char* StepSyscall(int step) {
     case kCloseFds: return "close_range";
     case kCgroup: return "write(cgroup tasks)";
     case kNproc: return "prlimit64(RLIMIT_NPROC)";
+    case kCore: return "prlimit64(RLIMIT_CORE)";
     case kSetgroups: return "setgroups";
     case kSetgid: return "setgid";
     case kSetuid: return "setuid";

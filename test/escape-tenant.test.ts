@@ -105,6 +105,13 @@ __attribute__((constructor)) static void pwn(void) {
   });
 });
 
+describe('core dumps', () => {
+  it('are off for good: the hard limit is 0, so the app cannot raise it', async () => {
+    const lines = await run(sh('echo hard=$(ulimit -H -c); ulimit -c unlimited 2>/dev/null && echo raised || echo refused'));
+    expect(lines).toEqual(['hard=0', 'refused']);
+  });
+});
+
 describe('/dev', () => {
   it('is read-only, and /dev/shm is capped like /tmp', async () => {
     const lines = await run(
