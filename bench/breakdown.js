@@ -81,7 +81,7 @@ export async function runBreakdown({ bundle, runs, ports, uids, peerUid, statusP
       const child = await spawnPeer(peer, credentials, w);
       closeSync(w);
       const t = performance.now();
-      const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, r, () => {});
+      const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, r, () => {}, { bwrap: BWRAP, uid: AS_ROOT ? peerUid : null });
       const ms = performance.now() - t;
       await withTimeout(sandbox.exited, 30000, 'sandbox exit');
       return ms;

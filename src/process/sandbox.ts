@@ -297,7 +297,7 @@ function readLines(fd: number, onLine: (line: string, utf8Bytes: number) => void
 }
 
 /** What a sandbox's init is known by: bwrap's real path, and its host UID when workers get their own. */
-interface SandboxIdentity {
+export interface SandboxIdentity {
   bwrap: string;
   uid: number | null;
 }
