@@ -23,7 +23,7 @@ import {
   type ExitStatus,
   type NativeChild,
 } from '../src/native.js';
-import { fdTarget, isDead, isRoot, openFds, procEnviron, procStatus, waitFor } from './helpers/proc.js';
+import { fdTarget, isDead, isRoot, openFds, procEnviron, procState, procStatus, waitFor } from './helpers/proc.js';
 
 // Ports 20000-20099 and UIDs 61000-61099 belong to this file.
 const UID = 61000;
@@ -115,6 +115,10 @@ describe('spawn and exit', () => {
       expect(process.listenerCount('SIGPIPE')).toBeGreaterThanOrEqual(0);
       expect(procStatus(child.pid).SigIgn).toBe('0000000000000000');
       expect(procStatus(child.pid).SigBlk).toBe('0000000000000000');
+      // spawn() resolves inside execve: the new program's loader then opens
+      // ld.so.cache and libc as fd 3 for a moment. A leaked fd would stay, so
+      // wait for the program to settle (sleeping), then judge.
+      await waitFor(() => procState(child.pid) === 'S' && openFds(child.pid).join() === '0,1,2,7', 2000, 1);
       expect(openFds(child.pid)).toEqual([0, 1, 2, 7]);
       expect(fdTarget(child.pid, 0)).toBe('/dev/null');
       expect(fdTarget(child.pid, 7)).toBe(fdTarget(process.pid, w));
