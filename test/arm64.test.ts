@@ -99,11 +99,9 @@ describe.skipIf(missing.length > 0)('linux-arm64 prebuild under qemu-user', () =
         await backend.spawn({ appId: 'arm', workerId: 'arm-1', bundlePath: ${JSON.stringify(bundle)}, workerMount: '/tmp/app',
           cmd: [${JSON.stringify(process.execPath)}, '/tmp/app/server.mjs'] });
         const addr = await backend.addr('arm-1');
-        let body = '';
-        for (let i = 0; i < 200 && !body; i++) {
-          body = await fetch('http://' + addr + '/').then((r) => r.text(), () => '');
-          if (!body) await new Promise((r) => setTimeout(r, 50));
-        }
+        // Under qemu and a loaded machine the worker may take a while: wait for its own listener.
+        await backend.waitReady('arm-1', { timeoutMs: 90000 });
+        const body = await fetch('http://' + addr + '/').then((r) => r.text());
         await backend.stop('arm-1');
         console.log(JSON.stringify({ arch: process.arch, kernel: kernelRelease(), rules: builtinSeccompRules().length, addr, body,
           healthyAfterStop: await backend.healthCheck('arm-1') }));
