@@ -91,7 +91,10 @@ describe.skipIf(missing.length > 0)('linux-arm64 prebuild under qemu-user', () =
       `import { ProcessBackend } from ${JSON.stringify(path.join(pkg, 'dist', 'index.js'))};
       import { builtinSeccompRules, kernelRelease } from ${JSON.stringify(path.join(pkg, 'dist', 'native.js'))};
       const backend = new ProcessBackend({
-        process: { portRangeStart: ${PORTS[0]}, portRangeEnd: ${PORTS[1]}, workerUidStart: ${UIDS[0]}, workerUidEnd: ${UIDS[1]}, stopGraceMs: 3000 },
+        // No cgroups here: qemu-user fakes /proc/self/stat (its start time is one
+        // tick off the host's), so other backends' orphan sweeps would take this
+        // server's cgroups for a dead server's. The prebuild is what is tested.
+        process: { portRangeStart: ${PORTS[0]}, portRangeEnd: ${PORTS[1]}, workerUidStart: ${UIDS[0]}, workerUidEnd: ${UIDS[1]}, stopGraceMs: 3000, resourceLimits: 'off' },
         storage: { bundleWorkerPath: '/tmp/app' },
       });
       try {
