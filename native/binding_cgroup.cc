@@ -1,15 +1,16 @@
 // napi glue for the parent's side of cgroups (cgroup.cc).
+#include <memory>
+
 #include "binding_util.h"
 #include "bindings.h"
 #include "cgroup.h"
 
 namespace procyard {
-namespace {
 
-std::vector<CgroupWrite> ParseWrites(Napi::Env env, Napi::Value value, const std::string& what) {
+std::vector<CgroupWrite> ParseCgroupWrites(Napi::Env env, Napi::Value value, const std::string& what, size_t max) {
   if (!value.IsArray()) ThrowType(env, what + " must be an array of {path, value}");
   Napi::Array array = value.As<Napi::Array>();
-  if (array.Length() > 64) throw Napi::RangeError::New(env, what + " has more than 64 items");
+  if (array.Length() > max) throw Napi::RangeError::New(env, what + " has more than " + std::to_string(max) + " items");
   std::vector<CgroupWrite> out;
   for (uint32_t i = 0; i < array.Length(); i++) {
     std::string item = what + "[" + std::to_string(i) + "]";
@@ -22,111 +23,76 @@ std::vector<CgroupWrite> ParseWrites(Napi::Env env, Napi::Value value, const std
   return out;
 }
 
-std::vector<std::string> ParsePaths(Napi::Env env, Napi::Value value, const std::string& what) {
-  std::vector<std::string> out = ToCStringArray(env, value, what, 16);
+std::vector<std::string> ParseAbsolutePaths(Napi::Env env, Napi::Value value, const std::string& what, size_t max) {
+  std::vector<std::string> out = ToCStringArray(env, value, what, max);
   for (size_t i = 0; i < out.size(); i++)
     if (out[i].empty() || out[i][0] != '/') ThrowType(env, what + "[" + std::to_string(i) + "] must be an absolute path");
   return out;
 }
 
-// On a pool thread: a mkdir in each of three v1 hierarchies costs ~0.1 ms.
-class CreateWorker : public Napi::AsyncWorker {
- public:
-  CreateWorker(Napi::Env env, std::vector<std::string> dirs, std::vector<CgroupWrite> writes)
-      : Napi::AsyncWorker(env, "procyard:cgroupCreate"), deferred_(Napi::Promise::Deferred::New(env)),
-        dirs_(std::move(dirs)), writes_(std::move(writes)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
+namespace {
 
- protected:
-  void Execute() override { ok_ = CgroupCreate(dirs_, writes_, &error_); }
-  void OnOK() override {
-    if (ok_) deferred_.Resolve(Env().Undefined());
-    else deferred_.Reject(SystemError(Env(), error_.err, error_.syscall, error_.subject).Value());
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::vector<std::string> dirs_;
-  std::vector<CgroupWrite> writes_;
-  SpawnError error_;
-  bool ok_ = false;
-};
-
-class WriteWorker : public Napi::AsyncWorker {
- public:
-  WriteWorker(Napi::Env env, std::vector<CgroupWrite> writes)
-      : Napi::AsyncWorker(env, "procyard:cgroupWrite"), deferred_(Napi::Promise::Deferred::New(env)),
-        writes_(std::move(writes)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
-  void Execute() override { ok_ = CgroupWriteAll(writes_, &error_); }
-  void OnOK() override {
-    if (ok_) deferred_.Resolve(Env().Undefined());
-    else deferred_.Reject(SystemError(Env(), error_.err, error_.syscall, error_.subject).Value());
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::vector<CgroupWrite> writes_;
-  SpawnError error_;
-  bool ok_ = false;
-};
-
-// One pool job for a worker's cgroups (one per v1 hierarchy) instead of one each.
-class RemoveWorker : public Napi::AsyncWorker {
- public:
-  RemoveWorker(Napi::Env env, std::vector<std::string> dirs)
-      : Napi::AsyncWorker(env, "procyard:cgroupRemove"), deferred_(Napi::Promise::Deferred::New(env)),
-        dirs_(std::move(dirs)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
-  void Execute() override { ok_ = CgroupRemove(dirs_, &busy_, &error_); }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (!ok_) {
-      deferred_.Reject(SystemError(env, error_.err, error_.syscall, error_.subject).Value());
-      return;
-    }
-    Napi::Array out = Napi::Array::New(env, busy_.size());
-    for (uint32_t i = 0; i < busy_.size(); i++) out.Set(i, busy_[i]);
-    deferred_.Resolve(out);
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::vector<std::string> dirs_;
-  std::vector<std::string> busy_;
-  SpawnError error_;
-  bool ok_ = false;
-};
-
-Napi::Value CgroupRemoveJs(const Napi::CallbackInfo& info) {
-  auto* worker = new RemoveWorker(info.Env(), ParsePaths(info.Env(), info[0], "dirs"));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+[[noreturn]] void Reject(Napi::Env env, const SpawnError& error) {
+  throw SystemError(env, error.err, error.syscall, error.subject);
 }
 
+// One pool job for a worker's cgroups (one per v1 hierarchy) instead of one each.
+Napi::Value CgroupRemoveJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct Job {
+    std::vector<std::string> dirs, busy;
+    SpawnError error;
+    bool ok = false;
+  };
+  auto job = std::make_shared<Job>();
+  job->dirs = ParseAbsolutePaths(env, info[0], "dirs", 16);
+  return RunAsync(
+      env, "procyard:cgroupRemove", [job] { job->ok = CgroupRemove(job->dirs, &job->busy, &job->error); },
+      [job](Napi::Env env) -> Napi::Value {
+        if (!job->ok) Reject(env, job->error);
+        Napi::Array out = Napi::Array::New(env, job->busy.size());
+        for (uint32_t i = 0; i < job->busy.size(); i++) out.Set(i, job->busy[i]);
+        return out;
+      });
+}
+
+// On a pool thread: a mkdir in each of three v1 hierarchies costs ~0.1 ms.
 Napi::Value CgroupCreateJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) ThrowType(env, "cgroupCreate options must be an object");
   Napi::Object o = info[0].As<Napi::Object>();
-  auto* worker = new CreateWorker(env, ParsePaths(env, o.Get("dirs"), "dirs"), ParseWrites(env, o.Get("writes"), "writes"));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  struct Job {
+    std::vector<std::string> dirs;
+    std::vector<CgroupWrite> writes;
+    SpawnError error;
+    bool ok = false;
+  };
+  auto job = std::make_shared<Job>();
+  job->dirs = ParseAbsolutePaths(env, o.Get("dirs"), "dirs", 16);
+  job->writes = ParseCgroupWrites(env, o.Get("writes"), "writes", 64);
+  return RunAsync(
+      env, "procyard:cgroupCreate", [job] { job->ok = CgroupCreate(job->dirs, job->writes, &job->error); },
+      [job](Napi::Env env) -> Napi::Value {
+        if (!job->ok) Reject(env, job->error);
+        return env.Undefined();
+      });
 }
 
 Napi::Value CgroupWriteJs(const Napi::CallbackInfo& info) {
-  auto* worker = new WriteWorker(info.Env(), ParseWrites(info.Env(), info[0], "writes"));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  Napi::Env env = info.Env();
+  struct Job {
+    std::vector<CgroupWrite> writes;
+    SpawnError error;
+    bool ok = false;
+  };
+  auto job = std::make_shared<Job>();
+  job->writes = ParseCgroupWrites(env, info[0], "writes", 64);
+  return RunAsync(
+      env, "procyard:cgroupWrite", [job] { job->ok = CgroupWriteAll(job->writes, &job->error); },
+      [job](Napi::Env env) -> Napi::Value {
+        if (!job->ok) Reject(env, job->error);
+        return env.Undefined();
+      });
 }
 
 }  // namespace

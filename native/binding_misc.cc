@@ -13,36 +13,6 @@
 namespace procyard {
 namespace {
 
-// Runs `work` on a libuv pool thread and resolves with `done(env)`.
-template <typename Work, typename Done>
-class PromiseWorker : public Napi::AsyncWorker {
- public:
-  PromiseWorker(Napi::Env env, const char* name, Work work, Done done)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)),
-        work_(std::move(work)), done_(std::move(done)) {}
-  static Napi::Promise Run(Napi::Env env, const char* name, Work work, Done done) {
-    auto* worker = new PromiseWorker(env, name, std::move(work), std::move(done));
-    Napi::Promise promise = worker->deferred_.Promise();
-    worker->Queue();
-    return promise;
-  }
-
- protected:
-  void Execute() override { work_(); }
-  void OnOK() override { deferred_.Resolve(done_(Env())); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Work work_;
-  Done done_;
-};
-
-template <typename Work, typename Done>
-Napi::Promise RunAsync(Napi::Env env, const char* name, Work work, Done done) {
-  return PromiseWorker<Work, Done>::Run(env, name, std::move(work), std::move(done));
-}
-
 Napi::Value ProbeUserNamespaceJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   bool credentials = false;

@@ -74,30 +74,12 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
     req.closeBeforeClone = static_cast<int>(ToInteger(env, o.Get("closeBeforeClone"), "closeBeforeClone", 3, 1 << 20));
   if (Has(o, "landlock")) req.landlock = ParseLandlockPolicy(env, o.Get("landlock"));
   // Limits (src/process/cgroup.ts).
-  if (Has(o, "cgroupEnter")) {
-    req.cgroupEnter = ToCStringArray(env, o.Get("cgroupEnter"), "cgroupEnter", 8);
-    for (size_t i = 0; i < req.cgroupEnter.size(); i++)
-      if (req.cgroupEnter[i].empty() || req.cgroupEnter[i][0] != '/')
-        ThrowType(env, "cgroupEnter[" + std::to_string(i) + "] must be an absolute path");
-  }
+  if (Has(o, "cgroupEnter")) req.cgroupEnter = ParseAbsolutePaths(env, o.Get("cgroupEnter"), "cgroupEnter", 8);
   if (Has(o, "cgroupDir")) {
     req.cgroupDir = ToCString(env, o.Get("cgroupDir"), "cgroupDir");
     if (req.cgroupDir.empty() || req.cgroupDir[0] != '/') ThrowType(env, "cgroupDir must be an absolute path");
   }
-  if (Has(o, "cgroupWrites")) {
-    Napi::Value value = o.Get("cgroupWrites");
-    if (!value.IsArray()) ThrowType(env, "cgroupWrites must be an array of {path, value}");
-    Napi::Array array = value.As<Napi::Array>();
-    if (array.Length() > 16) throw Napi::RangeError::New(env, "cgroupWrites has more than 16 items");
-    for (uint32_t i = 0; i < array.Length(); i++) {
-      std::string what = "cgroupWrites[" + std::to_string(i) + "]";
-      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {path, value}");
-      Napi::Object w = array.Get(i).As<Napi::Object>();
-      CgroupWrite write{ToCString(env, w.Get("path"), what + ".path"), ToCString(env, w.Get("value"), what + ".value")};
-      if (write.path.empty() || write.path[0] != '/') ThrowType(env, what + ".path must be an absolute path");
-      req.cgroupWrites.push_back(std::move(write));
-    }
-  }
+  if (Has(o, "cgroupWrites")) req.cgroupWrites = ParseCgroupWrites(env, o.Get("cgroupWrites"), "cgroupWrites", 16);
   if (Has(o, "rlimitNproc"))
     req.nprocLimit = ToInteger(env, o.Get("rlimitNproc"), "rlimitNproc", 1, 1LL << 32);
   return req;

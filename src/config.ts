@@ -294,6 +294,9 @@ export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', f
       `${n('process.workerUidStart')} and ${n('process.workerUidEnd')}${where} must give a non-empty range of ` +
         `non-root UIDs (1 to 4294967294, start <= end), got ${p.workerUidStart}-${p.workerUidEnd}`,
     );
+  for (const key of ['logLines', 'logBytes'] as const)
+    if (!Number.isSafeInteger(p[key]) || p[key] < 1)
+      fail(`process.${key}`, `${n(`process.${key}`)}${where} must be a positive integer, got ${String(p[key])}`);
   if (p.allocator !== 'host' && p.allocator !== 'memory')
     fail('process.allocator', `${n('process.allocator')}${where} must be "host" or "memory", got ${JSON.stringify(p.allocator)}`);
   if (typeof p.runtimeDir !== 'string' || !path.isAbsolute(p.runtimeDir))

@@ -94,6 +94,8 @@ export function removeCreated(created: readonly string[]): void {
 }
 
 interface TargetEntry {
+  /** The target as the spec gave it (the key of this entry). */
+  target: string;
   /** What bwrap is given. */
   path: string;
   /** Directories made for it (removed when no sandbox uses it); [] for one that existed, or a fixed one. */
@@ -120,7 +122,7 @@ export class MountTargets {
       this.unreachable.set(target, prepared.problem);
       return prepared.problem;
     }
-    this.ready.set(target, { path: prepared.path, created: [], users: 0 });
+    this.ready.set(target, { target, path: prepared.path, created: [], users: 0 });
     return null;
   }
 
@@ -155,22 +157,18 @@ export class MountTargets {
     if (unreachable) throw new SpecError(unreachable);
     const prepared = prepareMountTarget(target, field, false, this.guard);
     if (prepared.problem !== undefined) throw new SpecError(prepared.problem);
-    const entry = { path: prepared.path, created: prepared.created, users: 0 };
+    const entry = { target, path: prepared.path, created: prepared.created, users: 0 };
     this.ready.set(target, entry);
     return entry;
   }
 
   private drop(entry: TargetEntry): void {
     if (--entry.users > 0) return;
-    for (const [target, e] of this.ready) {
-      if (e !== entry) continue;
-      if (entry.created.length > 0) {
-        this.ready.delete(target);
-        removeCreated(entry.created);
-      } else if (this.ready.size > 1024) {
-        this.ready.delete(target); // a pre-existing target: only a cache entry
-      }
-      return;
+    if (entry.created.length > 0) {
+      this.ready.delete(entry.target);
+      removeCreated(entry.created);
+    } else if (this.ready.size > 1024) {
+      this.ready.delete(entry.target); // a pre-existing target: only a cache entry
     }
   }
 }

@@ -16,12 +16,16 @@ interface ProcStatus {
   innerPid: number;
 }
 
+/** The fields of a /proc/<pid>/status text that tell a sandbox init. */
+function parseStatus(status: string): ProcStatus {
+  const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '';
+  const nspid = field('NSpid').split(/\s+/);
+  return { uid: Number(field('Uid').split(/\s+/)[0]), ppid: Number(field('PPid')), innerPid: Number(nspid[nspid.length - 1]) };
+}
+
 async function procStatus(pid: number): Promise<ProcStatus | null> {
   try {
-    const status = await readFile(`/proc/${pid}/status`, 'utf8');
-    const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '';
-    const nspid = field('NSpid').split(/\s+/);
-    return { uid: Number(field('Uid').split(/\s+/)[0]), ppid: Number(field('PPid')), innerPid: Number(nspid[nspid.length - 1]) };
+    return parseStatus(await readFile(`/proc/${pid}/status`, 'utf8'));
   } catch {
     return null; // gone meanwhile
   }
@@ -35,16 +39,13 @@ async function procStatus(pid: number): Promise<ProcStatus | null> {
  */
 export function isOrphanedInit(pid: number, bwrap: string, uid: number | null): boolean {
   try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '';
-    const nspid = field('NSpid').split(/\s+/);
-    if (Number(nspid[nspid.length - 1]) !== 1) return false;
-    if (uid !== null && Number(field('Uid').split(/\s+/)[0]) !== uid) return false;
+    const status = parseStatus(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    if (status.innerPid !== 1) return false;
+    if (uid !== null && status.uid !== uid) return false;
     if (readlinkSync(`/proc/${pid}/exe`) !== bwrap) return false;
-    const ppid = Number(field('PPid'));
     let parentExe = '';
     try {
-      parentExe = readlinkSync(`/proc/${ppid}/exe`);
+      parentExe = readlinkSync(`/proc/${status.ppid}/exe`);
     } catch {
       // the parent is gone, or not ours to read
     }

@@ -156,9 +156,6 @@ export class ProcessBackend extends EventEmitter implements Backend {
       );
     }
     checkConfig(config);
-    for (const key of ['logLines', 'logBytes'] as const)
-      if (!Number.isSafeInteger(p[key]) || p[key] < 1)
-        throw new ConfigError(`process.${key} must be a positive integer, got ${String(p[key])}`);
     this.network = new NetworkPolicy(p.networkPolicy, p.allowedConnectPorts);
     this.limits = resolveLimitsConfig(config);
     this.cgroups = new CgroupManager(this.limits, this.log);
