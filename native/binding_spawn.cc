@@ -26,7 +26,21 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
   SpawnRequest req;
   req.file = ToCString(env, o.Get("file"), "file");
   if (req.file.empty()) ThrowType(env, "file must not be empty");
-  req.argv = ToCStringArray(env, o.Get("argv"), "argv", 65536);
+  // argv as one string of NUL-separated items (what src/native.ts sends: one
+  // conversion instead of one per item), or an array.
+  Napi::Value argv = o.Get("argv");
+  if (argv.IsString()) {
+    std::string joined = argv.As<Napi::String>().Utf8Value();
+    for (size_t at = 0;;) {
+      size_t end = joined.find('\0', at);
+      req.argv.push_back(joined.substr(at, end == std::string::npos ? std::string::npos : end - at));
+      if (end == std::string::npos) break;
+      at = end + 1;
+    }
+    if (req.argv.size() > 65536) throw Napi::RangeError::New(env, "argv has more than 65536 items");
+  } else {
+    req.argv = ToCStringArray(env, argv, "argv", 65536);
+  }
   if (req.argv.empty()) ThrowType(env, "argv must hold at least argv[0]");
   req.envp = ToCStringArray(env, o.Get("env"), "env", 65536);
   for (size_t i = 0; i < req.envp.size(); i++) {
@@ -40,13 +54,20 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
     req.uid = static_cast<uid_t>(ToInteger(env, o.Get("uid"), "uid", 0, 0xfffffffe));
     req.gid = static_cast<gid_t>(ToInteger(env, o.Get("gid"), "gid", 0, 0xfffffffe));
   }
-  if (Has(o, "memfd")) {
-    if (!o.Get("memfd").IsObject()) ThrowType(env, "memfd must be {data, target}");
-    Napi::Object m = o.Get("memfd").As<Napi::Object>();
-    if (!m.Get("data").IsBuffer()) ThrowType(env, "memfd.data must be a Buffer");
-    Napi::Buffer<char> data = m.Get("data").As<Napi::Buffer<char>>();
-    req.memfdData.assign(data.Data(), data.Length());
-    req.memfdTarget = static_cast<int>(ToInteger(env, m.Get("target"), "memfd.target", 3, 1023));
+  if (Has(o, "data")) {
+    Napi::Value data = o.Get("data");
+    if (!data.IsArray()) ThrowType(env, "data must be an array of {data, target}");
+    Napi::Array array = data.As<Napi::Array>();
+    if (array.Length() > 4) throw Napi::RangeError::New(env, "data has more than 4 items");
+    for (uint32_t i = 0; i < array.Length(); i++) {
+      std::string what = "data[" + std::to_string(i) + "]";
+      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {data, target}");
+      Napi::Object d = array.Get(i).As<Napi::Object>();
+      if (!d.Get("data").IsBuffer()) ThrowType(env, what + ".data must be a Buffer");
+      Napi::Buffer<char> bytes = d.Get("data").As<Napi::Buffer<char>>();
+      int target = static_cast<int>(ToInteger(env, d.Get("target"), what + ".target", 3, 1023));
+      req.dataFds.push_back({std::string(bytes.Data(), bytes.Length()), target});
+    }
   }
   if (Has(o, "fds")) {
     Napi::Value fds = o.Get("fds");
@@ -56,20 +77,47 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
     std::set<int> targets;
     for (uint32_t i = 0; i < array.Length(); i++) {
       std::string what = "fds[" + std::to_string(i) + "]";
-      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {source, target}");
+      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {source, target} or {path, target}");
       Napi::Object m = array.Get(i).As<Napi::Object>();
+      int target = static_cast<int>(ToInteger(env, m.Get("target"), what + ".target", 3, 1023));
+      if (!targets.insert(target).second)
+        ThrowType(env, what + ".target " + std::to_string(target) + " is used twice");
+      if (Has(m, "path")) {
+        // Opened read-only by the spawn: an offset of its own.
+        req.openFds.push_back({ToCString(env, m.Get("path"), what + ".path"), target});
+        continue;
+      }
       FdMapping mapping;
       mapping.source = static_cast<int>(ToInteger(env, m.Get("source"), what + ".source", 0, 1 << 20));
-      mapping.target = static_cast<int>(ToInteger(env, m.Get("target"), what + ".target", 3, 1023));
-      if (!targets.insert(mapping.target).second)
-        ThrowType(env, what + ".target " + std::to_string(mapping.target) + " is used twice");
+      mapping.target = target;
       if (fcntl(mapping.source, F_GETFD) < 0)
         throw SystemError(env, errno, "fcntl", what + ".source " + std::to_string(mapping.source));
       req.extraFds.push_back(mapping);
     }
   }
-  for (const FdMapping& m : req.extraFds)
-    if (m.target == req.memfdTarget) ThrowType(env, "memfd.target " + std::to_string(m.target) + " is also an fds target");
+  if (Has(o, "statusPipe"))
+    req.statusPipeTarget = static_cast<int>(ToInteger(env, o.Get("statusPipe"), "statusPipe", 3, 1023));
+  // Every fd the child gets has a target of its own.
+  std::set<int> taken;
+  for (const FdMapping& m : req.extraFds) taken.insert(m.target);
+  for (const OpenAt& m : req.openFds) taken.insert(m.target);
+  for (const DataAt& d : req.dataFds)
+    if (!taken.insert(d.target).second)
+      ThrowType(env, "data target " + std::to_string(d.target) + " is also another fd's target");
+  if (req.statusPipeTarget >= 0 && !taken.insert(req.statusPipeTarget).second)
+    ThrowType(env, "statusPipe " + std::to_string(req.statusPipeTarget) + " is also another fd's target");
+  if (Has(o, "checkPaths")) {
+    Napi::Value paths = o.Get("checkPaths");
+    if (!paths.IsArray()) ThrowType(env, "checkPaths must be an array of {path, directory}");
+    Napi::Array array = paths.As<Napi::Array>();
+    if (array.Length() > 64) throw Napi::RangeError::New(env, "checkPaths has more than 64 items");
+    for (uint32_t i = 0; i < array.Length(); i++) {
+      std::string what = "checkPaths[" + std::to_string(i) + "]";
+      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {path, directory}");
+      Napi::Object c = array.Get(i).As<Napi::Object>();
+      req.checkPaths.push_back({ToCString(env, c.Get("path"), what + ".path"), c.Get("directory").ToBoolean()});
+    }
+  }
   if (Has(o, "closeBeforeClone"))
     req.closeBeforeClone = static_cast<int>(ToInteger(env, o.Get("closeBeforeClone"), "closeBeforeClone", 3, 1 << 20));
   if (Has(o, "landlock")) req.landlock = ParseLandlockPolicy(env, o.Get("landlock"));
@@ -85,45 +133,75 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
   return req;
 }
 
-class SpawnWorker : public Napi::AsyncWorker {
+// One spawn in flight, watched on the event loop: the report pipe turns
+// readable when the child has exec'd (end of file) or failed (a record).
+// One epoll wake-up and no thread-pool round trip.
+class SpawnWatch {
  public:
-  SpawnWorker(Napi::Env env, SpawnRequest req)
-      : Napi::AsyncWorker(env, "procyard:spawn"), deferred_(Napi::Promise::Deferred::New(env)),
-        req_(std::move(req)) {}
+  SpawnWatch(Napi::Env env, std::unique_ptr<SpawnJob> job, bool handedOut)
+      : env_(env), deferred_(Napi::Promise::Deferred::New(env)), context_(env, "procyard:spawn"),
+        job_(std::move(job)), handedOut_(handedOut) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
 
- protected:
-  // On a libuv pool thread: those live as long as the process, so the
-  // child's parent-death signal cannot fire early.
-  void Execute() override { ok_ = Spawn(req_, &result_, &error_); }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (!ok_) {
-      deferred_.Reject(SystemError(env, error_.err, error_.syscall, error_.subject).Value());
+  // Takes ownership of itself: deleted once the promise is settled.
+  void Start() {
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env_, &loop);
+    if (loop == nullptr || uv_poll_init(loop, &poll_, job_->ReportFd()) != 0) {
+      // Cannot watch it: wait here (the child is at most its set-up away).
+      Settle();
+      delete this;
       return;
     }
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("pid", result_.pid);
-    out.Set("pidfd", result_.pidfd);
-    out.Set("stdout", result_.stdoutFd);
-    out.Set("stderr", result_.stderrFd);
-    deferred_.Resolve(out);
+    poll_.data = this;
+    uv_poll_start(&poll_, UV_READABLE, [](uv_poll_t* handle, int, int) {
+      SpawnWatch* self = static_cast<SpawnWatch*>(handle->data);
+      uv_poll_stop(handle);
+      {
+        Napi::HandleScope scope(self->env_);
+        // Promise reactions run when this scope closes, as after any callback.
+        Napi::CallbackScope callbackScope(self->env_, self->context_);
+        self->Settle();
+      }
+      uv_close(reinterpret_cast<uv_handle_t*>(handle),
+               [](uv_handle_t* h) { delete static_cast<SpawnWatch*>(h->data); });
+    });
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
+  void Settle() {
+    SpawnResult result;
+    SpawnError error;
+    bool ok = job_->Finish(&result, &error);
+    job_.reset();
+    if (!ok) {
+      deferred_.Reject(SystemError(env_, error.err, error.syscall, error.subject).Value());
+      return;
+    }
+    if (handedOut_) {
+      deferred_.Resolve(env_.Undefined());
+      return;
+    }
+    Napi::Object out = Napi::Object::New(env_);
+    out.Set("pid", result.pid);
+    out.Set("pidfd", result.pidfd);
+    out.Set("stdout", result.stdoutFd);
+    out.Set("stderr", result.stderrFd);
+    if (result.statusFd >= 0) out.Set("status", result.statusFd);
+    deferred_.Resolve(out);
+  }
+
+  Napi::Env env_;
   Napi::Promise::Deferred deferred_;
-  SpawnRequest req_;
-  SpawnResult result_;
-  SpawnError error_;
-  bool ok_ = false;
+  Napi::AsyncContext context_;
+  std::unique_ptr<SpawnJob> job_;
+  bool handedOut_;
+  uv_poll_t poll_{};
 };
 
-Napi::Value SpawnJs(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  SpawnRequest req;
+SpawnRequest ParseOrCloseListener(const Napi::CallbackInfo& info) {
   try {
-    req = ParseSpawnOptions(env, info[0]);
+    return ParseSpawnOptions(info.Env(), info[0]);
   } catch (...) {
     // The contract: closeBeforeClone is closed by every call, whatever happens.
     // Only a value that is an fd number: truncating 19.5 or 2^32 + 19 would
@@ -135,9 +213,49 @@ Napi::Value SpawnJs(const Napi::CallbackInfo& info) {
     }
     throw;
   }
-  auto* worker = new SpawnWorker(env, std::move(req));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
+}
+
+Napi::Error StartError(Napi::Env env, const SpawnError& error) {
+  Napi::Error e = SystemError(env, error.err, error.syscall, error.subject);
+  if (error.pathIndex >= 0) e.Set("pathIndex", Napi::Number::New(env, error.pathIndex));
+  return e;
+}
+
+// spawnStart(options): the child and its fds at once, the caller's from now
+// on, and `ready`, which settles once it has exec'd (rejects naming the
+// failed step; the caller's pidfd watcher then sees it exit with 127).
+Napi::Value SpawnStartJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SpawnRequest req = ParseOrCloseListener(info);
+  SpawnError error;
+  std::unique_ptr<SpawnJob> job = SpawnStart(std::move(req), &error);
+  if (!job) throw StartError(env, error);
+  SpawnResult child = job->HandOut();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", child.pid);
+  out.Set("pidfd", child.pidfd);
+  out.Set("stdout", child.stdoutFd);
+  out.Set("stderr", child.stderrFd);
+  if (child.statusFd >= 0) out.Set("status", child.statusFd);
+  auto* watch = new SpawnWatch(env, std::move(job), true);
+  out.Set("ready", watch->Promise());
+  watch->Start();
+  return out;
+}
+
+Napi::Value SpawnJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SpawnRequest req = ParseOrCloseListener(info);
+  SpawnError error;
+  std::unique_ptr<SpawnJob> job = SpawnStart(std::move(req), &error);
+  if (!job) {
+    Napi::Promise::Deferred failed = Napi::Promise::Deferred::New(env);
+    failed.Reject(StartError(env, error).Value());
+    return failed.Promise();
+  }
+  auto* watch = new SpawnWatch(env, std::move(job), false);
+  Napi::Promise promise = watch->Promise();
+  watch->Start();
   return promise;
 }
 
@@ -282,6 +400,7 @@ Napi::Value PipeJs(const Napi::CallbackInfo& info) {
 
 void InitSpawn(Napi::Env env, Napi::Object exports) {
   exports.Set("spawn", Napi::Function::New(env, SpawnJs, "spawn"));
+  exports.Set("spawnStart", Napi::Function::New(env, SpawnStartJs, "spawnStart"));
   exports.Set("PidWatcher", PidWatcher::Define(env));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpenJs, "pidfdOpen"));
   exports.Set("pidfdSignal", Napi::Function::New(env, PidfdSignalJs, "pidfdSignal"));

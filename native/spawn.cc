@@ -1,6 +1,9 @@
-// The child between clone and exec shares our memory (CLONE_VM): it may only
-// make raw system calls on data prepared by the parent. No malloc, no locks,
-// no glibc wrappers that broadcast to other threads (setuid and friends).
+// The child between clone and exec shares our memory (CLONE_VM) and runs
+// alongside the thread that cloned it: it may only make raw system calls on
+// data prepared by the parent. No malloc, no locks, no glibc wrappers: not
+// setuid and friends (they signal every thread of the parent), not even
+// syscall() (it stores errno in the cloning thread's TLS, which the child
+// shares, behind that thread's back).
 #include "spawn.h"
 #include "memfd.h"
 
@@ -17,11 +20,13 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -57,6 +62,45 @@ enum Step : int {
   kExec,
 };
 
+constexpr size_t kMaxFds = 64;
+// The child's frames are small (a few hundred bytes); the rest is headroom.
+constexpr size_t kStackSize = 64 * 1024;
+
+// A system call that returns the result or -errno and never touches errno
+// (see the top of this file).
+long Sys(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0) {
+#if defined(__x86_64__)
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  long ret;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+                   : "rcx", "r11", "memory");
+  return ret;
+#elif defined(__aarch64__)
+  register long x8 __asm__("x8") = n;
+  register long x0 __asm__("x0") = a;
+  register long x1 __asm__("x1") = b;
+  register long x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d;
+  register long x4 __asm__("x4") = e;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4) : "memory");
+  return x0;
+#else
+#error "procyard's clone child needs a raw system call for this architecture"
+#endif
+}
+
+bool Failed(long ret) { return ret < 0 && ret > -4096; }
+
+// What a child that never reached the program tells the parent, on the report pipe.
+struct FailureReport {
+  int step;
+  int err;
+  int index;  // which cgroup file, for kCgroup
+};
+
 // The kernel's struct sigaction (not glibc's): handler, flags, restorer, mask.
 struct KernelSigaction {
   void (*handler)(int);
@@ -77,6 +121,10 @@ struct ChildArgs {
   uid_t uid;
   gid_t gid;
   pid_t parentPid;
+  // The report pipe's write end: at reportSource until the fd shuffle, at
+  // fds[reportIndex].target after it (O_CLOEXEC: the exec closes it).
+  int reportSource;
+  size_t reportIndex;
   int landlockFd;  // the ruleset, at this fd in the child (O_CLOEXEC); -1: none
   // Limits: the cgroup fds sit at cgroupFdBase.. after the fd shuffle.
   int cgroupFdBase;
@@ -84,63 +132,66 @@ struct ChildArgs {
   bool bornInCgroup;  // clone3(CLONE_INTO_CGROUP): nothing to write, only to close
   bool setNproc;
   struct rlimit nproc;
-  volatile int failIndex;  // which cgroup fd failed
-  // Written by the child before _exit(127); read after the vfork wait.
-  volatile int failStep;
-  volatile int failErrno;
 };
 
-[[noreturn]] void ChildFail(ChildArgs* a, int step) {
-  a->failErrno = errno;
-  a->failStep = step;
-  syscall(SYS_exit_group, 127);
+// Reports why the child never reached the program, on the report pipe at
+// fd (where that pipe sits in the child at this point), and exits.
+[[noreturn]] void ChildFail(int fd, int step, long ret, int index = -1) {
+  FailureReport report = {step, static_cast<int>(-ret), index};
+  Sys(SYS_write, fd, reinterpret_cast<long>(&report), sizeof report);
+  Sys(SYS_exit_group, 127);
   __builtin_unreachable();
 }
 
 int ChildMain(void* arg) {
-  ChildArgs* a = static_cast<ChildArgs*>(arg);
+  const ChildArgs* a = static_cast<const ChildArgs*>(arg);
+  long r;
+  int report = a->reportSource;
 
   // Own session: a Ctrl-C in the server's terminal must not reach workers.
-  if (syscall(SYS_setsid) < 0) ChildFail(a, kSetsid);
+  if (Failed(r = Sys(SYS_setsid))) ChildFail(report, kSetsid, r);
 
   // Node ignores SIGPIPE, and an ignored disposition survives exec: reset all
   // of them, or R would not die on a broken pipe. EINVAL marks the few the
   // kernel will not change (SIGKILL, SIGSTOP); skip those.
   KernelSigaction dfl = {SIG_DFL, 0, nullptr, 0};
   for (int sig = 1; sig < 65; sig++) {
-    if (syscall(SYS_rt_sigaction, sig, &dfl, nullptr, sizeof(uint64_t)) < 0 &&
-        errno != EINVAL)
-      ChildFail(a, kSigaction);
+    r = Sys(SYS_rt_sigaction, sig, reinterpret_cast<long>(&dfl), 0, sizeof(uint64_t));
+    if (Failed(r) && r != -EINVAL) ChildFail(report, kSigaction, r);
   }
   // The parent blocked everything around the clone; the app starts clean.
   uint64_t none = 0;
-  if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none) < 0)
-    ChildFail(a, kSigmask);
+  if (Failed(r = Sys(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&none), 0, sizeof none)))
+    ChildFail(report, kSigmask, r);
 
   // Move every wanted fd above all targets first, so that placing one cannot
   // clobber the source of another; dup3 then clears O_CLOEXEC on the target.
-  int tmp[64];
+  int tmp[kMaxFds];
   for (size_t i = 0; i < a->nfds; i++) {
-    tmp[i] = static_cast<int>(syscall(SYS_fcntl, a->fds[i].source, F_DUPFD_CLOEXEC, a->dupBase));
-    if (tmp[i] < 0) ChildFail(a, kDupFd);
+    if (Failed(r = Sys(SYS_fcntl, a->fds[i].source, F_DUPFD_CLOEXEC, a->dupBase))) ChildFail(report, kDupFd, r);
+    tmp[i] = static_cast<int>(r);
   }
+  // Placing the targets may overwrite the pipe's old number; its copy above
+  // every target stays until close_range.
+  report = tmp[a->reportIndex];
   for (size_t i = 0; i < a->nfds; i++) {
-    if (syscall(SYS_dup3, tmp[i], a->fds[i].target, a->fds[i].cloexec ? O_CLOEXEC : 0) < 0)
-      ChildFail(a, kDupFd);
+    if (Failed(r = Sys(SYS_dup3, tmp[i], a->fds[i].target, a->fds[i].cloexec ? O_CLOEXEC : 0)))
+      ChildFail(report, kDupFd, r);
   }
+  report = a->fds[a->reportIndex].target;
   // Nothing else may leak into the sandbox: not the server's sockets, not the
   // Redis connection, not another worker's pipes.
   for (int fd = 3; fd <= a->maxTarget; fd++) {
     bool wanted = false;
     for (size_t i = 0; i < a->nfds; i++) wanted = wanted || a->fds[i].target == fd;
-    if (!wanted) syscall(SYS_close, fd);
+    if (!wanted) Sys(SYS_close, fd);
   }
-  if (syscall(SYS_close_range, a->maxTarget + 1, ~0U, 0) < 0) {
-    if (errno != ENOSYS && errno != EINVAL) ChildFail(a, kCloseFds);
+  if (Failed(r = Sys(SYS_close_range, a->maxTarget + 1, ~0U, 0))) {
+    if (r != -ENOSYS && r != -EINVAL) ChildFail(report, kCloseFds, r);
     // Before Linux 5.9: close up to the limit (listing /proc/self/fd would allocate).
     struct rlimit lim;
-    if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, nullptr, &lim) < 0) ChildFail(a, kCloseFds);
-    for (rlim_t fd = a->maxTarget + 1; fd < lim.rlim_cur; fd++) syscall(SYS_close, fd);
+    if (Failed(r = Sys(SYS_prlimit64, 0, RLIMIT_NOFILE, 0, reinterpret_cast<long>(&lim)))) ChildFail(report, kCloseFds, r);
+    for (rlim_t fd = a->maxTarget + 1; fd < lim.rlim_cur; fd++) Sys(SYS_close, static_cast<long>(fd));
   }
 
   // Into the worker's own cgroup (v1: once per hierarchy) while still root and
@@ -148,49 +199,47 @@ int ChildMain(void* arg) {
   // runs unlimited. Writing "0" moves the writer (v1: to `tasks`, which moves
   // just this thread without the global lock that cgroup.procs waits on).
   for (size_t i = 0; i < a->nCgroupFds; i++) {
-    if (!a->bornInCgroup && syscall(SYS_write, a->cgroupFdBase + i, "0", 1) < 0) {
-      a->failIndex = static_cast<int>(i);
-      ChildFail(a, kCgroup);
-    }
-    syscall(SYS_close, a->cgroupFdBase + i);
+    long fd = a->cgroupFdBase + static_cast<long>(i);
+    if (!a->bornInCgroup && Failed(r = Sys(SYS_write, fd, reinterpret_cast<long>("0"), 1)))
+      ChildFail(report, kCgroup, r, static_cast<int>(i));
+    Sys(SYS_close, fd);
   }
   // No pids cgroup: cap the processes of the worker's UID instead (one UID
   // per worker). The user namespace bwrap makes inherits the cap.
-  if (a->setNproc && syscall(SYS_prlimit64, 0, RLIMIT_NPROC, &a->nproc, nullptr) < 0) ChildFail(a, kNproc);
+  if (a->setNproc && Failed(r = Sys(SYS_prlimit64, 0, RLIMIT_NPROC, reinterpret_cast<long>(&a->nproc), 0)))
+    ChildFail(report, kNproc, r);
   // No core dumps, not even raised by the app itself: a host that pipes
   // cores to a root helper (apport, systemd-coredump) would run it on
   // tenant-shaped data. A hard limit can only be lowered.
   struct rlimit noCore = {0, 0};
-  if (syscall(SYS_prlimit64, 0, RLIMIT_CORE, &noCore, nullptr) < 0) ChildFail(a, kCore);
+  if (Failed(r = Sys(SYS_prlimit64, 0, RLIMIT_CORE, reinterpret_cast<long>(&noCore), 0))) ChildFail(report, kCore, r);
 
   // Raw calls: glibc's setuid would signal every thread of the parent.
   if (a->credentials) {
-    if (syscall(SYS_setgroups, 0, nullptr) < 0) ChildFail(a, kSetgroups);
-    if (syscall(SYS_setgid, a->gid) < 0) ChildFail(a, kSetgid);
-    if (syscall(SYS_setuid, a->uid) < 0) ChildFail(a, kSetuid);
+    if (Failed(r = Sys(SYS_setgroups, 0, 0))) ChildFail(report, kSetgroups, r);
+    if (Failed(r = Sys(SYS_setgid, a->gid))) ChildFail(report, kSetgid, r);
+    if (Failed(r = Sys(SYS_setuid, a->uid))) ChildFail(report, kSetuid, r);
   }
   // A credential change leaves us non-dumpable, which makes /proc/self/uid_map
   // root-owned and bwrap's uid map write fail with EPERM.
-  if (syscall(SYS_prctl, PR_SET_DUMPABLE, 1, 0, 0, 0) < 0) ChildFail(a, kDumpable);
-  // After setuid, which clears it. Tied to the cloning thread, which lives as
-  // long as the process.
-  if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) ChildFail(a, kPdeathsig);
+  if (Failed(r = Sys(SYS_prctl, PR_SET_DUMPABLE, 1, 0, 0, 0))) ChildFail(report, kDumpable, r);
+  // After setuid, which clears it. Tied to the cloning thread: the JS thread
+  // that asked for the spawn.
+  if (Failed(r = Sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0))) ChildFail(report, kPdeathsig, r);
   // The parent may have died before the line above took effect.
-  if (syscall(SYS_getppid) != a->parentPid) {
-    errno = ESRCH;
-    ChildFail(a, kParentGone);
-  }
+  if (Sys(SYS_getppid) != a->parentPid) ChildFail(report, kParentGone, -ESRCH);
 
   // Landlock (network rules, scopes), last: bwrap and every process of the
   // sandbox inherit the domain, and none can leave it. no_new_privs is what
   // lets an unprivileged process restrict itself; bwrap sets it for the app anyway.
   if (a->landlockFd >= 0) {
-    if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) ChildFail(a, kNoNewPrivs);
-    if (syscall(SYS_landlock_restrict_self, a->landlockFd, 0) < 0) ChildFail(a, kLandlock);
+    if (Failed(r = Sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))) ChildFail(report, kNoNewPrivs, r);
+    if (Failed(r = Sys(SYS_landlock_restrict_self, a->landlockFd, 0))) ChildFail(report, kLandlock, r);
   }
 
-  syscall(SYS_execve, a->file, a->argv, a->envp);
-  ChildFail(a, kExec);
+  r = Sys(SYS_execve, reinterpret_cast<long>(a->file), reinterpret_cast<long>(a->argv),
+          reinterpret_cast<long>(a->envp));
+  ChildFail(report, kExec, r);
 }
 
 const char* StepSyscall(int step) {
@@ -216,15 +265,40 @@ const char* StepSyscall(int step) {
   }
 }
 
-// The child's stack, one per spawning thread, kept for the thread's life: an
-// munmap per spawn would cost a TLB shootdown across every thread of Node.
-// One spawn at a time per thread: the vfork keeps this thread waiting until
-// the child has exec'd or exited, and only then is the stack free again.
-void* ThreadStack(size_t size) {
-  static thread_local void* stack = MAP_FAILED;
-  if (stack == MAP_FAILED)
-    stack = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  return stack;
+// Child stacks, kept per spawning thread once their child has exec'd: an
+// mmap/munmap per spawn would cost a TLB shootdown across every thread of
+// Node. A stack is in use from the clone until its child has exec'd or exited.
+struct StackCache {
+  std::vector<void*> free;
+  ~StackCache() {
+    for (void* s : free) munmap(s, kStackSize);
+  }
+};
+thread_local StackCache stacks;
+
+void* TakeStack() {
+  if (!stacks.free.empty()) {
+    void* s = stacks.free.back();
+    stacks.free.pop_back();
+    return s;
+  }
+  void* s = mmap(nullptr, kStackSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  return s == MAP_FAILED ? nullptr : s;
+}
+
+void GiveStack(void* s) {
+  if (stacks.free.size() < 16) {
+    stacks.free.push_back(s);
+  } else {
+    munmap(s, kStackSize);
+  }
+}
+
+// /dev/null for the child's stdin, opened once per thread.
+int DevNull() {
+  static thread_local int fd = -1;
+  if (fd < 0) fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return fd;
 }
 
 std::vector<char*> CStringArray(const std::vector<std::string>& strings) {
@@ -240,201 +314,328 @@ void CloseIfOpen(int* fd) {
   *fd = -1;
 }
 
+// Closes the fds it holds when it goes: the parent's copies of what the
+// child got, once the clone has given the child its own.
+struct FdList {
+  std::vector<int> fds;
+  ~FdList() {
+    for (int fd : fds)
+      if (fd >= 0) close(fd);
+  }
+  int Add(int fd) {
+    fds.push_back(fd);
+    return fd;
+  }
+};
+
+bool Fail(SpawnError* error, const char* syscallName, std::string subject, int err) {
+  error->err = err;
+  error->syscall = syscallName;
+  error->subject = std::move(subject);
+  return false;
+}
+
+// The host paths the request names: each must exist (and be a directory where asked).
+bool CheckPaths(const SpawnRequest& req, SpawnError* error) {
+  for (size_t i = 0; i < req.checkPaths.size(); i++) {
+    const PathCheck& check = req.checkPaths[i];
+    struct stat st;
+    if (stat(check.path.c_str(), &st) < 0) {
+      error->pathIndex = static_cast<int>(i);
+      return Fail(error, "stat", check.path, errno);
+    }
+    if (check.directory && !S_ISDIR(st.st_mode)) {
+      // It exists, but is not the directory asked for.
+      error->pathIndex = static_cast<int>(i);
+      return Fail(error, "S_ISDIR", check.path, ENOTDIR);
+    }
+  }
+  return true;
+}
+
+// An fd to read `data` from, at offset 0: a pipe holding all of it, its
+// write end closed (a few microseconds), or where it does not fit the pipe
+// (a large environment, or a pipe shrunk by the per-user pipe limit), a
+// sealed memfd. -1 with *err and *step on failure.
+int DataFd(const std::string& data, int* err, const char** step) {
+  int p[2];
+  if (data.size() <= 65536 && pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+    ssize_t n = data.empty() ? 0 : write(p[1], data.data(), data.size());
+    close(p[1]);
+    if (n == static_cast<ssize_t>(data.size())) {
+      fcntl(p[0], F_SETFL, 0);
+      return p[0];
+    }
+    close(p[0]);
+  }
+  MemfdResult made = SealedMemfd("procyard-data", data.data(), data.size());
+  *err = made.err;
+  *step = made.step;
+  return made.fd;
+}
+
 }  // namespace
 
-bool Spawn(const SpawnRequest& req, SpawnResult* out, SpawnError* error) {
-  constexpr size_t kStackSize = 256 * 1024;
-  constexpr size_t kMaxFds = 64;
+struct SpawnJobState {
+  SpawnRequest req;
+  std::vector<char*> argv;
+  std::vector<char*> envp;
+  FdMapping fds[kMaxFds];
+  ChildArgs args{};
+  void* stack = nullptr;
+  bool childDone = false;  // exec'd or exited: its stack and our memory are free again
+  pid_t pid = -1;
+  int pidfd = -1;
+  int report = -1;
+  int stdoutFd = -1;
+  int stderrFd = -1;
+  int statusFd = -1;
 
-  auto fail = [&](const char* syscallName, std::string subject, int err) {
-    error->err = err;
-    error->syscall = syscallName;
-    error->subject = std::move(subject);
-    return false;
-  };
-  if (req.extraFds.size() + req.cgroupEnter.size() + 5 > kMaxFds) {
-    if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
-    return fail("spawn", "too many extra fds", E2BIG);
+  ~SpawnJobState() {
+    for (int* fd : {&pidfd, &report, &stdoutFd, &stderrFd, &statusFd}) CloseIfOpen(fd);
+    // A child still between clone and exec may be using it: never reused then.
+    if (stack != nullptr && childDone) GiveStack(stack);
   }
+};
+
+SpawnJob::SpawnJob(std::unique_ptr<SpawnJobState> state) : state_(std::move(state)) {}
+
+SpawnResult SpawnJob::HandOut() {
+  SpawnJobState& s = *state_;
+  SpawnResult out;
+  out.pid = s.pid;
+  out.pidfd = s.pidfd;
+  out.stdoutFd = s.stdoutFd;
+  out.stderrFd = s.stderrFd;
+  out.statusFd = s.statusFd;
+  s.pidfd = s.stdoutFd = s.stderrFd = s.statusFd = -1;
+  return out;
+}
+SpawnJob::~SpawnJob() = default;
+
+int SpawnJob::ReportFd() const { return state_->report; }
+
+bool SpawnJob::Finish(SpawnResult* out, SpawnError* error) {
+  SpawnJobState& s = *state_;
+  FailureReport report{};
+  ssize_t n;
+  do {
+    n = read(s.report, &report, sizeof report);
+  } while (n < 0 && errno == EINTR);
+  // End of file: the exec closed the child's end (close-on-exec), so the
+  // child runs the program in memory of its own now.
+  s.childDone = true;
+  CloseIfOpen(&s.report);
+  if (n == 0) {
+    if (s.pidfd >= 0) *out = HandOut();
+    return true;
+  }
+  // The child never reached the program: reap it here (unless handed out:
+  // then the caller's watcher does). It exits right after its report.
+  if (s.pidfd >= 0) {
+    siginfo_t info;
+    while (waitid(static_cast<idtype_t>(P_PIDFD), s.pidfd, &info, WEXITED) < 0 && errno == EINTR) {
+    }
+  }
+  if (n != static_cast<ssize_t>(sizeof report)) return Fail(error, "read(spawn report)", "", n < 0 ? errno : EIO);
+  std::string subject;
+  switch (report.step) {
+    case kExec: subject = s.req.file; break;
+    case kSetuid: subject = std::to_string(s.req.uid); break;
+    case kSetgid: subject = std::to_string(s.req.gid); break;
+    case kCgroup:
+      if (report.index >= 0 && static_cast<size_t>(report.index) < s.req.cgroupEnter.size())
+        subject = s.req.cgroupEnter[report.index];
+      break;
+    default: break;
+  }
+  return Fail(error, StepSyscall(report.step), subject, report.err);
+}
+
+std::unique_ptr<SpawnJob> SpawnStart(SpawnRequest req, SpawnError* error) {
+  // closeBeforeClone is closed on every path out of here (error already set).
+  auto bail = [&]() {
+    if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
+    return nullptr;
+  };
+  auto failed = [&](const char* syscallName, std::string subject, int err) {
+    Fail(error, syscallName, std::move(subject), err);
+    return bail();
+  };
+  // 0-2, the status pipe, the ruleset and the report pipe, and the rest.
+  if (req.extraFds.size() + req.openFds.size() + req.dataFds.size() + req.cgroupEnter.size() + 6 > kMaxFds)
+    return failed("spawn", "too many extra fds", E2BIG);
+  if (!CheckPaths(req, error)) return bail();
 
   // The worker's cgroup (native/cgroup.cc): its limits set, and open what the
-  // child enters it through; closed on every path out of here.
+  // child enters it through; closed once the child has its copies.
   CgroupFds cgroup;
-  if (!CgroupPrepare(req, &cgroup, error)) {
-    if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
-    return false;
-  }
+  if (!CgroupPrepare(req, &cgroup, error)) return bail();
 
-  // The Landlock ruleset is built here, off the JS thread (a few syscalls);
-  // the child only enters it. Ours to close once the child has exec'd.
+  FdList ours;  // the parent's copies of the child's fds, closed after the clone
+  // The Landlock ruleset: the child only enters it.
   int rulesetFd = -1;
   if (req.landlock.enabled) {
     int err = 0;
     const char* step = nullptr;
     rulesetFd = CreateLandlockRuleset(req.landlock, &err, &step);
-    if (rulesetFd < 0) {
-      if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
-      return fail(step, "", err);
-    }
+    if (rulesetFd < 0) return failed(step, "", err);
+    ours.Add(rulesetFd);
+  }
+  // The child's data fds (bwrap's --args: the app's environment).
+  std::vector<FdMapping> data;
+  for (const DataAt& d : req.dataFds) {
+    int err = 0;
+    const char* step = nullptr;
+    int fd = DataFd(d.data, &err, &step);
+    if (fd < 0) return failed(step, "data fd", err);
+    data.push_back({ours.Add(fd), d.target});
+  }
+  std::vector<FdMapping> opened;
+  for (const OpenAt& o : req.openFds) {
+    int fd = open(o.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return failed("open", o.path, errno);
+    opened.push_back({ours.Add(fd), o.target});
   }
 
-  // The child's data fd (bwrap's --args: the app's environment), made here
-  // off the JS thread; ours to close once the child has exec'd.
-  int memfd = -1;
-  if (req.memfdTarget >= 0) {
-    MemfdResult made = SealedMemfd("procyard-args", req.memfdData.data(), req.memfdData.size());
-    if (made.fd < 0) {
-      if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
-      if (rulesetFd >= 0) close(rulesetFd);
-      return fail(made.step, "memfd", made.err);
-    }
-    memfd = made.fd;
+  auto state = std::make_unique<SpawnJobState>();
+  SpawnJobState& s = *state;
+  int outPipe[2], errPipe[2], reportPipe[2], statusPipe[2] = {-1, -1};
+  if (pipe2(outPipe, O_CLOEXEC) < 0) return failed("pipe2", "", errno);
+  s.stdoutFd = outPipe[0];
+  ours.Add(outPipe[1]);
+  if (pipe2(errPipe, O_CLOEXEC) < 0) return failed("pipe2", "", errno);
+  s.stderrFd = errPipe[0];
+  ours.Add(errPipe[1]);
+  if (pipe2(reportPipe, O_CLOEXEC) < 0) return failed("pipe2", "", errno);
+  s.report = reportPipe[0];
+  ours.Add(reportPipe[1]);
+  if (req.statusPipeTarget >= 0) {
+    // Read without blocking (bwrap's few bytes, when a stop needs them).
+    if (pipe2(statusPipe, O_CLOEXEC) < 0) return failed("pipe2", "", errno);
+    s.statusFd = statusPipe[0];
+    fcntl(s.statusFd, F_SETFL, O_NONBLOCK);
+    ours.Add(statusPipe[1]);
   }
+  int devNull = DevNull();
+  if (devNull < 0) return failed("open", "/dev/null", errno);
+  s.stack = TakeStack();
+  if (s.stack == nullptr) return failed("mmap", "", errno);
+  // Until the child is done the stack is its own: a failure below before the
+  // clone hands it back at once.
+  s.childDone = true;
 
-  std::vector<char*> argv = CStringArray(req.argv);
-  std::vector<char*> envp = CStringArray(req.envp);
+  FdMapping* fds = s.fds;
+  fds[0] = {devNull, 0};
+  fds[1] = {outPipe[1], 1};
+  fds[2] = {errPipe[1], 2};
+  size_t nfds = 3;
+  int maxTarget = 2;
+  auto place = [&](FdMapping m) {
+    fds[nfds++] = m;
+    maxTarget = std::max(maxTarget, m.target);
+  };
+  for (const FdMapping& m : req.extraFds) place(m);
+  for (const FdMapping& m : opened) place(m);
+  for (const FdMapping& m : data) place(m);
+  if (statusPipe[1] >= 0) place({statusPipe[1], req.statusPipeTarget});
+  // The child's own fds go above every target: the cgroup fds (the child
+  // writes and closes them), then the ruleset and the report pipe, both kept
+  // close-on-exec so the program never sees them.
+  ChildArgs& args = s.args;
+  args.cgroupFdBase = maxTarget + 1;
+  args.nCgroupFds = cgroup.enter.size();
+  for (int fd : cgroup.enter) fds[nfds++] = {fd, ++maxTarget};
+  args.landlockFd = -1;
+  if (rulesetFd >= 0) {
+    args.landlockFd = ++maxTarget;
+    fds[nfds++] = {rulesetFd, args.landlockFd, true};
+  }
+  args.reportSource = reportPipe[1];
+  args.reportIndex = nfds;
+  fds[nfds++] = {reportPipe[1], ++maxTarget, true};
+  args.setNproc = req.nprocLimit >= 0;
+  args.nproc.rlim_cur = args.nproc.rlim_max = static_cast<rlim_t>(req.nprocLimit);
 
-  int outPipe[2] = {-1, -1}, errPipe[2] = {-1, -1}, devNull = -1;
-  void* stack = MAP_FAILED;
-  int pidfd = -1;
+  s.req = std::move(req);
+  s.argv = CStringArray(s.req.argv);
+  s.envp = CStringArray(s.req.envp);
+  args.file = s.req.file.c_str();
+  args.argv = s.argv.data();
+  args.envp = s.envp.data();
+  args.fds = fds;
+  args.nfds = nfds;
+  args.maxTarget = maxTarget;
+  args.dupBase = maxTarget + 1;
+  args.credentials = s.req.hasCredentials;
+  args.uid = s.req.uid;
+  args.gid = s.req.gid;
+  args.parentPid = getpid();
+
+  // A handler of ours must never run on the child's stack in shared memory.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  // Closed as late as possible: the port stays ours until the clone, so no
+  // other program can take it between reservation and the app's bind.
+  // shutdown first: under load the listener was seen accepting for ~10 ms
+  // after close() returned (another reference outlived ours), long enough
+  // to pass a health check before the app listened. shutdown stops it now.
+  if (s.req.closeBeforeClone >= 0) {
+    shutdown(s.req.closeBeforeClone, SHUT_RDWR);
+    close(s.req.closeBeforeClone);
+  }
+  s.childDone = false;
+  char* top = static_cast<char*>(s.stack) + kStackSize;
+  // No CLONE_VFORK: this thread goes on while the child sets up and execs;
+  // the report pipe says when it is done with our memory. Where that is
+  // refused (EINVAL: qemu-user takes CLONE_VM only with CLONE_VFORK), the
+  // child runs while this thread waits, as a vfork; and without
+  // CLONE_PIDFD (Linux < 5.2), the pidfd is opened after the fact (the child
+  // is not reaped before we do, so its pid is still its own). Whatever
+  // worked is remembered.
+  static const unsigned long kTries[] = {CLONE_VM | CLONE_PIDFD, CLONE_VM | CLONE_VFORK | CLONE_PIDFD,
+                                         CLONE_VM | CLONE_VFORK};
+  static std::atomic<int> firstTry{0};
   pid_t pid = -1;
-  int savedErrno = 0;
-  const char* failedCall = nullptr;
-
-  if (pipe2(outPipe, O_CLOEXEC) < 0 || pipe2(errPipe, O_CLOEXEC) < 0) {
-    failedCall = "pipe2";
-  } else if ((devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
-    failedCall = "open(/dev/null)";
-  } else {
-    stack = ThreadStack(kStackSize);
-    if (stack == MAP_FAILED) failedCall = "mmap";
-  }
-  if (failedCall) {
-    savedErrno = errno;
-    if (req.closeBeforeClone >= 0) close(req.closeBeforeClone);
-  }
-
-  ChildArgs args{};
-  FdMapping fds[kMaxFds];
-  if (!failedCall) {
-    fds[0] = {devNull, 0};
-    fds[1] = {outPipe[1], 1};
-    fds[2] = {errPipe[1], 2};
-    int maxTarget = 2;
-    for (size_t i = 0; i < req.extraFds.size(); i++) {
-      fds[3 + i] = req.extraFds[i];
-      maxTarget = std::max(maxTarget, req.extraFds[i].target);
-    }
-    // The cgroup fds go through the shuffle above every other target, for
-    // the child to write and close.
-    size_t nfds = 3 + req.extraFds.size();
-    if (memfd >= 0) {
-      fds[nfds++] = {memfd, req.memfdTarget};
-      maxTarget = std::max(maxTarget, req.memfdTarget);
-    }
-    args.cgroupFdBase = maxTarget + 1;
-    args.nCgroupFds = cgroup.enter.size();
-    for (int fd : cgroup.enter) fds[nfds++] = {fd, ++maxTarget};
-    args.setNproc = req.nprocLimit >= 0;
-    args.nproc.rlim_cur = args.nproc.rlim_max = static_cast<rlim_t>(req.nprocLimit);
-    args.landlockFd = -1;
-    if (rulesetFd >= 0) {
-      // Kept O_CLOEXEC in the child: the sandbox never sees the ruleset.
-      args.landlockFd = ++maxTarget;
-      fds[nfds++] = {rulesetFd, args.landlockFd, true};
-    }
-    args.file = req.file.c_str();
-    args.argv = argv.data();
-    args.envp = envp.data();
-    args.fds = fds;
-    args.nfds = nfds;
-    args.maxTarget = maxTarget;
-    args.dupBase = maxTarget + 1;
-    args.credentials = req.hasCredentials;
-    args.uid = req.uid;
-    args.gid = req.gid;
-    args.parentPid = getpid();
-
-    // A handler of ours must never run on the child's stack in shared memory.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    // Closed as late as possible: the port stays ours until the clone, so no
-    // other program can take it between reservation and the app's bind.
-    // shutdown first: under load the listener was seen accepting for ~10 ms
-    // after close() returned (another reference outlived ours), long enough
-    // to pass a health check before the app listened. shutdown stops it now.
-    if (req.closeBeforeClone >= 0) {
-      shutdown(req.closeBeforeClone, SHUT_RDWR);
-      close(req.closeBeforeClone);
-    }
-    char* top = static_cast<char*>(stack) + kStackSize;
+  int pidfd = -1;
+  for (int i = firstTry.load(); i < 3; i++) {
+    const unsigned long flags = kTries[i];
     // cgroup v2: born in its cgroup (native/cgroup.cc says why); where the
     // kernel refuses, the plain clone below, and the child enters by a write.
-    if (cgroup.dir >= 0) {
+    if (cgroup.dir >= 0 && (flags & CLONE_PIDFD)) {
       args.bornInCgroup = true;
-      pid = CloneIntoCgroup(ChildMain, stack, kStackSize, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &args,
-                            cgroup.dir, &pidfd);
+      pid = CloneIntoCgroup(ChildMain, s.stack, kStackSize, flags, &args, cgroup.dir, &pidfd);
       args.bornInCgroup = pid > 0;
+      if (pid > 0) break;
     }
-    if (pid < 0) pid = clone(ChildMain, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
-    if (pid < 0 && errno == EINVAL) {
-      // Kernel without CLONE_PIDFD (< 5.2): open the pidfd after the fact.
-      pidfd = -1;
-      pid = clone(ChildMain, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
-      if (pid > 0) pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+    pid = clone(ChildMain, top, static_cast<int>(flags | SIGCHLD), &args, &pidfd);
+    if (pid > 0 || errno != EINVAL) {
+      if (pid > 0) firstTry.store(i);
+      break;
     }
-    savedErrno = errno;
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    if (pid < 0) failedCall = "clone";
   }
-
-  // The child has exec'd or exited: its copies of these are its own now.
-  CloseIfOpen(&outPipe[1]);
-  CloseIfOpen(&errPipe[1]);
-  CloseIfOpen(&devNull);
-  CloseIfOpen(&rulesetFd);
-  CloseIfOpen(&memfd);
-
-  if (!failedCall && args.failStep != kNone) {
-    // The child never reached the program: reap it here, nobody else will.
-    siginfo_t info;
-    if (pidfd >= 0) {
-      waitid(static_cast<idtype_t>(P_PIDFD), pidfd, &info, WEXITED);
-    } else {
-      waitpid(pid, nullptr, 0);
-    }
-    CloseIfOpen(&pidfd);
-    CloseIfOpen(&outPipe[0]);
-    CloseIfOpen(&errPipe[0]);
-    std::string subject;
-    switch (args.failStep) {
-      case kExec: subject = req.file; break;
-      case kSetuid: subject = std::to_string(req.uid); break;
-      case kSetgid: subject = std::to_string(req.gid); break;
-      case kCgroup: subject = req.cgroupEnter[args.failIndex]; break;
-      default: break;
-    }
-    return fail(StepSyscall(args.failStep), subject, args.failErrno);
+  if (pid > 0 && pidfd < 0) pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  int cloneErrno = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) {
+    s.childDone = true;
+    Fail(error, "clone", "", cloneErrno);
+    return nullptr;
   }
-  if (!failedCall && pidfd < 0) {
+  if (pidfd < 0) {
     // Without a pidfd we could neither watch nor signal it safely.
-    savedErrno = errno;
     kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
-    failedCall = "pidfd_open";
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    s.childDone = true;
+    Fail(error, "pidfd_open", "", cloneErrno);
+    return nullptr;
   }
-  if (failedCall) {
-    CloseIfOpen(&outPipe[0]);
-    CloseIfOpen(&errPipe[0]);
-    return fail(failedCall, "", savedErrno);
-  }
-
-  out->pid = pid;
-  out->pidfd = pidfd;
-  out->stdoutFd = outPipe[0];
-  out->stderrFd = errPipe[0];
-  return true;
+  s.pid = pid;
+  s.pidfd = pidfd;
+  // `ours` and `cgroup` close the parent's copies now: the child has its own.
+  return std::make_unique<SpawnJob>(std::move(state));
 }
 
 }  // namespace procyard

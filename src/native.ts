@@ -13,16 +13,32 @@ export interface NativeSpawnOptions {
   /** Credentials for the child (both or neither); needs root. */
   uid?: number;
   gid?: number;
-  /** Parent fds placed at `target` (>= 3) in the child. */
-  fds?: { source: number; target: number }[];
+  /**
+   * Placed at `target` (>= 3) in the child: a parent fd (`source`), or a file
+   * the spawn opens read-only (`path`), with a file offset of its own.
+   */
+  fds?: ({ source: number; target: number } | { path: string; target: number })[];
+  /** A pipe whose write end the child gets at this fd; its read end (O_NONBLOCK) comes back as `status`. */
+  statusPipe?: number;
+  /**
+   * Host paths checked before anything else is done (stat, following
+   * symlinks). A missing one, or one that is not a directory where
+   * `directory` is set, rejects with `syscall` 'stat', `path` and
+   * `pathIndex` (ENOENT, ENOTDIR, ...).
+   */
+  checkPaths?: { path: string; directory: boolean }[];
   /**
    * Closed in the parent right before the clone (the held port listener), shut
    * down first so it stops accepting even if another reference to it lives on;
    * closed by every call, even one that fails.
    */
   closeBeforeClone?: number;
-  /** Data the child reads from fd `target` (a sealed memfd made on the pool thread; bwrap's --args). */
-  memfd?: { data: Buffer; target: number };
+  /**
+   * Bytes the child reads from fd `target` (bwrap's --args, --seccomp): a
+   * pipe holding them, its write end closed, or a sealed memfd when they do
+   * not fit one. At most 4.
+   */
+  data?: { data: Buffer; target: number }[];
   /** A Landlock domain the child enters right before exec (see src/process/landlock.ts). */
   landlock?: NativeLandlockRules;
   /**
@@ -65,7 +81,20 @@ export interface NativeChild {
   /** Read ends of the child's stdout and stderr pipes (O_CLOEXEC). */
   stdout: number;
   stderr: number;
+  /** Read end of the statusPipe, when one was asked for. */
+  status?: number;
 }
+
+/** A child spawnStart has cloned: its fds are the caller's at once. */
+export interface NativeStartedChild extends NativeChild {
+  /**
+   * Settles once the child has exec'd; rejects naming the failed step (the
+   * child then exits 127: watch its pidfd with reap to collect it).
+   */
+  ready: Promise<void>;
+}
+
+type JoinedArgv = Omit<NativeSpawnOptions, 'argv'> & { argv: string };
 
 export interface ExitStatus {
   code: number | null;
@@ -118,7 +147,8 @@ export interface NativeBitset {
 }
 
 interface Addon {
-  spawn(options: NativeSpawnOptions): Promise<NativeChild>;
+  spawn(options: NativeSpawnOptions | JoinedArgv): Promise<NativeChild>;
+  spawnStart(options: NativeSpawnOptions | JoinedArgv): NativeStartedChild;
   PidWatcher: new (pidfd: number, onExit: (status: ExitStatus) => void, reap: boolean) => PidWatcher;
   pidfdOpen(pid: number): number;
   pidfdSignal(pidfd: number, signal: number): boolean;
@@ -197,12 +227,41 @@ function loadAddon(): Addon {
 const addon = loadAddon();
 
 /**
- * Clones a child off the JS thread (libuv pool) and execs `file`. The child
- * gets a new session, default signal handling, only the fds asked for, the
- * credentials asked for, and SIGKILL when this process dies. Rejects with an
- * Error naming the failed step (`execve(/nope): ENOENT`), with `code`.
+ * Clones a child and execs `file`. The child gets a new session, default
+ * signal handling, only the fds asked for, the credentials asked for, and
+ * SIGKILL when the calling thread (this JS thread) ends. Everything before
+ * the clone happens in this call; the child then sets itself up alongside
+ * the event loop, and the promise settles on the loop once it has exec'd.
+ * Rejects with an Error naming the failed step (`execve(/nope): ENOENT`),
+ * with `code`.
  */
-export const spawnNative = addon.spawn;
+export function spawnNative(options: NativeSpawnOptions): Promise<NativeChild> {
+  return addon.spawn(joinArgv(options));
+}
+
+/**
+ * spawnNative for a caller that watches the child itself: everything up to
+ * the clone happens in this call, which returns the child and its fds (the
+ * caller's from now on) while the child is still setting itself up, so the
+ * caller's own work overlaps it; `ready` settles once it has exec'd. Throws
+ * for what fails before the clone (bad options, a missing checkPaths entry,
+ * closeBeforeClone closed all the same).
+ */
+export function spawnStart(options: NativeSpawnOptions): NativeStartedChild {
+  return addon.spawnStart(joinArgv(options));
+}
+
+/**
+ * argv goes over as one NUL-separated string: one conversion in the addon
+ * instead of one per item. An item that is not a plain string goes as the
+ * array, for the addon to name it in its error.
+ */
+function joinArgv(options: NativeSpawnOptions): NativeSpawnOptions | JoinedArgv {
+  const argv = options?.argv;
+  if (Array.isArray(argv) && argv.length > 0 && argv.every((a) => typeof a === 'string' && !a.includes('\0')))
+    return { ...options, argv: argv.join('\0') };
+  return options;
+}
 /** Watches a pidfd; `reap` for children we cloned (their status is reported); without it, a process reparented to us (PID 1, subreaper) is still reaped. */
 export const PidWatcherNative = addon.PidWatcher;
 /** A pidfd for any pid (for signalling a process we did not clone). */

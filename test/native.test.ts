@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import {
   Bitset,
@@ -20,6 +21,8 @@ import {
   reservePort,
   sampleTrees,
   spawnNative,
+  spawnStart,
+  pidfdOpen,
   type ExitStatus,
   type NativeChild,
 } from '../src/native.js';
@@ -372,5 +375,95 @@ describe('port reservation', () => {
     expect(r.status.code).toBe(0);
     expect(() => closeSync(fd)).toThrow(/EBADF/);
     closeSync(reservePort(20012));
+  });
+});
+
+describe('spawn in one call, watched on the loop (spawnStart)', () => {
+  it('hands the child and its fds over at once, and settles ready once it has exec\'d', async () => {
+    const child = spawnStart({ file: '/bin/sh', argv: ['sh', '-c', 'echo started'], env: [] });
+    // The pidfd names the child already, before the loop has run.
+    expect(child.pid).toBeGreaterThan(0);
+    expect(procState(child.pid)).not.toBeNull();
+    const exited = waitExit(child);
+    await child.ready;
+    const [status, out] = await Promise.all([exited, readAll(child.stdout), readAll(child.stderr)]);
+    closeSync(child.pidfd);
+    expect(status).toEqual({ code: 0, signal: null });
+    expect(out).toBe('started\n');
+  });
+
+  it('rejects ready naming the failed step; the caller\'s watcher collects the 127 and no fd is left', async () => {
+    const before = openFds().length;
+    const child = spawnStart({ file: '/nope/missing', argv: ['missing'], env: [] });
+    const exited = waitExit(child);
+    await expect(child.ready).rejects.toMatchObject({ code: 'ENOENT', syscall: 'execve', path: '/nope/missing' });
+    expect(await exited).toEqual({ code: 127, signal: null });
+    await Promise.all([readAll(child.stdout), readAll(child.stderr)]);
+    closeSync(child.pidfd);
+    expect(openFds().length).toBe(before);
+  });
+
+  it('checks paths before anything else, naming the one that failed and leaking nothing', async () => {
+    const before = openFds().length;
+    const [listener] = [reservePort(20050)];
+    const checkPaths = [
+      { path: '/', directory: true },
+      { path: '/etc/hostname', directory: true },
+    ];
+    const options = { file: '/bin/true', argv: ['true'], env: [], checkPaths, closeBeforeClone: listener };
+    expect(() => spawnStart(options)).toThrow(expect.objectContaining({ syscall: 'S_ISDIR', pathIndex: 1, code: 'ENOTDIR' }));
+    // closeBeforeClone was closed all the same: the port is free again.
+    closeSync(reservePort(20050));
+    await expect(spawnNative({ ...options, checkPaths: [{ path: '/no/such/dir', directory: false }] })).rejects.toMatchObject({
+      syscall: 'stat',
+      code: 'ENOENT',
+      pathIndex: 0,
+      path: '/no/such/dir',
+    });
+    expect(openFds().length).toBe(before);
+  });
+
+  it('gives the child data fds holding exactly the bytes given, small (a pipe) and past a pipe\'s buffer (a memfd)', async () => {
+    const small = Buffer.from('a\0b\0c\0');
+    const large = Buffer.alloc(200 * 1024, 'x');
+    large.write('END', large.length - 3);
+    const { status, stdout } = await run('/bin/sh', ['sh', '-c', 'wc -c <&5; wc -c <&6; tail -c 3 <&7'], {
+      data: [
+        { data: small, target: 5 },
+        { data: large, target: 6 },
+        { data: large, target: 7 },
+      ],
+    });
+    expect(status.code).toBe(0);
+    expect(stdout.split('\n').slice(0, 3)).toEqual([`${small.length}`, `${large.length}`, 'END']);
+  });
+
+  it('runs 40 spawns in flight at once, each child on its own stack', async () => {
+    const children = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => run('/bin/sh', ['sh', '-c', `echo ${i}`])),
+    );
+    expect(children.map((c) => c.stdout)).toEqual(Array.from({ length: 40 }, (_, i) => `${i}\n`));
+    expect(children.every((c) => c.status.code === 0)).toBe(true);
+  });
+
+  it('ties the parent-death signal to the JS thread that spawned: a worker_thread\'s children die with it', async () => {
+    const addon = fileURLToPath(new URL('../build/Release/procyard.node', import.meta.url));
+    const code = `
+      const { workerData, parentPort } = require('node:worker_threads');
+      const native = require(workerData);
+      native.spawn({ file: '/bin/sleep', argv: ['sleep', '30'], env: [] }).then((c) => parentPort.postMessage(c.pid));
+    `;
+    const worker = new Worker(code, { eval: true, workerData: addon });
+    const pid = await new Promise<number>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    expect(isDead(pid)).toBe(false);
+    await worker.terminate();
+    expect(await waitFor(() => isDead(pid), 2000, 10)).toBe(true);
+    // It was reparented to this process: collect it.
+    const pidfd = pidfdOpen(pid);
+    await new Promise((resolve) => new PidWatcherNative(pidfd, resolve, true));
+    closeSync(pidfd);
   });
 });

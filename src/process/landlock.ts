@@ -1,6 +1,6 @@
 // Landlock for the sandboxes a backend starts: the kernel probed once, the
 // policy decided once (network-policy.ts), rules handed to the native spawn,
-// which builds the ruleset off the JS thread; the clone child only enters it.
+// which builds the ruleset before the clone; the clone child only enters it.
 import { kernelRelease, landlockAbi, type NativeLandlockRules } from '../native.js';
 import {
   decideNetworkPolicy,

@@ -42,7 +42,7 @@ import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } f
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
-import { checkWorkerPaths, checkWorkerSpec, validateBuildSpec } from './validate.js';
+import { checkWorkerSpec, pathCheckError, validateBuildSpec, workerPathChecks, type PathCheck } from './validate.js';
 
 export interface ProcessBackendOptions {
   /**
@@ -224,33 +224,25 @@ export class ProcessBackend extends EventEmitter implements Backend {
     this.starting.add(id);
     try {
       const cmd = this.resolveCommand(spec.cmd ?? ['Rscript', `${spec.workerMount}/app.R`], spec.rVersion ?? '');
-      // The host paths' stats (thread-pool round trips) start once the clone
-      // is queued and run alongside it, instead of before it. A missing path
-      // then kills the fresh sandbox (bwrap fails on it anyway) and the error
-      // names the field.
-      let pathsChecked: Promise<unknown> | undefined;
-      const checkPaths = () =>
-        (pathsChecked ??= checkWorkerPaths(spec).then(
-          () => null,
-          (err: unknown) => err,
-        ));
+      // The host paths are checked by the spawn call itself (a stat each,
+      // before anything else); a missing one rejects naming the field.
+      const checks = workerPathChecks(spec);
       let worker: Worker;
       const targets = this.targets.acquire(workerMounts(spec), 'spec');
       try {
-        worker = await this.startWorker(spec, cmd, targets.mounts, checkPaths);
+        worker = await this.startWorker(spec, cmd, targets.mounts, checks);
       } catch (err) {
         targets.release();
-        throw (await checkPaths()) ?? err;
+        throw pathCheckError(err, checks);
       }
       // Mount targets made for this worker go with it.
       void worker.released.then(targets.release);
       // close() may have run while this spawn was in flight and could not see it.
-      const problem = (await checkPaths()) ?? (this.closed ? new Error('ProcessBackend is closed') : null);
-      if (problem) {
+      if (this.closed) {
         worker.quiet = true;
         await worker.sandbox.kill();
         await worker.released;
-        throw problem;
+        throw new Error('ProcessBackend is closed');
       }
       this.workers.set(id, worker);
     } finally {
@@ -262,7 +254,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     spec: WorkerSpec,
     cmd: string[],
     mounts: ReturnType<typeof workerMounts>,
-    whileCloning: () => void,
+    checks: PathCheck[],
   ): Promise<Worker> {
     const { ports, uids } = this.allocators;
     // First: a 'required' refusal then holds no port or UID.
@@ -292,7 +284,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         hostCredentials: this.asRoot,
         closeBeforeClone: takeListener(lease),
         landlock: this.network.forWorker(lease.port),
-        whileCloning,
+        checkPaths: checks,
         onLine: (line, bytes) => ring.push(line, bytes),
         limits: this.cgroups.spawnOptions(cgroup, workerLimits(spec, this.limits), this.asRoot),
       });

@@ -1,6 +1,6 @@
 // One bwrap sandbox started through the native spawn: the shared path of
 // workers, builds and the preflight probes.
-import { closeSync, openSync, readFileSync, readSync, realpathSync } from 'node:fs';
+import { closeSync, readFileSync, readSync, realpathSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import {
@@ -9,9 +9,8 @@ import {
   parseStat,
   pidfdOpen,
   pidfdSignal,
-  pipe,
   PidWatcherNative,
-  spawnNative,
+  spawnStart,
   type ExitStatus,
   type NativeLandlockRules,
   type NativeSpawnOptions,
@@ -35,23 +34,32 @@ export interface SandboxOptions {
   closeBeforeClone?: number;
   /** The Landlock domain of the whole sandbox (NetworkPolicy); absent = none. */
   landlock?: NativeLandlockRules;
-  /** Called once the clone is queued, to overlap other work with it. */
-  whileCloning?: () => void;
+  /** Host paths that must exist, checked by the spawn call before anything else (see NativeSpawnOptions). */
+  checkPaths?: NativeSpawnOptions['checkPaths'];
   /** Each output line, stdout and stderr as they arrive, with its length in UTF-8 bytes. */
   onLine: (line: string, utf8Bytes: number) => void;
   /** Limits (cgroup.ts): the cgroup the child enters and the limits written first, or the RLIMIT_NPROC cap. */
   limits?: Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites' | 'rlimitNproc'>;
 }
 
-let builtinFilterFd = -1;
+let builtinFilter: Buffer | undefined;
 
-/** A fresh fd (own file offset) on the seccomp program: bwrap reads it from where the offset stands. */
-function openSeccomp(profile: string): number {
-  if (profile === 'builtin') {
-    if (builtinFilterFd < 0) builtinFilterFd = builtinSeccompFilter();
-    return openSync(`/proc/self/fd/${builtinFilterFd}`, 'r');
+/**
+ * What bwrap's --seccomp fd gives it: the builtin program's bytes (the
+ * spawn hands them over in a pipe), or a compiled program's file, opened by
+ * the spawn (each open its own file offset: bwrap reads from where it stands).
+ */
+function seccompFd(profile: string): NonNullable<NativeSpawnOptions['fds']>[number] | { data: Buffer; target: number } {
+  if (profile !== 'builtin') return { path: profile, target: SECCOMP_FD };
+  if (builtinFilter === undefined) {
+    const fd = builtinSeccompFilter();
+    try {
+      builtinFilter = readFileSync(`/proc/self/fd/${fd}`);
+    } finally {
+      closeSync(fd);
+    }
   }
-  return openSync(profile, 'r');
+  return { data: builtinFilter, target: SECCOMP_FD };
 }
 
 function signalNumber(sig: NodeJS.Signals | number): number {
@@ -351,52 +359,52 @@ function parentOf(pid: number): number {
 }
 
 /**
- * Starts `bwrap <plan> -- cmd` through the native spawn. closeBeforeClone is
- * closed whatever happens (also when this rejects before the spawn call).
+ * Starts `bwrap <plan> -- cmd` through the native spawn: one call that
+ * checks the paths, makes the pipes and fds, and clones. The Sandbox is set
+ * up while bwrap's child sets itself up; the promise settles once bwrap
+ * runs. closeBeforeClone is closed whatever happens.
  */
 export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
-  const owned: number[] = [];
-  let statusRead = -1;
-  let spawnCalled = false;
+  const seccomp = opts.seccompProfile !== '';
+  const closeBeforeClone = opts.closeBeforeClone !== undefined && opts.closeBeforeClone >= 0 ? opts.closeBeforeClone : -1;
+  let options: NativeSpawnOptions;
   try {
-    const [r, w] = pipe({ nonBlockingRead: true });
-    statusRead = r;
-    owned.push(w);
-    const fds = [{ source: w, target: STATUS_FD }];
-    const seccomp = opts.seccompProfile !== '';
+    // The app's environment, for bwrap's --args: never in argv, which any host user can read.
+    const data = [{ data: envArgs(opts.env), target: ARGS_FD }];
+    const fds: NonNullable<NativeSpawnOptions['fds']> = [];
     if (seccomp) {
-      const fd = openSeccomp(opts.seccompProfile);
-      owned.push(fd);
-      fds.push({ source: fd, target: SECCOMP_FD });
+      const filter = seccompFd(opts.seccompProfile);
+      if ('data' in filter) data.push(filter);
+      else fds.push(filter);
     }
-    spawnCalled = true;
-    const spawning = spawnNative({
+    options = {
       file: opts.bwrapPath,
       // /run is hidden in every sandbox, whatever the network policy (a plan may say how).
       argv: [opts.bwrapPath, ...bwrapArgs({ ...opts.plan, seccomp, run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan() })],
       env: [...BWRAP_ENV],
-      // The app's environment, for bwrap's --args: a sealed memfd made on the pool thread.
-      memfd: { data: envArgs(opts.env), target: ARGS_FD },
-      ...(opts.hostCredentials ? { uid: opts.plan.uid, gid: opts.plan.gid } : {}),
+      data,
       fds,
-      ...(opts.closeBeforeClone !== undefined && opts.closeBeforeClone >= 0
-        ? { closeBeforeClone: opts.closeBeforeClone }
-        : {}),
+      statusPipe: STATUS_FD,
+      ...(opts.hostCredentials ? { uid: opts.plan.uid, gid: opts.plan.gid } : {}),
+      ...(closeBeforeClone >= 0 ? { closeBeforeClone } : {}),
       ...(opts.landlock ? { landlock: opts.landlock } : {}),
+      ...(opts.checkPaths?.length ? { checkPaths: opts.checkPaths } : {}),
       ...opts.limits,
-    });
-    opts.whileCloning?.();
-    const child = await spawning;
-    const identity = { bwrap: realBwrap(opts.bwrapPath), uid: opts.hostCredentials ? opts.plan.uid : null };
-    const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, r, opts.onLine, identity);
-    statusRead = -1;
-    return sandbox;
+    };
   } catch (err) {
-    if (statusRead >= 0) closeQuietly(statusRead);
-    if (!spawnCalled && opts.closeBeforeClone !== undefined && opts.closeBeforeClone >= 0)
-      closeQuietly(opts.closeBeforeClone);
+    // The spawn call closes it from here on; this one never happened.
+    if (closeBeforeClone >= 0) closeQuietly(closeBeforeClone);
     throw err;
-  } finally {
-    for (const fd of owned) closeQuietly(fd);
   }
+  const child = spawnStart(options);
+  const identity = { bwrap: realBwrap(opts.bwrapPath), uid: opts.hostCredentials ? opts.plan.uid : null };
+  const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, child.status!, opts.onLine, identity);
+  try {
+    await child.ready;
+  } catch (err) {
+    // bwrap never ran: its watcher collects the child (exit 127) and the pipes close.
+    await sandbox.exited;
+    throw err;
+  }
+  return sandbox;
 }

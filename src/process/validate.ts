@@ -111,16 +111,30 @@ export function checkWorkerSpec(spec: WorkerSpec): void {
   }
 }
 
-/** That the host paths of a checked WorkerSpec exist; rejects with a SpecError naming the field. */
-export async function checkWorkerPaths(spec: WorkerSpec): Promise<void> {
-  // Concurrently: each stat is a thread-pool round trip.
-  await Promise.all([
-    checkExists(spec.bundlePath, 'bundlePath', 'dir'),
-    ...(['libraryPath', 'libDir', 'transferDir', 'tokenDir'] as const)
-      .filter((field) => spec[field])
-      .map((field) => checkExists(spec[field]!, field, 'dir')),
-    ...(spec.dataMounts ?? []).map((m, i) => checkExists(m.source, `dataMounts[${i}].source`, 'any')),
-  ]);
+/** A host path a spec names, checked by the spawn call itself (NativeSpawnOptions.checkPaths). */
+export interface PathCheck {
+  path: string;
+  directory: boolean;
+  /** The spec's field, for the error. */
+  field: string;
+}
+
+/** The host paths of a checked WorkerSpec that must exist. */
+export function workerPathChecks(spec: WorkerSpec): PathCheck[] {
+  const checks: PathCheck[] = [{ path: spec.bundlePath, directory: true, field: 'bundlePath' }];
+  for (const field of ['libraryPath', 'libDir', 'transferDir', 'tokenDir'] as const)
+    if (spec[field]) checks.push({ path: spec[field]!, directory: true, field });
+  (spec.dataMounts ?? []).forEach((m, i) => checks.push({ path: m.source, directory: false, field: `dataMounts[${i}].source` }));
+  return checks;
+}
+
+/** A spawn's failed path check as the SpecError naming the field; any other error as it is. */
+export function pathCheckError(err: unknown, checks: readonly PathCheck[]): unknown {
+  const e = err as { syscall?: unknown; pathIndex?: unknown } | null;
+  const check = typeof e?.pathIndex === 'number' ? checks[e.pathIndex] : undefined;
+  if (!check) return err;
+  const what = `${check.field} ${JSON.stringify(check.path)}`;
+  return new SpecError(e?.syscall === 'S_ISDIR' ? `${what} is not a directory` : `${what} does not exist`);
 }
 
 /** Checks a BuildSpec; rejects with a SpecError naming the field. */
