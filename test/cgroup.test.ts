@@ -3,7 +3,8 @@
 // a fork bomb held at pidsLimit (by a cgroup, and by RLIMIT_NPROC without
 // one), a CPU quota against an unlimited neighbour, 'required' refusing and
 // 'auto' running without cgroups, and no cgroup left behind however a worker
-// ends. The same cases on cgroup v2 run in User-Mode Linux (cgroup-v2.test.ts).
+// ends (on v1 a worker's cpu directory may stay, empty, in its backend's
+// bounded pool for the next worker: see the recycling case). The same cases on cgroup v2 run in User-Mode Linux (cgroup-v2.test.ts).
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -12,6 +13,7 @@ import { NotSupportedError, type WorkerExitEvent, type WorkerSpec } from '../src
 import type { Config } from '../src/config.js';
 import { runPreflight } from '../src/preflight/index.js';
 import { inspectCgroups, type CgroupSupport } from '../src/process/cgroup.js';
+import { detectLayout, dirOf, parseProcCgroup } from '../src/process/cgroup-hierarchy.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { NODE, appSpec, testConfig } from './helpers/backend.js';
 import { isDead, isRoot, openFds, procStatus, waitFor } from './helpers/proc.js';
@@ -25,6 +27,10 @@ const AUTO: Ranges = [[24135, 24139], [65135, 65139]];
 const CLOSING: Ranges = [[24140, 24144], [65140, 65144]];
 const OFF: Ranges = [[24150, 24159], [65150, 65159]];
 const REQUIRED: Ranges = [[24160, 24169], [65160, 65169]];
+// The cpu-recycling case: ports 33000-33009, UIDs 53000-53009.
+const RECYCLING: Ranges = [[33000, 33009], [53000, 53009]];
+/** Cgroups a backend makes ahead (cgroup.ts SPARES); its pool of cpu directories holds no more. */
+const SPARES = 2;
 const PIDS_LIMIT = 64;
 const MiB = 2 ** 20;
 // A cgroup parent no cgroup can be made under: a control file at the top of every hierarchy.
@@ -86,6 +92,33 @@ function internals(b: ProcessBackend, id: string): WorkerView {
 /** This backend's instance directories (one per hierarchy). */
 function instanceDirs(b: ProcessBackend): string[] {
   return [...(b as unknown as { cgroups: { instanceDirs: string[] } }).cgroups.instanceDirs];
+}
+
+/** v1: the empty cpu directories a backend keeps for its next cgroups. */
+function cpuPool(b: ProcessBackend): string[] {
+  return [...(b as unknown as { cgroups: { cpuPool: string[] } }).cgroups.cpuPool];
+}
+
+/**
+ * What is left of a gone worker's cgroup beyond what may stay: nothing, but
+ * a cpu directory that is in the backend's pool with no task in it.
+ */
+function leftOver(b: ProcessBackend, dirs: ReadonlyMap<string, string>): string[] {
+  const pool = cpuPool(b);
+  return [...dirs]
+    .filter(([, dir]) => existsSync(dir))
+    .filter(([controller, dir]) => !(controller === 'cpu' && pool.includes(dir) && readFileSync(path.join(dir, 'tasks'), 'utf8') === ''))
+    .map(([, dir]) => dir);
+}
+
+/** The directory of pid's cgroup in the hierarchy that carries `controller`, from /proc/<pid>/cgroup. */
+async function cgroupDirOf(pid: number, controller: 'memory' | 'cpu' | 'pids'): Promise<string> {
+  const layout = await detectLayout();
+  if (layout.version === 0) throw new Error(layout.reason);
+  const h = layout.hierarchies.find((x) => x.controllers.includes(controller))!;
+  const lines = parseProcCgroup(readFileSync(`/proc/${pid}/cgroup`, 'utf8'));
+  const line = layout.version === 2 ? lines.find((l) => l.id === 0) : lines.find((l) => l.controllers.includes(controller));
+  return dirOf(h, line!.path)!;
 }
 
 /** The worker cgroups (c<n>) under a backend's instance directories. */
@@ -283,37 +316,45 @@ describe('per-worker limits on this kernel', () => {
       if (free! >= 70) expect(free).toBeGreaterThan(capped! * 1.2);
       else console.log(`cpu: the machine left the unlimited worker ${free!.toFixed(0)}%: too busy to compare`);
     } finally {
+      // Back to the kernel's default weight: on v1 the cpu directory may be recycled for a later worker.
+      for (const id of ['capped', 'free']) {
+        const dir = internals(backend, id).cgroup?.dirs.get('cpu');
+        if (dir && existsSync(path.join(dir, 'cpu.shares'))) writeFileSync(path.join(dir, 'cpu.shares'), '1024');
+      }
       await Promise.all(['capped', 'free'].map((id) => backend.removeResource({ id, kind: 'container', labels: {} })));
     }
   });
 
   it('leaves no cgroup after stop, removal, a SIGKILLed worker, its own exit, a build, and close()', async (ctx) => {
     if (skip) return ctx.skip(skip);
-    const dirsOf = (id: string) => [...internals(backend, id).cgroup!.dirs.values()];
+    const dirsOf = (id: string) => internals(backend, id).cgroup!.dirs;
     const spawnHeld = async (id: string) => {
       await backend.spawn(appSpec(id, 'serve', { cmd: ['/bin/sh', '-c', 'echo ready; exec sleep 60'] }));
       await waitLine(backend, id, 'ready');
       const dirs = dirsOf(id);
-      expect(dirs.every((d) => existsSync(d))).toBe(true);
+      expect([...dirs.values()].every((d) => existsSync(d))).toBe(true);
       return dirs;
     };
+    // Memory and pids go; cpu goes too, or (v1) waits empty in the pool.
     const stopped = await spawnHeld('gone-stop');
     await backend.stop('gone-stop');
-    expect(stopped.filter(existsSync)).toEqual([]);
+    expect(existsSync(stopped.get('memory')!)).toBe(false);
+    expect(existsSync(stopped.get('pids')!)).toBe(false);
+    expect(leftOver(backend, stopped)).toEqual([]);
 
     const removed = await spawnHeld('gone-remove');
     await backend.removeResource({ id: 'gone-remove', kind: 'container', labels: {} });
-    expect(removed.filter(existsSync)).toEqual([]);
+    expect(leftOver(backend, removed)).toEqual([]);
 
     const killed = await spawnHeld('gone-kill');
     process.kill(internals(backend, 'gone-kill').sandbox.pid, 'SIGKILL');
     await exitOf('gone-kill');
-    expect(killed.filter(existsSync)).toEqual([]);
+    expect(leftOver(backend, killed)).toEqual([]);
 
     await backend.spawn(appSpec('gone-exit', 'serve', { cmd: ['/bin/sh', '-c', 'exit 3'] }));
     const exited = dirsOf('gone-exit');
     expect(await exitOf('gone-exit')).toMatchObject({ code: 3, oomKilled: false });
-    expect(exited.filter(existsSync)).toEqual([]);
+    expect(leftOver(backend, exited)).toEqual([]);
     await backend.removeResource({ id: 'gone-exit', kind: 'container', labels: {} });
 
     // A build runs in a cgroup of its own below this backend's, gone once it is.
@@ -323,16 +364,72 @@ describe('per-worker limits on this kernel', () => {
     expect(await waitFor(() => populated().length > 0, 5000)).toBe(true);
     const buildDirs = populated();
     expect((await building).success).toBe(true);
-    expect(buildDirs.filter(existsSync)).toEqual([]);
-    // What remains below the instance dirs is the cgroups made ahead, empty.
-    expect(workerCgroups(backend).length).toBeLessThanOrEqual(2 * instanceDirs(backend).length);
+    const pool = cpuPool(backend);
+    expect(buildDirs.filter((d) => existsSync(d) && !pool.includes(d))).toEqual([]);
+    // What remains below the instance dirs is the cgroups made ahead and the
+    // pooled cpu directories (at most SPARES), all empty.
+    expect(pool.length).toBeLessThanOrEqual(SPARES);
+    expect(workerCgroups(backend).length).toBeLessThanOrEqual(SPARES * instanceDirs(backend).length + pool.length);
     expect(populated()).toEqual([]);
 
-    // close() takes the instance dirs too.
+    // close() takes the instance dirs too, with a pooled cpu directory (v1) in one.
     const b = other(config(CLOSING));
     await b.spawn(appSpec('x', 'serve', { cmd: ['/bin/sh', '-c', 'exec sleep 60'] }));
+    await b.stop('x');
+    if (support.version === 1) expect(cpuPool(b).length).toBe(1);
+    await b.spawn(appSpec('y', 'serve', { cmd: ['/bin/sh', '-c', 'exec sleep 60'] }));
     const dirs = instanceDirs(b);
     expect(dirs.length).toBeGreaterThan(0);
+    await b.close();
+    expect(dirs.filter(existsSync)).toEqual([]);
+  });
+
+  it('v1: a recycled cpu cgroup comes back empty and with the default quota, after updateResources changed it', async (ctx) => {
+    if (skip) return ctx.skip(skip);
+    if (support.version !== 1) return ctx.skip('cpu directories are recycled on cgroup v1 only');
+    const parentOf = (c: string) => support.controllers.find((x) => x.controller === c)!.parent;
+    if (parentOf('cpu') === parentOf('memory') || parentOf('cpu') === parentOf('pids'))
+      return ctx.skip('cpu shares a v1 hierarchy with memory or pids here: nothing is recycled');
+    // Default 1 CPU: the spares claim a 100000 µs quota, so a stale one would not be rewritten.
+    const b = other(config(RECYCLING, {}, { defaultCpuLimit: 1 }));
+    const held = (id: string, extra: Partial<WorkerSpec> = {}) =>
+      b.spawn(appSpec(id, 'serve', { cmd: ['/bin/sh', '-c', 'echo ready; exec sleep 60'], ...extra }));
+    const quota = (dir: string) => readFileSync(path.join(dir, 'cpu.cfs_quota_us'), 'utf8').trim();
+    const tasks = (dir: string) => readFileSync(path.join(dir, 'tasks'), 'utf8').split('\n').filter(Boolean).map(Number).sort();
+
+    await held('first', { cpuLimit: 0.3 });
+    await waitLine(b, 'first', 'ready');
+    const first = internals(b, 'first');
+    const firstCpu = await cgroupDirOf(first.sandbox.pid, 'cpu');
+    const firstMemory = await cgroupDirOf(first.sandbox.pid, 'memory');
+    expect(quota(firstCpu)).toBe('30000');
+    await b.updateResources('first', 0, 250_000_000);
+    expect(quota(firstCpu)).toBe('25000');
+    await b.stop('first');
+    expect(existsSync(firstMemory)).toBe(false);
+    expect(cpuPool(b)).toEqual([firstCpu]);
+    expect(tasks(firstCpu)).toEqual([]);
+
+    // The spares made before come first; the pooled directory goes into the next one made.
+    let reused: string | undefined;
+    for (let i = 0; i < 2 * SPARES + 1 && !reused; i++) {
+      await held(`next-${i}`);
+      await waitLine(b, `next-${i}`, 'ready');
+      if ((await cgroupDirOf(internals(b, `next-${i}`).sandbox.pid, 'cpu')) === firstCpu) reused = `next-${i}`;
+    }
+    expect(reused, `${firstCpu} was not handed out again`).toBeDefined();
+    const pid = internals(b, reused!).sandbox.pid;
+    // The default quota, and no task but the new worker's: exactly those in its (new) memory cgroup.
+    expect(quota(firstCpu)).toBe('100000');
+    const memory = await cgroupDirOf(pid, 'memory');
+    expect(memory).not.toBe(firstMemory);
+    expect(tasks(firstCpu).length).toBeGreaterThan(0);
+    expect(tasks(firstCpu)).toEqual(tasks(memory));
+    expect(tasks(firstCpu)).toContain(pid);
+    // The quota of the recycled directory is the worker's own to change.
+    await b.updateResources(reused!, 0, 500_000_000);
+    expect(quota(firstCpu)).toBe('50000');
+    const dirs = instanceDirs(b);
     await b.close();
     expect(dirs.filter(existsSync)).toEqual([]);
   });
