@@ -370,6 +370,8 @@ static int write_file(const char* path, const char* value) {
 
 // SIGKILLs what is left in a cgroup of ours (a sandbox's init tearing down
 // after its monitor's exit), each pinned by a pidfd and re-checked first.
+static char instance[128];  // our instance directories' name (procyard-...-900)
+
 static void kill_tasks(const char* dir) {
   char path[600], line[32];
   snprintf(path, sizeof path, "%s/tasks", dir);
@@ -386,9 +388,15 @@ static void kill_tasks(const char* dir) {
     FILE* c = fopen(cg, "re");
     int inside = 0;
     const char* base = strrchr(dir, '/');
+    size_t base_len = base ? strlen(base) : 0;
     if (c) {
+      // A line "N:controller:<path>" whose path ends with this directory's name, under our instance.
       char buf[1024];
-      while (!inside && fgets(buf, sizeof buf, c)) inside = base && strstr(buf, base) != NULL;
+      while (!inside && fgets(buf, sizeof buf, c)) {
+        size_t len = strcspn(buf, "\n");
+        buf[len] = '\0';
+        inside = base && len >= base_len && strcmp(buf + len - base_len, base) == 0 && strstr(buf, instance) != NULL;
+      }
       fclose(c);
     }
     if (inside) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
@@ -735,8 +743,8 @@ int main(int argc, char** argv) {
              sb.landlock_abi >= 6 ? ", abstract-unix-socket and signal scopes" : ", no scopes (ABI < 6)");
     else
       printf("info no Landlock ruleset (%s)\n", landlock_abi() > 0 ? "policy off" : "the kernel has no Landlock");
-    char name[128];
-    if (sb.ncg > 0 && instance_name(name, sizeof name) < 0) {
+    char* name = instance;
+    if (sb.ncg > 0 && instance_name(name, sizeof instance) < 0) {
       perror("floor: /proc/self");
       return 1;
     }
