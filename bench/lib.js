@@ -138,7 +138,8 @@ export function procStat(pid) {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const close = stat.lastIndexOf(')');
     const fields = stat.slice(close + 2).split(' ');
-    return { comm: stat.slice(stat.indexOf('(') + 1, close), state: fields[0], ppid: Number(fields[1]) };
+    // fields[0] is stat's field 3 (state), so field 22 (starttime) is fields[19].
+    return { comm: stat.slice(stat.indexOf('(') + 1, close), state: fields[0], ppid: Number(fields[1]), starttime: Number(fields[19]) };
   } catch {
     return null;
   }

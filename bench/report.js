@@ -33,6 +33,9 @@ const PATHS = [
   ['execa', 'execa'],
 ];
 
+// Section 1's rows beyond the burst paths: issue 15's backend (everything on).
+const FULL_LABEL = "ProcessBackend.spawn, limits + policy + seccomp 'builtin' (issue 15)";
+
 export function buildReport(r) {
   const { small, big } = r.spawn;
   const bigLabel = `${big.residentMb} MB resident${r.quick ? ' (quick)' : ''}`;
@@ -44,14 +47,19 @@ export function buildReport(r) {
   // 1 + floor
   const cpSmall = small.latency.childProcess.p50;
   const cpBig = big.latency.childProcess.p50;
-  const rows = PATHS.map(([key, label]) => {
+  const latencyPaths = [
+    ...PATHS,
+    ...(small.latency.backendFull ? [['backendFull', FULL_LABEL]] : []),
+    ['floor', 'C floor, bare (bench/floor.c: the native spawn\'s clone child)'],
+    ...(small.latency.floorSandbox ? [['floorSandbox', 'C floor, same sandbox (bench/floor.c: limits + policy + seccomp, as issue 15\'s row)']] : []),
+  ];
+  const rows = latencyPaths.map(([key, label]) => {
     const s = small.latency[key];
     const b = big.latency[key];
     return [label, ms(s.p50), ms(s.p99), ms(b.p50), ms(b.p99), ratio(b.p50 / s.p50), ratio(s.p50 / cpSmall), ratio(b.p50 / cpBig)];
   });
   const fs = small.latency.floor;
   const fb = big.latency.floor;
-  rows.push(['C floor (bench/floor.c, same clone child)', ms(fs.p50), ms(fs.p99), ms(fb.p50), ms(fb.p99), ratio(fb.p50 / fs.p50), ratio(fs.p50 / cpSmall), ratio(fb.p50 / cpBig)]);
   sections.push(
     `### 1. Spawn latency: call to resolution, \`bwrap <worker flags> -- /bin/true\` (${small.latency.native.n} spawns per path and size, one at a time)\n\n` +
       `Small = ${smallLabel}; large = ${bigLabel}. "vs child_process" is this path's p50 over child_process.spawn's at the same size (below 1 = faster).\n\n` +
@@ -105,6 +113,35 @@ export function buildReport(r) {
     }
   }
 
+  // 1c: issue 15, the backend against the C floor of the same sandbox
+  if (small.latency.backendFull && small.latency.floorSandbox) {
+    const notes = small.floorSandbox?.notes ?? [];
+    const rows1c = [['small heap', small], [bigLabel, big]].map(([label, run]) => {
+      const be = run.latency.backendFull;
+      const fl = run.latency.floorSandbox;
+      return [label, ms(be.p50), ms(fl.p50), ratio(be.p50 / fl.p50), `+${ms(be.p50 - fl.p50)}`, ms(run.latency.floor.p50), ms(be.p99), ms(fl.p99)];
+    });
+    sections.push(
+      `### 1c. Issue 15: ProcessBackend.spawn against the C floor of the same sandbox (limits + policy on)\n\n` +
+        `${FULL_LABEL}: a backend with resourceLimits 'auto' (default memory 1g, 2 CPUs, pids 1024), networkPolicy 'auto' and seccompProfile 'builtin', ` +
+        `the full spec with a bundle mount. The floor (bench/floor.c, sandbox kind) starts the same bwrap argv from C with the same work per spawn: ` +
+        `status pipe, a fresh fd on the seccomp program, the Landlock ruleset, the sealed --args memfd, stdio pipes, clone(CLONE_VM|CLONE_VFORK), ` +
+        `and the same child (cgroups entered before the UID switch, no_new_privs + landlock_restrict_self last); its cgroups are made (limits written, \`tasks\` opened) ahead and removed after, untimed, as the backend's spares are. ` +
+        `Section 1's batches, interleaved; ${small.latency.backendFull.n} spawns per size each.\n\n` +
+        `The floor here: ${notes.length ? notes.map((n) => n.replace(/\|/g, '/')).join('; ') : 'no notes'}${r.floorReuseCpu === false ? ' (--floor-fresh-cpu: a fresh cpu cgroup per spawn, as procyard before it recycled the directory)' : ' (the cpu cgroup directory reused across spawns, as procyard recycles it; --floor-fresh-cpu for a fresh one per spawn)'}.\n\n` +
+        table(['size', 'backend p50', 'floor, same sandbox p50', 'backend / floor', 'difference', '(floor, bare p50)', 'backend p99', 'floor p99'], rows1c),
+    );
+    for (const [label, run] of [['small heap', small], [bigLabel, big]]) {
+      const be = run.latency.backendFull.p50;
+      const fl = run.latency.floorSandbox.p50;
+      target(
+        `ProcessBackend.spawn p50 within 1.5x of the C floor of the same sandbox (limits+policy on), ${label}`,
+        `${ms(be)} vs ${ms(fl)} = ${ratio(be / fl)}`,
+        be <= 1.5 * fl,
+      );
+    }
+  }
+
   // 2
   const burstN = small.bursts[`native@1`].spawns;
   const cell = (b) => (b ? `${ms(b.maxMs)} / ${ms(b.p99Ms)}` : 'n/a');
@@ -137,6 +174,15 @@ export function buildReport(r) {
       `event-loop max delay <= 2 ms for procyard, both sizes (${variant})`,
       vals.map(([k, b, size]) => `${k} ${size} ${ms(b.maxMs)}`).join(', ') + `; idle ${ms(small.bursts.idle.maxMs)} / ${ms(big.bursts.idle.maxMs)}`,
       vals.every(([, b]) => b.maxMs <= 2),
+    );
+  }
+  // Issue 15: against the machine's own jitter, measured in the same process just before.
+  {
+    const vals = [['small', small], ['large', big]].map(([size, run]) => ({ size, burst: run.bursts[`backend@${burstN}`], idle: run.bursts.idle }));
+    target(
+      `event-loop max delay during ${burstN} spawns in flight <= idle loop max + 2 ms, ProcessBackend.spawn, both sizes`,
+      vals.map(({ size, burst, idle }) => `${size} ${ms(burst.maxMs)} vs idle ${ms(idle.maxMs)} + 2 ms`).join(', '),
+      vals.every(({ burst, idle }) => burst.maxMs <= idle.maxMs + 2),
     );
   }
 

@@ -23,6 +23,10 @@ import { runScale } from './scale.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const quick = process.argv.includes('--quick');
+// The floor of issue 15 does what procyard does with the v1 cpu cgroup: one
+// reused directory (the default, as procyard recycles it), or with this flag
+// a fresh one per spawn (procyard before the recycling).
+const floorReuseCpu = !process.argv.includes('--floor-fresh-cpu');
 let interrupted = false;
 
 const PARAMS = quick
@@ -33,6 +37,7 @@ const PARAMS = quick
 const RANGES = {
   spawn: { ports: [30000, 30249], uids: [50000, 50249] },
   spawnPolicyOff: { ports: [30250, 30499], uids: [50250, 50499] }, // the same backend with networkPolicy 'off'
+  spawnFull: { ports: [31950, 31989], uids: [51900, 51939] }, // issue 15: limits + policy + seccomp, against the floor's same sandbox
   overhead: { ports: [30500, 30549], uids: [50500, 50549] },
   breakdown: { ports: [30550, 30599], uids: [50550, 50599] },
   ready: { ports: [30600, 30699], uids: [50600, 50699], plainPorts: [31900, 31949] },
@@ -132,11 +137,12 @@ async function startRedis(dir) {
  */
 async function leftovers(waitMs = 15000) {
   const deadline = Date.now() + waitMs;
-  let pids = pidsWithUidIn(UIDS.start, UIDS.end);
+  const ours = () => pidsWithUidIn(UIDS.start, UIDS.end).filter((pid) => !before.has(`${pid}:${procStat(pid)?.starttime}`));
+  let pids = ours();
   while (pids.length > 0 && Date.now() < deadline) {
     if (pids.every((pid) => procStat(pid)?.state !== 'Z')) break; // nothing left to reap: no point waiting
     await sleep(100);
-    pids = pidsWithUidIn(UIDS.start, UIDS.end);
+    pids = ours();
   }
   const live = pids.filter((pid) => !['Z', 'X', undefined].includes(procStat(pid)?.state));
   for (const pid of live) {
@@ -149,6 +155,18 @@ async function leftovers(waitMs = 15000) {
     }
   }
   return { live: live.length, zombies: pids.length - live.length, pids: live.slice(0, 20) };
+}
+
+/**
+ * Processes that had a bench UID before this run started (pid:starttime):
+ * another run's, not ours to kill or to count as our leak. Reported once.
+ */
+const before = new Set();
+function notePreexisting() {
+  for (const pid of pidsWithUidIn(UIDS.start, UIDS.end)) before.add(`${pid}:${procStat(pid)?.starttime}`);
+  if (before.size > 0)
+    log(`${before.size} processes had a bench UID (${UIDS.start}-${UIDS.end}) before this run: not ours, left alone and not counted`);
+  return before.size;
 }
 
 const children = new Set();
@@ -166,6 +184,9 @@ function spawnPaths(residentMb, bundle, floorBinary) {
     uids: RANGES.spawn.uids,
     offPorts: RANGES.spawnPolicyOff.ports,
     offUids: RANGES.spawnPolicyOff.uids,
+    fullPorts: RANGES.spawnFull.ports,
+    fullUids: RANGES.spawnFull.uids,
+    floorReuseCpu,
     peerUid: RANGES.peerUid,
     statusPort: RANGES.statusPort,
     floorBinary,
@@ -189,6 +210,7 @@ function spawnPaths(residentMb, bundle, floorBinary) {
 async function main() {
   const started = Date.now();
   const m = machine();
+  m.preexistingBenchUidProcesses = notePreexisting();
   log(`${quick ? 'quick' : 'full'} run on ${m.cores} cores, kernel ${m.kernel}, Node ${m.node}`);
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'procyard-bench-'));
   // Worker UIDs must reach the bundle: mkdtemp makes 0700.
@@ -215,7 +237,7 @@ async function main() {
 
   try {
     const floorBinary = await buildFloor(tmp);
-    const results = { quick, params: PARAMS, machine: m, spawn: {} };
+    const results = { quick, params: PARAMS, machine: m, spawn: {}, floorReuseCpu };
 
     log('sections 1+2 and the floor, small heap');
     results.spawn.small = await spawnPaths(0, bundle, floorBinary);

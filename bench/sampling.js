@@ -31,7 +31,9 @@ export async function runSampling({ bundle, workers, ticks, ports, uids }) {
     const t0 = performance.now();
     await backend.cleanupOrphanResources();
     const orphanScanMs = performance.now() - t0;
-    await mapLimit(ids, 16, (id) => backend.spawn(workerSpec(id, bundle, ['/bin/sleep', '60'])));
+    // Long enough to outlast the peer's ticks on a host crowded with processes
+    // (each pidtree runs ps over all of them); close() stops them anyway.
+    await mapLimit(ids, 16, (id) => backend.spawn(workerSpec(id, bundle, ['/bin/sleep', '600'])));
     const roots = sandboxRoots();
     if (roots.length !== workers) throw new Error(`bench: expected ${workers} sandbox roots, found ${roots.length}`);
     await settled(roots, 30000);

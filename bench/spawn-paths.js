@@ -5,20 +5,25 @@
 // the JSON instead.
 //
 // The C floor (bench/floor.c) runs beside it, holding the same resident size,
-// and its batches interleave with the Node paths' batches.
+// and its batches interleave with the Node paths' batches: its bare kind
+// (the native spawn's clone child) and its sandbox kind (the work of a
+// ProcessBackend spawn with limits and policy on: issue 15's floor).
 //
 // argv[2]: JSON { residentMb, spawns, warmup, burst, burstInFlight: [n...], bundle,
-//                 ports: [s,e], uids: [s,e], offPorts, offUids, peerUid, statusPort, floorBinary }
+//                 ports: [s,e], uids: [s,e], offPorts, offUids, fullPorts, fullUids,
+//                 peerUid, statusPort, floorBinary, floorReuseCpu }
 //
 // backendPolicyOff is the same backend with networkPolicy 'off' (no Landlock
 // domain), interleaved with the others: the cost of the policy, side by side.
 import { spawn as cpSpawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { execa } from 'execa';
 import { ProcessBackend } from '../dist/index.js';
 import { PidWatcherNative } from '../dist/native.js';
+import { cpuQuotaUs, resolveLimitsConfig } from '../dist/process/limits.js';
 import { startFloor } from './floor.js';
 import {
   AS_ROOT,
@@ -147,11 +152,12 @@ function execaPath() {
  * all alike.
  */
 async function latency(paths, floor) {
-  const samples = Object.fromEntries([...Object.keys(paths), 'floor'].map((k) => [k, []]));
+  const samples = Object.fromEntries([...Object.keys(paths), 'floor', 'floorSandbox'].map((k) => [k, []]));
   for (const [name, start] of Object.entries(paths)) {
     for (let i = 0; i < opts.warmup; i++) await withTimeout((await start()).done, 30000, `${name} warm-up`);
   }
-  await floor.batch(opts.warmup);
+  await floor.batch(opts.warmup, 'bare');
+  await floor.batch(opts.warmup, 'sandbox');
   const rounds = Math.ceil(opts.spawns / 10);
   for (let r = 0; r < rounds; r++) {
     for (const [name, start] of Object.entries(paths)) {
@@ -161,7 +167,8 @@ async function latency(paths, floor) {
         await withTimeout(done, 30000, `${name} sandbox exit`);
       }
     }
-    samples.floor.push(...(await floor.batch(Math.min(10, opts.spawns - samples.floor.length))));
+    samples.floor.push(...(await floor.batch(Math.min(10, opts.spawns - samples.floor.length), 'bare')));
+    samples.floorSandbox.push(...(await floor.batch(Math.min(10, opts.spawns - samples.floorSandbox.length), 'sandbox')));
   }
   return Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, { ...summary(v), samples: v }]));
 }
@@ -251,8 +258,24 @@ async function idle(ms) {
   return { spawns: 0, durationMs: ms, maxMs: h.max / 1e6, p99Ms: h.percentile(99) / 1e6, p50Ms: h.percentile(50) / 1e6, ticks: h.count };
 }
 
+// Issue 15's backend: the worker sandbox with everything on (limits, network
+// policy, the builtin seccomp filter), as the C floor's sandbox kind starts it.
+const FULL_CONFIG = {
+  ...backendConfig(opts.fullPorts, opts.fullUids, { resourceLimits: 'auto', networkPolicy: 'auto', seccompProfile: 'builtin' }),
+  server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 },
+};
+
 async function main() {
-  const floor = await startFloor(opts.floorBinary, opts);
+  // The floor writes the limits the backend writes into its spare cgroups.
+  const limits = resolveLimitsConfig(FULL_CONFIG);
+  const floor = await startFloor(opts.floorBinary, {
+    ...opts,
+    sandbox: {
+      dir: path.dirname(opts.bundle),
+      limits: { memoryBytes: limits.memoryBytes, cpuQuotaUs: limits.cpus > 0 ? cpuQuotaUs(limits.cpus) : 0, pids: limits.pidsLimit },
+      reuseCpu: opts.floorReuseCpu,
+    },
+  });
   const tAlloc = performance.now();
   const resident = makeResident(opts.residentMb);
   const allocMs = performance.now() - tAlloc;
@@ -271,9 +294,11 @@ async function main() {
     server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 },
   });
   const waiterPolicyOff = exitWaiter(backendPolicyOff);
+  const backendFull = new ProcessBackend(FULL_CONFIG);
+  const waiterFull = exitWaiter(backendFull);
   try {
     // Their start-up /proc scans, finished before timing.
-    await Promise.all([backend, backendOff, backendPolicyOff].map((b) => b.cleanupOrphanResources()));
+    await Promise.all([backend, backendOff, backendPolicyOff, backendFull].map((b) => b.cleanupOrphanResources()));
     const paths = {
       native: nativePath(),
       backend: backendPath(backend, waiter),
@@ -282,7 +307,10 @@ async function main() {
       execa: execaPath(),
     };
     const rssMb = process.memoryUsage().rss / 2 ** 20;
-    const lat = await latency({ ...paths, backendPolicyOff: backendPath(backendPolicyOff, waiterPolicyOff) }, floor);
+    const lat = await latency(
+      { ...paths, backendPolicyOff: backendPath(backendPolicyOff, waiterPolicyOff), backendFull: backendPath(backendFull, waiterFull) },
+      floor,
+    );
     const policy = backend.network.decision;
     const pairs = await policyPairs(backendPath(backend, waiter), backendPath(backendPolicyOff, waiterPolicyOff), opts.spawns);
     const bursts = { idle: await idle(1000) };
@@ -297,14 +325,20 @@ async function main() {
       latency: lat,
       bursts,
       networkPolicy: { abi: policy.support.abi, enforced: policy.enforced, pairs },
+      floorSandbox: { notes: floor.notes, reuseCpu: opts.floorReuseCpu },
     };
   } finally {
     waiter.dispose();
     waiterOff.dispose();
     waiterPolicyOff.dispose();
-    await Promise.all([backend.close(), backendOff.close(), backendPolicyOff.close()]);
-    await floor.close();
-    closeSync(statusSink);
+    waiterFull.dispose();
+    try {
+      await Promise.all([backend.close(), backendOff.close(), backendPolicyOff.close(), backendFull.close()]);
+    } finally {
+      // Its cgroups removed whatever else failed (it also removes them itself when we die).
+      await floor.close();
+      closeSync(statusSink);
+    }
   }
 }
 
