@@ -1,111 +1,64 @@
-// Where ProcessBackend.spawn's time goes: each step it takes, timed alone
-// with the same inputs (small heap, one at a time, steps interleaved), and
-// what one worker's life costs the main thread beyond the bare sandbox.
+// Where ProcessBackend.spawn's time goes: real spawns (limits, policy and
+// seccomp on, small heap, one at a time), each step timed through the
+// 'procyard:spawn' diagnostics channel, and what one worker's life costs the
+// main thread beyond the bare sandbox.
 // Diagnostic: it drives procyard's internal modules from dist/, so run.js
 // reports it as unavailable rather than failing when they change.
-import { closeSync, readFileSync, readdirSync } from 'node:fs';
-import fsPromises, { readFile, stat } from 'node:fs/promises';
+import diagnosticsChannel from 'node:diagnostics_channel';
+import { readFileSync, readdirSync } from 'node:fs';
+import fsPromises, { readFile } from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { ProcessBackend } from '../dist/index.js';
-import { PidWatcherNative, pipe, sampleTrees } from '../dist/native.js';
-import { memoryAllocators } from '../dist/process/allocators/memory.js';
-import { LogRing } from '../dist/process/logs.js';
-import { Sandbox, startSandbox } from '../dist/process/sandbox.js';
-import { checkWorkerPaths, checkWorkerSpec } from '../dist/process/validate.js';
-import { workerEnv, workerMounts } from '../dist/process/bwrap.js';
-import { AS_ROOT, BWRAP, WORKER_GID, backendConfig, exitWaiter, sandboxCommand, spawnPeer, summary, withTimeout, workerSpec } from './lib.js';
+import { sampleTrees } from '../dist/native.js';
+import { SPAWN_CHANNEL } from '../dist/process/trace.js';
+import { backendConfig, exitWaiter, summary, withTimeout, workerSpec } from './lib.js';
 
-function exitOf(pidfd) {
-  return withTimeout(new Promise((resolve) => new PidWatcherNative(pidfd, resolve, true)), 30000, 'sandbox exit');
-}
+/** The traced steps of a spawn, in order, as bench tables name them (see src/process/trace.ts). */
+const TRACED = [
+  ['checked', 'spec checks, command, path-check list, mount targets (JS)'],
+  ['cgroup', 'a spare cgroup taken (JS)'],
+  ['port', 'port reserved: OFD byte lock + bind/listen (host-wide allocator)'],
+  ['uid', 'UID claimed: OFD byte lock + LRU stamps (host-wide allocator)'],
+  ['options', 'bwrap argv, env bytes, Landlock rules, cgroup options (JS)'],
+  ['cloned', 'spawnStart, the native call: path stats, pipes, data fds, cgroup tasks opens, Landlock ruleset, clone'],
+  ['sandbox', 'new Sandbox while the child sets up (pidfd watcher; readers deferred a turn)'],
+  ['exec', "the child's set-up and exec, and the loop's wake-up on the report pipe"],
+  ['registered', 'worker entry'],
+  ['resolved', "spawn()'s promise back to the caller"],
+];
 
-export async function runBreakdown({ bundle, runs, ports, uids, peerUid, statusPort }) {
-  const spec = workerSpec('x', bundle);
-  const alloc = memoryAllocators([ports[0], ports[0] + 9], [peerUid, peerUid]);
-  const peer = sandboxCommand(bundle, peerUid, statusPort);
-  const credentials = AS_ROOT ? { uid: peerUid, gid: WORKER_GID } : {};
-  const backend = new ProcessBackend(backendConfig([ports[0] + 10, ports[1]], uids));
+export async function runBreakdown({ bundle, runs, ports, uids }) {
+  // The backend of section 1c: limits, network policy and the builtin seccomp filter on.
+  const backend = new ProcessBackend(backendConfig(ports, uids, { resourceLimits: 'auto', networkPolicy: 'auto', seccompProfile: 'builtin' }));
   const waiter = exitWaiter(backend);
   let seq = 0;
+  const marks = new Map();
+  const onStep = (m) => marks.get(m.workerId)?.push([m.step, m.at]);
+  diagnosticsChannel.subscribe(SPAWN_CHANNEL, onStep);
 
-  const sandboxOptions = (lease) => ({
-    bwrapPath: BWRAP,
-    plan: { uid: peerUid, gid: WORKER_GID, tmpSizeBytes: 1024 ** 3, mounts: workerMounts(spec), cmd: ['/bin/true'] },
-    seccompProfile: '',
-    env: workerEnv(spec, lease.port),
-    hostCredentials: AS_ROOT,
-    closeBeforeClone: lease.listenerFd,
-    onLine() {},
-  });
+  // One real spawn, its steps timed through the diagnostics channel: each step's time since the previous mark.
+  const tracedSpawn = async () => {
+    const id = `bd-${seq++}`;
+    const exited = waiter.expect(id);
+    const steps = [];
+    marks.set(id, steps);
+    const t0 = performance.now();
+    await backend.spawn(workerSpec(id, bundle));
+    steps.push(['resolved', performance.now()]);
+    marks.delete(id);
+    await withTimeout(exited, 30000, 'backend exit');
+    await backend.removeResource({ id, kind: 'container', labels: {} });
+    const out = { total: steps.at(-1)[1] - t0 };
+    let prev = t0;
+    for (const [step, at] of steps) {
+      out[step] = at - prev;
+      prev = at;
+    }
+    return out;
+  };
 
   // Each step returns its own time (ms); set-up and clean-up around it are untimed.
   const steps = {
-    'checkWorkerSpec + checkWorkerPaths (src/process/validate.ts; the stats overlap the spawn in spawn())': async () => {
-      const t = performance.now();
-      checkWorkerSpec(spec);
-      await checkWorkerPaths(spec);
-      return performance.now() - t;
-    },
-    'ports.reserve + uids.alloc (allocators/memory.ts)': async () => {
-      const t = performance.now();
-      const lease = await alloc.ports.reserve();
-      const uid = await alloc.uids.alloc();
-      const ms = performance.now() - t;
-      await alloc.ports.release(lease);
-      await alloc.uids.release(uid);
-      return ms;
-    },
-    'new LogRing(10000) (src/process/logs.ts)': async () => {
-      const t = performance.now();
-      void new LogRing(10000);
-      return performance.now() - t;
-    },
-    'pipe() + spawnNative (the bare spawn inside startSandbox)': async () => {
-      const lease = await alloc.ports.reserve();
-      const t = performance.now();
-      const [r, w] = pipe();
-      const child = await spawnPeer(peer, credentials, w, { closeBeforeClone: lease.listenerFd });
-      const ms = performance.now() - t;
-      lease.listenerFd = -1;
-      for (const fd of [w, child.stdout, child.stderr]) closeSync(fd);
-      // The status pipe stays open until bwrap exits: a closed one would SIGPIPE its
-      // monitor mid-set-up and orphan the sandbox's init.
-      await exitOf(child.pidfd);
-      closeSync(r);
-      closeSync(child.pidfd);
-      await alloc.ports.release(lease);
-      return ms;
-    },
-    'new Sandbox(...) (src/process/sandbox.ts: 2 sockets deferred a turn, watcher)': async () => {
-      const [r, w] = pipe();
-      const child = await spawnPeer(peer, credentials, w);
-      closeSync(w);
-      const t = performance.now();
-      const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, r, () => {}, { bwrap: BWRAP, uid: AS_ROOT ? peerUid : null });
-      const ms = performance.now() - t;
-      await withTimeout(sandbox.exited, 30000, 'sandbox exit');
-      return ms;
-    },
-    'startSandbox (src/process/sandbox.ts)': async () => {
-      const lease = await alloc.ports.reserve();
-      const t = performance.now();
-      const sandbox = await startSandbox(sandboxOptions(lease));
-      const ms = performance.now() - t;
-      lease.listenerFd = -1;
-      await withTimeout(sandbox.exited, 30000, 'sandbox exit');
-      await alloc.ports.release(lease);
-      return ms;
-    },
-    'ProcessBackend.spawn (all of the above)': async () => {
-      const id = `bd-${seq++}`;
-      const exited = waiter.expect(id);
-      const t = performance.now();
-      await backend.spawn(workerSpec(id, bundle));
-      const ms = performance.now() - t;
-      await withTimeout(exited, 30000, 'backend exit');
-      await backend.removeResource({ id, kind: 'container', labels: {} });
-      return ms;
-    },
     'for scale: one libuv pool round trip (sampleTrees([]))': async () => {
       const t = performance.now();
       await sampleTrees([]);
@@ -119,11 +72,6 @@ export async function runBreakdown({ bundle, runs, ports, uids, peerUid, statusP
     'for scale: readFileSync of a /proc file': async () => {
       const t = performance.now();
       readFileSync('/proc/self/stat', 'utf8');
-      return performance.now() - t;
-    },
-    'for scale: fs/promises stat': async () => {
-      const t = performance.now();
-      await stat(bundle);
       return performance.now() - t;
     },
   };
@@ -163,8 +111,13 @@ export async function runBreakdown({ bundle, runs, ports, uids, peerUid, statusP
   try {
     await backend.cleanupOrphanResources();
     const samples = Object.fromEntries(Object.keys(steps).map((k) => [k, []]));
+    const traced = [];
+    for (let i = 0; i < 5; i++) await tracedSpawn();
     for (const step of Object.values(steps)) for (let i = 0; i < 5; i++) await step();
-    for (let i = 0; i < runs; i++) for (const [name, step] of Object.entries(steps)) samples[name].push(await step());
+    for (let i = 0; i < runs; i++) {
+      traced.push(await tracedSpawn());
+      for (const [name, step] of Object.entries(steps)) samples[name].push(await step());
+    }
     const fsCallsTrue = await countFsCalls(() => lifecycle(['/bin/true']));
     const fsCallsSleep = await countFsCalls(() => lifecycle(['/bin/sleep', '60']));
     const t = performance.now();
@@ -190,12 +143,17 @@ export async function runBreakdown({ bundle, runs, ports, uids, peerUid, statusP
       }
     }
     return {
+      traced: [
+        ...TRACED.map(([step, what]) => [what, summary(traced.map((t) => t[step]).filter((v) => v !== undefined))]),
+        ['ProcessBackend.spawn, call to resolution (all of the above)', summary(traced.map((t) => t.total))],
+      ],
       steps: Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, summary(v)])),
       fsPromisesCallsPerWorker: { binTrue: fsCallsTrue, sleepThenStop: fsCallsSleep },
       spawnRightAfterConstruction: summary(afterConstruction),
       orphanScan: { ms: orphanScanMs, hostProcesses: readdirSync('/proc').filter((n) => /^\d+$/.test(n)).length },
     };
   } finally {
+    diagnosticsChannel.unsubscribe(SPAWN_CHANNEL, onStep);
     waiter.dispose();
     await backend.close();
   }

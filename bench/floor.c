@@ -6,8 +6,8 @@
 //    the bare sandbox command (FILE ARG...). Kept as it was, for reference.
 //  - "sandbox": the same sandbox a ProcessBackend starts with limits and the
 //    network policy on (given by the options below), doing the work its
-//    spawn does: a sealed memfd with bwrap's --args data at fd 5, a fresh fd
-//    on the seccomp program at fd 4, bwrap's status pipe at fd 3, the
+//    spawn does: a pipe holding bwrap's --args data at fd 5, one holding the
+//    seccomp program at fd 4, bwrap's status pipe at fd 3, the
 //    worker's Landlock ruleset, the per-worker cgroups entered by the child
 //    before its UID switch, and no_new_privs + landlock_restrict_self last.
 //
@@ -30,10 +30,11 @@
 // check), then "ready". Then reads commands from stdin, one a line: "bare K"
 // or "sandbox K" (a bare number = "bare K"); it runs K spawns one after the
 // other and prints each spawn's time (ns) on its own line. Timed: from the
-// first pipe (or memfd, or ruleset) to clone's return, i.e. the child's exec.
+// first pipe to clone's return, i.e. the child's exec.
 // Outside the timing, as procyard's backend does ahead (its spare cgroups) or
-// after (the sandbox's exit): the cgroup mkdir, limit writes and `tasks`
-// opens, the wait for the sandbox's exit and the rmdir. The environment given
+// after (the sandbox's exit): the cgroup mkdir and limit writes, the wait for
+// the sandbox's exit and the rmdir. The `tasks` opens are timed: procyard's
+// spawn call makes them. The environment given
 // to this program is the child's; fd 3 of a bare child is /dev/null.
 // Credentials only when run as root.
 //
@@ -209,7 +210,7 @@ struct cgroup_spec {
   int nwrites;
   int reuse;            // one directory for every spawn (made at start)
   char dir[560];        // the current spawn's directory ("" = none)
-  int tasks_fd;         // its `tasks`, opened ahead; -1 = none
+  int tasks_fd;         // its `tasks`, opened by each spawn (as procyard's spawn call does); -1 = none
 };
 
 struct sandbox {
@@ -217,7 +218,8 @@ struct sandbox {
   char** argv;          // argv[0] = file
   char* args_data;      // bwrap's --args bytes
   size_t args_size;
-  int seccomp_memfd;    // the program, in a sealed memfd of ours (as procyard keeps the builtin one)
+  char* seccomp_data;   // the program's bytes (procyard hands the builtin one over in a pipe)
+  size_t seccomp_size;
   int landlock_abi;     // 0: none built
   int landlock_port;
   int use_landlock;
@@ -335,25 +337,22 @@ static int landlock_ruleset(const struct sandbox* s) {
   return fd;
 }
 
-// native/memfd.cc's SealedMemfd: created, filled, sealed, rewound.
-static int sealed_memfd(const char* name, const char* data, size_t size) {
-  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return -1;
-  for (size_t done = 0; done < size;) {
-    ssize_t n = write(fd, data + done, size - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) goto fail;
-    done += (size_t)n;
+// native/spawn.cc's DataFd for what fits a pipe: the bytes written, the
+// write end closed, the read end returned.
+static int data_pipe(const char* data, size_t size) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) return -1;
+  ssize_t n = size ? write(p[1], data, size) : 0;
+  close(p[1]);
+  if (n != (ssize_t)size) {
+    close(p[0]);
+    errno = EMSGSIZE;
+    return -1;
   }
-  if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) goto fail;
-  if (lseek(fd, 0, SEEK_SET) < 0) goto fail;
-  return fd;
-fail:;
-  int saved = errno;
-  close(fd);
-  errno = saved;
-  return -1;
+  fcntl(p[0], F_SETFL, 0);
+  return p[0];
 }
+
 
 static int write_file(const char* path, const char* value) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -426,14 +425,7 @@ static int cgroups_prepare(struct sandbox* s) {
   s->seq++;
   for (int i = 0; i < s->ncg; i++) {
     struct cgroup_spec* c = &s->cg[i];
-    if (c->reuse && c->dir[0]) {
-      if (c->tasks_fd < 0) {
-        char tasks[600];
-        snprintf(tasks, sizeof tasks, "%s/tasks", c->dir);
-        if ((c->tasks_fd = open(tasks, O_WRONLY | O_CLOEXEC)) < 0) goto fail;
-      }
-      continue;
-    }
+    if (c->reuse && c->dir[0]) continue;
     if (c->reuse)
       snprintf(c->dir, sizeof c->dir, "%s/reused", c->instance);
     else
@@ -450,8 +442,6 @@ static int cgroups_prepare(struct sandbox* s) {
         return -1;
       }
     }
-    snprintf(path, sizeof path, "%s/tasks", c->dir);
-    if ((c->tasks_fd = open(path, O_WRONLY | O_CLOEXEC)) < 0) goto fail;
   }
   return 0;
 fail:
@@ -512,14 +502,18 @@ static double sandbox_once(struct sandbox* s, const struct child_args* creds) {
   char* top = stack_top();
 
   double t0 = now_ns();
-  // The JS side of startSandbox: bwrap's status pipe (read end O_NONBLOCK) and a fresh fd on the filter.
+  // What procyard's spawn call does before its clone: bwrap's status pipe
+  // (read end O_NONBLOCK), the seccomp program and the --args bytes each in
+  // a pipe, the ruleset, the cgroups' `tasks` opened.
   if (pipe2(status, O_CLOEXEC) < 0 || fcntl(status[0], F_SETFL, O_NONBLOCK) < 0) failed = "status pipe";
-  char self_fd[64];
-  snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", s->seccomp_memfd);
-  if (!failed && (seccomp = open(self_fd, O_RDONLY | O_CLOEXEC)) < 0) failed = "open seccomp";
-  // The native side: ruleset, memfd, stdio pipes, /dev/null.
+  if (!failed && (seccomp = data_pipe(s->seccomp_data, s->seccomp_size)) < 0) failed = "seccomp pipe";
   if (!failed && s->use_landlock && (ruleset = landlock_ruleset(s)) < 0) failed = "landlock ruleset";
-  if (!failed && (memfd = sealed_memfd("procyard-args", s->args_data, s->args_size)) < 0) failed = "memfd";
+  if (!failed && (memfd = data_pipe(s->args_data, s->args_size)) < 0) failed = "args pipe";
+  for (int i = 0; i < s->ncg && !failed; i++) {
+    char tasks[600];
+    snprintf(tasks, sizeof tasks, "%s/tasks", s->cg[i].dir);
+    if ((s->cg[i].tasks_fd = open(tasks, O_WRONLY | O_CLOEXEC)) < 0) failed = "open tasks";
+  }
   if (!failed && (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0)) failed = "pipe2";
   if (!failed && (dev_null = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) failed = "open /dev/null";
   if (!failed && !top) failed = "mmap";
@@ -730,8 +724,10 @@ int main(int argc, char** argv) {
       fprintf(stderr, "floor: sandbox-argv, args-data and seccomp must name readable files\n");
       return 2;
     }
-    if ((sb.seccomp_memfd = sealed_memfd("procyard-seccomp", filter, filter_size)) < 0) {
-      perror("floor: seccomp memfd");
+    sb.seccomp_data = filter;
+    sb.seccomp_size = filter_size;
+    if (filter_size > 65536) {
+      fprintf(stderr, "floor: seccomp program larger than a pipe\n");
       return 1;
     }
     sb.enabled = 1;

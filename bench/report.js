@@ -206,12 +206,12 @@ export function buildReport(r) {
   if (bd && !bd.unavailable) {
     const calls = (c) => Object.entries(c).filter(([, n]) => n > 0).map(([k, n]) => `${n} ${k}`).join(', ') || 'none';
     sections.push(
-      `### 3b. Where ProcessBackend.spawn's time goes (each step alone, same inputs, small heap, ${Object.values(bd.steps)[0].n} runs each)
+      `### 3b. Where ProcessBackend.spawn's time goes (${bd.traced[0][1].n} real spawns, limits, policy and seccomp on, small heap; each step timed from the one before through the 'procyard:spawn' diagnostics channel)
 
 ` +
         table(
           ['step', 'p50', 'p99'],
-          Object.entries(bd.steps).map(([k, v]) => [k, ms(v.p50), ms(v.p99)]),
+          [...bd.traced, ...Object.entries(bd.steps)].map(([k, v]) => [k, ms(v.p50), ms(v.p99)]),
         ) +
         `
 

@@ -42,6 +42,7 @@ import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } f
 import { killOrphanSandboxes } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
+import { spawnStep } from './trace.js';
 import { checkWorkerSpec, pathCheckError, validateBuildSpec, workerPathChecks, type PathCheck } from './validate.js';
 
 export interface ProcessBackendOptions {
@@ -229,6 +230,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
       const checks = workerPathChecks(spec);
       let worker: Worker;
       const targets = this.targets.acquire(workerMounts(spec), 'spec');
+      spawnStep(id, 'checked');
       try {
         worker = await this.startWorker(spec, cmd, targets.mounts, checks);
       } catch (err) {
@@ -245,6 +247,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         throw new Error('ProcessBackend is closed');
       }
       this.workers.set(id, worker);
+      spawnStep(id, 'registered');
     } finally {
       this.starting.delete(id);
     }
@@ -259,9 +262,11 @@ export class ProcessBackend extends EventEmitter implements Backend {
     const { ports, uids } = this.allocators;
     // First: a 'required' refusal then holds no port or UID.
     const cgroup = await this.cgroups.acquire();
+    spawnStep(spec.workerId, 'cgroup');
     let lease: PortLease;
     try {
       lease = await ports.reserve();
+      spawnStep(spec.workerId, 'port');
     } catch (err) {
       await cgroup?.remove();
       throw err;
@@ -269,6 +274,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     let uid: number;
     try {
       uid = await uids.alloc();
+      spawnStep(spec.workerId, 'uid');
     } catch (err) {
       await Promise.all([ports.release(lease), cgroup?.remove()]);
       throw err;
@@ -285,6 +291,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         closeBeforeClone: takeListener(lease),
         landlock: this.network.forWorker(lease.port),
         checkPaths: checks,
+        traceId: spec.workerId,
         onLine: (line, bytes) => ring.push(line, bytes),
         limits: this.cgroups.spawnOptions(cgroup, workerLimits(spec, this.limits), this.asRoot),
       });

@@ -20,6 +20,7 @@ import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, SECCOMP_FD, STATUS_FD, type San
 import { LineSplitter } from './logs.js';
 import { isOrphanedInit } from './orphans.js';
 import { hostRunPlan } from './run-dir.js';
+import { spawnStep } from './trace.js';
 
 export interface SandboxOptions {
   bwrapPath: string;
@@ -34,6 +35,8 @@ export interface SandboxOptions {
   closeBeforeClone?: number;
   /** The Landlock domain of the whole sandbox (NetworkPolicy); absent = none. */
   landlock?: NativeLandlockRules;
+  /** Names the spawn's steps on the 'procyard:spawn' diagnostics channel (trace.ts); absent = not traced. */
+  traceId?: string;
   /** Host paths that must exist, checked by the spawn call before anything else (see NativeSpawnOptions). */
   checkPaths?: NativeSpawnOptions['checkPaths'];
   /** Each output line, stdout and stderr as they arrive, with its length in UTF-8 bytes. */
@@ -396,11 +399,15 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
     if (closeBeforeClone >= 0) closeQuietly(closeBeforeClone);
     throw err;
   }
+  spawnStep(opts.traceId, 'options');
   const child = spawnStart(options);
+  spawnStep(opts.traceId, 'cloned');
   const identity = { bwrap: realBwrap(opts.bwrapPath), uid: opts.hostCredentials ? opts.plan.uid : null };
   const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, child.status!, opts.onLine, identity);
+  spawnStep(opts.traceId, 'sandbox');
   try {
     await child.ready;
+    spawnStep(opts.traceId, 'exec');
   } catch (err) {
     // bwrap never ran: its watcher collects the child (exit 127) and the pipes close.
     await sandbox.exited;
