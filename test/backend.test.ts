@@ -443,3 +443,28 @@ describe('construction', () => {
     expect(() => new ProcessBackend({ storage: { bundleWorkerPath: '/proc/procyard/x' } })).toThrow(/cannot be created/);
   });
 });
+
+describe("the 'procyard:spawn' diagnostics channel", () => {
+  it('publishes each step of a spawn in order, for that worker only, and nothing once unsubscribed', async () => {
+    const { subscribe, unsubscribe } = await import('node:diagnostics_channel');
+    const { SPAWN_CHANNEL } = await import('../src/process/trace.js');
+    const seen: { workerId: string; step: string; at: number }[] = [];
+    const onStep = (m: unknown) => seen.push(m as (typeof seen)[number]);
+    subscribe(SPAWN_CHANNEL, onStep);
+    const t0 = performance.now();
+    try {
+      await backend.spawn(appSpec('trace-1', 'serve', { cmd: ['/bin/sleep', '30'] }));
+    } finally {
+      unsubscribe(SPAWN_CHANNEL, onStep);
+    }
+    const t1 = performance.now();
+    expect(seen.map((m) => m.step)).toEqual(['checked', 'cgroup', 'port', 'uid', 'options', 'cloned', 'sandbox', 'exec', 'registered']);
+    expect(seen.every((m) => m.workerId === 'trace-1')).toBe(true);
+    const times = seen.map((m) => m.at);
+    expect(times.every((t, i) => t >= (i === 0 ? t0 : times[i - 1]!) && t <= t1)).toBe(true);
+    await backend.stop('trace-1');
+    await backend.spawn(appSpec('trace-2', 'serve', { cmd: ['/bin/true'] }));
+    expect(seen.some((m) => m.workerId === 'trace-2')).toBe(false);
+    await backend.removeResource({ id: 'trace-2', kind: 'container', labels: {} });
+  });
+});
