@@ -1,7 +1,7 @@
 // The floors: bench/floor.c, compiled here with gcc, spawning from plain C
 // (1) the bare sandbox with the same clone child as the native spawn and
 // (2) the same sandbox a ProcessBackend starts with limits and the network
-// policy on, doing the same work (memfd, seccomp fd, status pipe, Landlock
+// policy on, doing the same work (data pipes, status pipe, Landlock
 // ruleset, per-worker cgroups, credentials). It runs as a long-lived process
 // fed batch commands on stdin, so the bench can interleave its batches with
 // the Node paths' (the same machine state for both).

@@ -103,7 +103,7 @@ export function buildReport(r) {
     sections.push(
       `### 1b. The network policy's cost: ProcessBackend.spawn with networkPolicy 'auto' vs 'off'\n\n` +
         `Same spec, two backends; ${small.networkPolicy.pairs.on.n} pairs per size, each pair one spawn through each (alternating which goes first), so drift on a shared machine hits both alike. ` +
-        `'auto' here = ${applied}; the ruleset is built on the pool thread, the clone child makes two more syscalls (no_new_privs, landlock_restrict_self). ` +
+        `'auto' here = ${applied}; the ruleset is built in the spawn call, the clone child makes two more syscalls (no_new_privs, landlock_restrict_self). ` +
         `(Section 1's batches also carry the 'off' backend: ${ms(small.latency.backendPolicyOff.p50)} small, ${ms(big.latency.backendPolicyOff.p50)} large.)\n\n` +
         table(['size', "'auto' p50", "'off' p50", "'auto' / 'off' p50", 'median per-pair ratio', "'auto' p99", "'off' p99"], rowsNp),
     );
@@ -125,8 +125,8 @@ export function buildReport(r) {
       `### 1c. Issue 15: ProcessBackend.spawn against the C floor of the same sandbox (limits + policy on)\n\n` +
         `${FULL_LABEL}: a backend with resourceLimits 'auto' (default memory 1g, 2 CPUs, pids 1024), networkPolicy 'auto' and seccompProfile 'builtin', ` +
         `the full spec with a bundle mount. The floor (bench/floor.c, sandbox kind) starts the same bwrap argv from C with the same work per spawn: ` +
-        `status pipe, a fresh fd on the seccomp program, the Landlock ruleset, the sealed --args memfd, stdio pipes, clone(CLONE_VM|CLONE_VFORK), ` +
-        `and the same child (cgroups entered before the UID switch, no_new_privs + landlock_restrict_self last); its cgroups are made (limits written, \`tasks\` opened) ahead and removed after, untimed, as the backend's spares are. ` +
+        `status pipe, the seccomp program and the --args bytes each in a pipe, the cgroups' \`tasks\` opened, the Landlock ruleset, stdio pipes, clone(CLONE_VM|CLONE_VFORK), ` +
+        `and the same child (cgroups entered before the UID switch, no_new_privs + landlock_restrict_self last); its cgroups are made (limits written) ahead and removed after, untimed, as the backend's spares are. ` +
         `Section 1's batches, interleaved; ${small.latency.backendFull.n} spawns per size each.\n\n` +
         `The floor here: ${notes.length ? notes.map((n) => n.replace(/\|/g, '/')).join('; ') : 'no notes'}${r.floorReuseCpu === false ? ' (--floor-fresh-cpu: a fresh cpu cgroup per spawn, as procyard before it recycled the directory)' : ' (the cpu cgroup directory reused across spawns, as procyard recycles it; --floor-fresh-cpu for a fresh one per spawn)'}.\n\n` +
         table(['size', 'backend p50', 'floor, same sandbox p50', 'backend / floor', 'difference', '(floor, bare p50)', 'backend p99', 'floor p99'], rows1c),
