@@ -1,5 +1,6 @@
 // The one place that loads the C++ addon and gives it TypeScript types.
 import { existsSync, readdirSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -236,7 +237,60 @@ const addon = loadAddon();
  * with `code`.
  */
 export function spawnNative(options: NativeSpawnOptions): Promise<NativeChild> {
-  return addon.spawn(joinArgv(options));
+  const start = (release: () => void): Promise<NativeChild> => {
+    let spawning: Promise<NativeChild>;
+    try {
+      spawning = addon.spawn(joinArgv(options));
+    } catch (err) {
+      release();
+      throw err;
+    }
+    return spawning.finally(release);
+  };
+  // Bad options throw here and now, as the addon does, unless the call has
+  // to wait for a place (then they reject).
+  const release = takeSlot();
+  return release ? start(release) : spawnSlot().then(start);
+}
+
+/**
+ * How many children may be between clone and exec at once in this process.
+ * A burst of spawns would otherwise clone as fast as the JS thread can, and
+ * the children's set-up would crowd the loop off the CPUs of a small host.
+ */
+const MAX_SETTING_UP = Math.max(2, availableParallelism());
+let settingUp = 0;
+const waitingForSlot: (() => void)[] = [];
+
+/**
+ * A place among the children being set up; call the function it resolves
+ * with once the child has exec'd or failed. spawnNative takes one itself;
+ * a caller of spawnStart holds one until `ready` settles.
+ */
+export async function spawnSlot(): Promise<() => void> {
+  const now = takeSlot();
+  if (now) return now;
+  await new Promise<void>((resolve) => waitingForSlot.push(resolve));
+  return releaser();
+}
+
+/** A place now, or null when all are taken. */
+function takeSlot(): (() => void) | null {
+  if (settingUp >= MAX_SETTING_UP) return null;
+  settingUp++;
+  return releaser();
+}
+
+function releaser(): () => void {
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    // Handed straight to the next spawn in line, or freed.
+    const next = waitingForSlot.shift();
+    if (next) next();
+    else settingUp--;
+  };
 }
 
 /**
@@ -245,7 +299,7 @@ export function spawnNative(options: NativeSpawnOptions): Promise<NativeChild> {
  * caller's from now on) while the child is still setting itself up, so the
  * caller's own work overlaps it; `ready` settles once it has exec'd. Throws
  * for what fails before the clone (bad options, a missing checkPaths entry,
- * closeBeforeClone closed all the same).
+ * closeBeforeClone closed all the same). Hold a spawnSlot() around it.
  */
 export function spawnStart(options: NativeSpawnOptions): NativeStartedChild {
   return addon.spawnStart(joinArgv(options));

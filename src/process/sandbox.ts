@@ -2,7 +2,7 @@
 // workers, builds and the preflight probes.
 import { closeSync, readFileSync, readSync, realpathSync } from 'node:fs';
 import net from 'node:net';
-import { availableParallelism, constants as osConstants } from 'node:os';
+import { constants as osConstants } from 'node:os';
 import {
   adoptsOrphans,
   builtinSeccompFilter,
@@ -10,6 +10,7 @@ import {
   pidfdOpen,
   pidfdSignal,
   PidWatcherNative,
+  spawnSlot,
   spawnStart,
   type ExitStatus,
   type NativeLandlockRules,
@@ -368,35 +369,12 @@ function parentOf(pid: number): number {
  * runs. closeBeforeClone is closed whatever happens.
  */
 export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
-  const release = await setUpSlot();
+  const release = await spawnSlot();
   try {
     return await startSandboxNow(opts);
   } finally {
     release();
   }
-}
-
-/**
- * How many children may be between clone and exec at once in this process.
- * A burst of spawns would otherwise clone as fast as the JS thread can, and
- * the children's set-up would crowd the loop off the CPUs of a small host.
- */
-const MAX_SETTING_UP = Math.max(2, availableParallelism());
-let settingUp = 0;
-const waitingForSlot: (() => void)[] = [];
-
-async function setUpSlot(): Promise<() => void> {
-  if (settingUp < MAX_SETTING_UP) settingUp++;
-  else await new Promise<void>((resolve) => waitingForSlot.push(resolve));
-  let released = false;
-  return () => {
-    if (released) return;
-    released = true;
-    // Handed straight to the next spawn in line, or freed.
-    const next = waitingForSlot.shift();
-    if (next) next();
-    else settingUp--;
-  };
 }
 
 async function startSandboxNow(opts: SandboxOptions): Promise<Sandbox> {
