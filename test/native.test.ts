@@ -452,6 +452,8 @@ describe('spawn in one call, watched on the loop (spawnStart)', () => {
       const { workerData, parentPort } = require('node:worker_threads');
       const native = require(workerData);
       native.spawn({ file: '/bin/sleep', argv: ['sleep', '30'], env: [] }).then((c) => parentPort.postMessage(c.pid));
+      // The thread lives until terminate(): with nothing left to do it would end (and its child with it) at once.
+      setInterval(() => {}, 60000);
     `;
     const worker = new Worker(code, { eval: true, workerData: addon });
     const pid = await new Promise<number>((resolve, reject) => {
