@@ -133,6 +133,17 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
   return req;
 }
 
+// {pid, pidfd, stdout, stderr, status?}: the child as JS sees it.
+Napi::Object ChildObject(Napi::Env env, const SpawnResult& child) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", child.pid);
+  out.Set("pidfd", child.pidfd);
+  out.Set("stdout", child.stdoutFd);
+  out.Set("stderr", child.stderrFd);
+  if (child.statusFd >= 0) out.Set("status", child.statusFd);
+  return out;
+}
+
 // One spawn in flight, watched on the event loop: the report pipe turns
 // readable when the child has exec'd (end of file) or failed (a record).
 // One epoll wake-up and no thread-pool round trip.
@@ -182,13 +193,7 @@ class SpawnWatch {
       deferred_.Resolve(env_.Undefined());
       return;
     }
-    Napi::Object out = Napi::Object::New(env_);
-    out.Set("pid", result.pid);
-    out.Set("pidfd", result.pidfd);
-    out.Set("stdout", result.stdoutFd);
-    out.Set("stderr", result.stderrFd);
-    if (result.statusFd >= 0) out.Set("status", result.statusFd);
-    deferred_.Resolve(out);
+    deferred_.Resolve(ChildObject(env_, result));
   }
 
   Napi::Env env_;
@@ -230,13 +235,7 @@ Napi::Value SpawnStartJs(const Napi::CallbackInfo& info) {
   SpawnError error;
   std::unique_ptr<SpawnJob> job = SpawnStart(std::move(req), &error);
   if (!job) throw StartError(env, error);
-  SpawnResult child = job->HandOut();
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("pid", child.pid);
-  out.Set("pidfd", child.pidfd);
-  out.Set("stdout", child.stdoutFd);
-  out.Set("stderr", child.stderrFd);
-  if (child.statusFd >= 0) out.Set("status", child.statusFd);
+  Napi::Object out = ChildObject(env, job->HandOut());
   auto* watch = new SpawnWatch(env, std::move(job), true);
   out.Set("ready", watch->Promise());
   watch->Start();
