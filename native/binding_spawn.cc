@@ -165,14 +165,18 @@ class SpawnWatch {
       return;
     }
     poll_.data = this;
+    napi_add_env_cleanup_hook(env_, OnTeardown, this);
     uv_poll_start(&poll_, UV_READABLE, [](uv_poll_t* handle, int, int) {
       SpawnWatch* self = static_cast<SpawnWatch*>(handle->data);
       uv_poll_stop(handle);
-      {
+      napi_remove_env_cleanup_hook(self->env_, OnTeardown, self);
+      try {
         Napi::HandleScope scope(self->env_);
         // Promise reactions run when this scope closes, as after any callback.
         Napi::CallbackScope callbackScope(self->env_, self->context_);
         self->Settle();
+      } catch (const Napi::Error&) {
+        // JS can no longer run here (a worker_thread being terminated): nobody is left to tell.
       }
       uv_close(reinterpret_cast<uv_handle_t*>(handle),
                [](uv_handle_t* h) { delete static_cast<SpawnWatch*>(h->data); });
@@ -180,6 +184,17 @@ class SpawnWatch {
   }
 
  private:
+  // The environment (a worker_thread) ends with this spawn in flight. The
+  // loop must hold no open handle then, or Node aborts the whole process.
+  // The child may still be using the job's memory until it execs or dies
+  // with its thread, so the job and this object are left to the process.
+  static void OnTeardown(void* arg) {
+    SpawnWatch* self = static_cast<SpawnWatch*>(arg);
+    uv_poll_stop(&self->poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&self->poll_), nullptr);
+    (void)self->job_.release();
+  }
+
   void Settle() {
     SpawnResult result;
     SpawnError error;
@@ -288,6 +303,7 @@ class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
     }
     poll_->data = this;
     uv_poll_start(poll_, UV_READABLE, OnReadable);
+    napi_add_env_cleanup_hook(env, OnTeardown, this);
     Ref();  // alive while the handle is open, even if JS drops us
   }
 
@@ -308,7 +324,25 @@ class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
       waitid(static_cast<idtype_t>(P_PIDFD), self->pidfd_, &ignored, WEXITED | WNOHANG);
     }
     self->StopPolling();
-    Napi::Env env = self->Env();
+    try {
+      self->Report(info);
+    } catch (const Napi::Error&) {
+      // JS can no longer run here (a worker_thread being terminated): nobody is left to tell.
+    }
+  }
+
+  // The environment (a worker_thread) ends while the process runs: the
+  // loop must hold no open handle then, or Node aborts the whole process.
+  static void OnTeardown(void* arg) {
+    PidWatcher* self = static_cast<PidWatcher*>(arg);
+    if (self->poll_ == nullptr) return;
+    uv_poll_stop(self->poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(self->poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    self->poll_ = nullptr;
+  }
+
+  void Report(const siginfo_t& info) {
+    Napi::Env env = Env();
     Napi::HandleScope scope(env);
     Napi::Object result = Napi::Object::New(env);
     if (info.si_pid != 0 && info.si_code == CLD_EXITED) {
@@ -322,7 +356,7 @@ class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
       result.Set("code", env.Null());
       result.Set("signal", env.Null());
     }
-    Napi::FunctionReference callback = std::move(self->callback_);
+    Napi::FunctionReference callback = std::move(callback_);
     try {
       callback.MakeCallback(env.Global(), {result});
     } catch (const Napi::Error& e) {
@@ -332,6 +366,7 @@ class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
 
   void StopPolling() {
     if (poll_ == nullptr) return;
+    napi_remove_env_cleanup_hook(Env(), OnTeardown, this);
     uv_poll_stop(poll_);
     uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
     poll_ = nullptr;

@@ -473,4 +473,28 @@ describe('spawn in one call, watched on the loop (spawnStart)', () => {
     await new Promise((resolve) => new PidWatcherNative(pidfd, resolve, true));
     closeSync(pidfd);
   });
+
+  it('survives a worker_thread terminated with spawns in flight and children watched (no open handle left to abort on)', async () => {
+    const addon = fileURLToPath(new URL('../build/Release/procyard.node', import.meta.url));
+    const code = `
+      const { workerData, parentPort } = require('node:worker_threads');
+      const native = require(workerData);
+      native.spawn({ file: '/bin/sleep', argv: ['sleep', '30'], env: [] }).then((c) => {
+        new native.PidWatcher(c.pidfd, () => {}, true);
+        for (let i = 0; i < 10; i++) native.spawn({ file: '/bin/sleep', argv: ['sleep', '30'], env: [] }).catch(() => {});
+        parentPort.postMessage(c.pid);
+      });
+      setInterval(() => {}, 60000);
+    `;
+    for (let round = 0; round < 3; round++) {
+      const worker = new Worker(code, { eval: true, workerData: addon });
+      const pid = await new Promise<number>((resolve, reject) => {
+        worker.once('message', resolve);
+        worker.once('error', reject);
+      });
+      // Before this test, Node aborted the whole process here ("uv_loop_close() while having open handles").
+      await worker.terminate();
+      expect(await waitFor(() => isDead(pid), 2000, 10)).toBe(true);
+    }
+  });
 });
