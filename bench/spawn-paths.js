@@ -174,11 +174,12 @@ async function latency(paths, floor) {
 }
 
 /**
- * The network policy's cost, paired: each round spawns once through the
- * policy-on and once through the policy-off backend (alternating which goes
- * first), so machine drift hits both alike. Also the median of per-pair ratios.
+ * A feature's cost, paired: each round spawns once through the backend with
+ * it on and once through the one with it off (alternating which goes first),
+ * so machine drift hits both alike. Also the median of per-pair ratios.
+ * Used for the network policy (1b) and the per-worker limits (1d).
  */
-async function policyPairs(on, off, count) {
+async function pairedSpawns(on, off, count) {
   const samples = { on: [], off: [] };
   const ratios = [];
   for (let i = 0; i < count; i++) {
@@ -187,7 +188,7 @@ async function policyPairs(on, off, count) {
     for (const [name, start] of order) {
       const { ms, done } = await start();
       pair[name] = ms;
-      await withTimeout(done, 30000, `policy ${name} sandbox exit`);
+      await withTimeout(done, 30000, `paired ${name} sandbox exit`);
     }
     samples.on.push(pair.on);
     samples.off.push(pair.off);
@@ -312,7 +313,8 @@ async function main() {
       floor,
     );
     const policy = backend.network.decision;
-    const pairs = await policyPairs(backendPath(backend, waiter), backendPath(backendPolicyOff, waiterPolicyOff), opts.spawns);
+    const pairs = await pairedSpawns(backendPath(backend, waiter), backendPath(backendPolicyOff, waiterPolicyOff), opts.spawns);
+    const limitPairs = await pairedSpawns(backendPath(backend, waiter), backendPath(backendOff, waiterOff), opts.spawns);
     const bursts = { idle: await idle(1000) };
     for (const inFlight of opts.burstInFlight) {
       for (const [name, start] of Object.entries(paths)) bursts[`${name}@${inFlight}`] = await burst(start, opts.burst, inFlight);
@@ -325,6 +327,7 @@ async function main() {
       latency: lat,
       bursts,
       networkPolicy: { abi: policy.support.abi, enforced: policy.enforced, pairs },
+      limits: { pairs: limitPairs },
       floorSandbox: { notes: floor.notes, reuseCpu: opts.floorReuseCpu },
     };
   } finally {
