@@ -90,16 +90,17 @@ function shinySession(addr: string, inputs: Record<string, unknown>, until: (mes
     });
     req.on('response', (res) => finish(new Error(`no websocket upgrade: HTTP ${res.statusCode}`)));
     req.on('error', (err) => finish(err));
-    req.on('upgrade', (_res, s: Socket) => {
+    // head: what the server sent right behind its 101, in the same read (the
+    // config frame, under load): it never comes as 'data'.
+    req.on('upgrade', (_res, s: Socket, head: Buffer) => {
       socket = s;
       // A client frame: FIN + text, masked, 16-bit length.
       const payload = Buffer.from(JSON.stringify({ method: 'init', data: inputs }));
       const mask = randomBytes(4);
       const header = Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);
       s.write(Buffer.concat([header, mask, payload.map((b, i) => b ^ mask[i % 4]!)]));
-      let buffered = Buffer.alloc(0);
-      s.on('data', (chunk: Buffer) => {
-        buffered = Buffer.concat([buffered, chunk]);
+      let buffered = Buffer.from(head);
+      const consume = (): void => {
         // Server frames are unmasked: opcode, 7/16/64-bit length, payload.
         for (;;) {
           if (buffered.length < 2) return;
@@ -123,7 +124,12 @@ function shinySession(addr: string, inputs: Record<string, unknown>, until: (mes
           messages.push(text);
           if (until(text)) return finish();
         }
+      };
+      s.on('data', (chunk: Buffer) => {
+        buffered = Buffer.concat([buffered, chunk]);
+        consume();
       });
+      consume();
       s.on('error', (err) => finish(err));
     });
     req.end();
