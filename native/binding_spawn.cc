@@ -246,9 +246,8 @@ Napi::Error StartError(Napi::Env env, const SpawnError& error) {
 // failed step; the caller's pidfd watcher then sees it exit with 127).
 Napi::Value SpawnStartJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  SpawnRequest req = ParseOrCloseListener(info);
   SpawnError error;
-  std::unique_ptr<SpawnJob> job = SpawnStart(std::move(req), &error);
+  std::unique_ptr<SpawnJob> job = SpawnStart(ParseOrCloseListener(info), &error);
   if (!job) throw StartError(env, error);
   Napi::Object out = ChildObject(env, job->HandOut());
   auto* watch = new SpawnWatch(env, std::move(job), true);
@@ -259,9 +258,8 @@ Napi::Value SpawnStartJs(const Napi::CallbackInfo& info) {
 
 Napi::Value SpawnJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  SpawnRequest req = ParseOrCloseListener(info);
   SpawnError error;
-  std::unique_ptr<SpawnJob> job = SpawnStart(std::move(req), &error);
+  std::unique_ptr<SpawnJob> job = SpawnStart(ParseOrCloseListener(info), &error);
   if (!job) {
     Napi::Promise::Deferred failed = Napi::Promise::Deferred::New(env);
     failed.Reject(StartError(env, error).Value());

@@ -15,6 +15,17 @@ function file(text: string): string {
   return p;
 }
 
+/** Loads `text` as a config file: a ConfigError naming `key`, the file and `expected`. */
+function tomlError(text: string, key: string, expected: string): ConfigError {
+  const p = file(text);
+  const err = configError(() => loadConfig(p));
+  expect(err.key).toBe(key);
+  expect(err.message).toContain(key);
+  expect(err.message).toContain(p);
+  expect(err.message).toContain(expected);
+  return err;
+}
+
 function configError(fn: () => unknown): ConfigError {
   try {
     fn();
@@ -194,12 +205,7 @@ bundle_server_path = "/data/bundles"
     ['[process]\nruntime_dir = "run/procyard"\n', 'process.runtime_dir', 'absolute path'],
     ['[storage]\nbundle_worker_path = "app"\n', 'storage.bundle_worker_path', 'absolute path'],
   ])('rejects a value procyard cannot use, in TOML names: %s', (text, key, expected) => {
-    const p = file(text);
-    const err = configError(() => loadConfig(p));
-    expect(err.key).toBe(key);
-    expect(err.message).toContain(key);
-    expect(err.message).toContain(p);
-    expect(err.message).toContain(expected);
+    const err = tomlError(text, key, expected);
     // Never the JS field names a TOML user has not seen.
     expect(err.message).not.toMatch(/process\.[a-z]+[A-Z]|server\.[a-z]+[A-Z]|storage\.[a-z]+[A-Z]/);
   });
@@ -230,12 +236,7 @@ bundle_server_path = "/data/bundles"
     ['[database]\ndriver = "mysql"\n', 'database.driver', '"sqlite" or "postgres"'],
     ['process = 3\n', 'process', 'must be a table'],
   ])('rejects a wrong type: %s', (text, key, expected) => {
-    const p = file(text);
-    const err = configError(() => loadConfig(p));
-    expect(err.key).toBe(key);
-    expect(err.message).toContain(key);
-    expect(err.message).toContain(p);
-    expect(err.message).toContain(expected);
+    tomlError(text, key, expected);
   });
 
   it('names the file and line of a TOML syntax error', () => {

@@ -79,6 +79,17 @@ async function reserveAll(a: Allocators, max: number): Promise<number[]> {
   return got;
 }
 
+/** The distinct ports of `draws` reserve-and-release rounds. */
+async function portsDrawn(a: Allocators, draws: number): Promise<Set<number>> {
+  const seen = new Set<number>();
+  for (let i = 0; i < draws; i++) {
+    const lease = await a.ports.reserve();
+    seen.add(lease.port);
+    await a.ports.release(lease);
+  }
+  return seen;
+}
+
 async function allocAll(a: Allocators, max: number): Promise<number[]> {
   const got: number[] = [];
   for (let i = 0; i < max; i++) {
@@ -179,12 +190,7 @@ describe('host-wide allocator', () => {
 
   it('starts ports anywhere in the range: a worker cannot tell the next port', async () => {
     const a = allocators(runtimeDir(), [24320, 24339], [65320, 65339]);
-    const seen = new Set<number>();
-    for (let i = 0; i < 20; i++) {
-      const lease = await a.ports.reserve();
-      seen.add(lease.port);
-      await a.ports.release(lease);
-    }
+    const seen = await portsDrawn(a, 20);
     // Lowest-first would give one port 20 times; 20 draws from 20 ports give fewer than 4 distinct ones with odds below 1e-15.
     expect(seen.size).toBeGreaterThanOrEqual(4);
   });
@@ -267,12 +273,7 @@ describe('in-memory allocator order', () => {
     await a.uids.release(u);
     expect(new Set(await allocAll(a, 10)).size).toBe(5);
 
-    const seen = new Set<number>();
-    for (let i = 0; i < 20; i++) {
-      const lease = await a.ports.reserve();
-      seen.add(lease.port);
-      await a.ports.release(lease);
-    }
+    const seen = await portsDrawn(a, 20);
     expect(seen.size).toBeGreaterThanOrEqual(4);
     // Every port is still reachable from any start.
     expect(new Set(await reserveAll(a, 25)).size).toBe(20);
