@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { builtinSeccompFilter } from '../dist/native.js';
 import { bwrapArgs, envArgs, workerEnv, workerMounts } from '../dist/process/bwrap.js';
 import { inspectCgroups } from '../dist/process/cgroup.js';
-import { hostRunPlan } from '../dist/process/run-dir.js';
+import { hasHostCgroups, hostRunPlan } from '../dist/process/run-dir.js';
 import { AS_ROOT, BWRAP, TMP_SIZE, WORKER_GID, sandboxCommand, sleep, withTimeout, workerSpec } from './lib.js';
 
 const SOURCE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'floor.c');
@@ -43,7 +43,7 @@ function limitWrites(controller, limits) {
  */
 async function sandboxOptions({ dir, bundle, peerUid, statusPort, limits, reuseCpu, cmd = ['/bin/true'] }) {
   const spec = workerSpec('x', bundle, cmd);
-  const argv = [BWRAP, ...bwrapArgs({ uid: peerUid, gid: WORKER_GID, tmpSizeBytes: TMP_SIZE, mounts: workerMounts(spec), seccomp: true, cmd, run: hostRunPlan() })];
+  const argv = [BWRAP, ...bwrapArgs({ uid: peerUid, gid: WORKER_GID, tmpSizeBytes: TMP_SIZE, mounts: workerMounts(spec), seccomp: true, cmd, run: hostRunPlan(), hideCgroups: hasHostCgroups() })];
   const files = { argv: path.join(dir, 'floor-argv'), args: path.join(dir, 'floor-args'), seccomp: path.join(dir, 'floor-seccomp.bpf') };
   writeFileSync(files.argv, argv.map((a) => `${a}\0`).join(''));
   writeFileSync(files.args, envArgs(workerEnv(spec, statusPort)));

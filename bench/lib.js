@@ -2,7 +2,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { spawnNative } from '../dist/native.js';
 import { BWRAP_ENV, bwrapArgs, envArgs, workerEnv, workerMounts } from '../dist/process/bwrap.js';
-import { hostRunPlan } from '../dist/process/run-dir.js';
+import { hasHostCgroups, hostRunPlan } from '../dist/process/run-dir.js';
 
 export const BWRAP = '/usr/bin/bwrap';
 export const WORKER_GID = 65534;
@@ -43,7 +43,7 @@ export function workerSpec(workerId, bundlePath, cmd = ['/bin/true']) {
 export function sandboxCommand(bundlePath, uid, port, cmd = ['/bin/true']) {
   const spec = workerSpec('x', bundlePath, cmd);
   // run: the host's /run hidden, as in every sandbox the backend starts.
-  const args = bwrapArgs({ uid, gid: WORKER_GID, tmpSizeBytes: TMP_SIZE, mounts: workerMounts(spec), seccomp: false, cmd, run: hostRunPlan() });
+  const args = bwrapArgs({ uid, gid: WORKER_GID, tmpSizeBytes: TMP_SIZE, mounts: workerMounts(spec), seccomp: false, cmd, run: hostRunPlan(), hideCgroups: hasHostCgroups() });
   const at = args.indexOf('--args');
   const inline = envArgs(workerEnv(spec, port)).toString('utf8').split('\0').slice(0, -1);
   args.splice(at, 2, ...inline);

@@ -1,4 +1,5 @@
 // napi glue for probes, the bitset, the /proc sampler and port reservation.
+#include <errno.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include "port.h"
 #include "probe.h"
 #include "procstat.h"
+#include "sockdiag.h"
 
 namespace procyard {
 namespace {
@@ -59,6 +61,14 @@ Napi::Value AdoptsOrphansJs(const Napi::CallbackInfo& info) {
   int subreaper = 0;
   bool adopts = getpid() == 1 || (prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0) == 0 && subreaper != 0);
   return Napi::Boolean::New(info.Env(), adopts);
+}
+
+// Closes an fd the addon opened (pidfds, pipes, sockets, memfds). Node's
+// fs.closeSync warns in a worker_thread about fds fs did not open there.
+// False when it was not open.
+Napi::Value CloseFdJs(const Napi::CallbackInfo& info) {
+  int fd = static_cast<int>(ToInteger(info.Env(), info[0], "fd", 0, 1 << 20));
+  return Napi::Boolean::New(info.Env(), close(fd) == 0 || errno != EBADF);
 }
 
 Napi::Value KernelReleaseJs(const Napi::CallbackInfo& info) {
@@ -149,6 +159,26 @@ Napi::Value SampleTreesJs(const Napi::CallbackInfo& info) {
       });
 }
 
+// On a pool thread: one netlink dump of the TCP listeners per family.
+Napi::Value LoopbackListenerUidsJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint16_t port = static_cast<uint16_t>(ToInteger(env, info[0], "port", 1, 65535));
+  struct Job {
+    std::vector<uint32_t> uids;
+    int err = 0;
+    bool ok = false;
+  };
+  auto job = std::make_shared<Job>();
+  return RunAsync(
+      env, "procyard:listeners", [job, port] { job->ok = LoopbackListenerUids(port, &job->uids, &job->err); },
+      [job](Napi::Env env) -> Napi::Value {
+        if (!job->ok) throw SystemError(env, job->err, "sock_diag", "");
+        Napi::Array out = Napi::Array::New(env, job->uids.size());
+        for (size_t i = 0; i < job->uids.size(); i++) out.Set(static_cast<uint32_t>(i), job->uids[i]);
+        return out;
+      });
+}
+
 Napi::Value ReservePortJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int port = static_cast<int>(ToInteger(env, info[0], "port", 1, 65535));
@@ -194,10 +224,12 @@ Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
 }
 
 void InitMisc(Napi::Env env, Napi::Object exports) {
+  exports.Set("loopbackListenerUids", Napi::Function::New(env, LoopbackListenerUidsJs, "loopbackListenerUids"));
   exports.Set("resolveMountTarget", Napi::Function::New(env, ResolveMountTargetJs, "resolveMountTarget"));
   exports.Set("probeUserNamespace", Napi::Function::New(env, ProbeUserNamespaceJs, "probeUserNamespace"));
   exports.Set("probePidfd", Napi::Function::New(env, ProbePidfdJs, "probePidfd"));
   exports.Set("adoptsOrphans", Napi::Function::New(env, AdoptsOrphansJs, "adoptsOrphans"));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFdJs, "closeFd"));
   exports.Set("kernelRelease", Napi::Function::New(env, KernelReleaseJs, "kernelRelease"));
   exports.Set("Bitset", BitsetJs::Define(env));
   exports.Set("parseStat", Napi::Function::New(env, ParseStatJs, "parseStat"));

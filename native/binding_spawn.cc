@@ -11,6 +11,7 @@
 
 #include "binding_util.h"
 #include "bindings.h"
+#include "procstat.h"
 #include "spawn.h"
 
 #ifndef P_PIDFD
@@ -19,6 +20,24 @@
 
 namespace procyard {
 namespace {
+
+// Calls each(item, "key[i]") for every object in the array o[key] (when
+// present): at most max of them, each one an object.
+template <typename Each>
+void ForEachObject(Napi::Env env, Napi::Object o, const char* key, uint32_t max, const std::string& arrayShape,
+                   const std::string& itemShape, Each each) {
+  if (!Has(o, key)) return;
+  Napi::Value value = o.Get(key);
+  if (!value.IsArray()) ThrowType(env, std::string(key) + " must be an array of " + arrayShape);
+  Napi::Array array = value.As<Napi::Array>();
+  if (array.Length() > max)
+    throw Napi::RangeError::New(env, std::string(key) + " has more than " + std::to_string(max) + " items");
+  for (uint32_t i = 0; i < array.Length(); i++) {
+    std::string what = std::string(key) + "[" + std::to_string(i) + "]";
+    if (!array.Get(i).IsObject()) ThrowType(env, what + " must be " + itemShape);
+    each(array.Get(i).As<Napi::Object>(), what);
+  }
+}
 
 SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
   if (!value.IsObject()) ThrowType(env, "spawn options must be an object");
@@ -54,47 +73,28 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
     req.uid = static_cast<uid_t>(ToInteger(env, o.Get("uid"), "uid", 0, 0xfffffffe));
     req.gid = static_cast<gid_t>(ToInteger(env, o.Get("gid"), "gid", 0, 0xfffffffe));
   }
-  if (Has(o, "data")) {
-    Napi::Value data = o.Get("data");
-    if (!data.IsArray()) ThrowType(env, "data must be an array of {data, target}");
-    Napi::Array array = data.As<Napi::Array>();
-    if (array.Length() > 4) throw Napi::RangeError::New(env, "data has more than 4 items");
-    for (uint32_t i = 0; i < array.Length(); i++) {
-      std::string what = "data[" + std::to_string(i) + "]";
-      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {data, target}");
-      Napi::Object d = array.Get(i).As<Napi::Object>();
-      if (!d.Get("data").IsBuffer()) ThrowType(env, what + ".data must be a Buffer");
-      Napi::Buffer<char> bytes = d.Get("data").As<Napi::Buffer<char>>();
-      int target = static_cast<int>(ToInteger(env, d.Get("target"), what + ".target", 3, 1023));
-      req.dataFds.push_back({std::string(bytes.Data(), bytes.Length()), target});
+  ForEachObject(env, o, "data", 4, "{data, target}", "{data, target}", [&](Napi::Object d, const std::string& what) {
+    if (!d.Get("data").IsBuffer()) ThrowType(env, what + ".data must be a Buffer");
+    Napi::Buffer<char> bytes = d.Get("data").As<Napi::Buffer<char>>();
+    int target = static_cast<int>(ToInteger(env, d.Get("target"), what + ".target", 3, 1023));
+    req.dataFds.push_back({std::string(bytes.Data(), bytes.Length()), target});
+  });
+  std::set<int> fdTargets;
+  ForEachObject(env, o, "fds", 32, "{source, target}", "{source, target} or {path, target}", [&](Napi::Object m, const std::string& what) {
+    int target = static_cast<int>(ToInteger(env, m.Get("target"), what + ".target", 3, 1023));
+    if (!fdTargets.insert(target).second) ThrowType(env, what + ".target " + std::to_string(target) + " is used twice");
+    if (Has(m, "path")) {
+      // Opened read-only by the spawn: an offset of its own.
+      req.openFds.push_back({ToCString(env, m.Get("path"), what + ".path"), target});
+      return;
     }
-  }
-  if (Has(o, "fds")) {
-    Napi::Value fds = o.Get("fds");
-    if (!fds.IsArray()) ThrowType(env, "fds must be an array of {source, target}");
-    Napi::Array array = fds.As<Napi::Array>();
-    if (array.Length() > 32) throw Napi::RangeError::New(env, "fds has more than 32 items");
-    std::set<int> targets;
-    for (uint32_t i = 0; i < array.Length(); i++) {
-      std::string what = "fds[" + std::to_string(i) + "]";
-      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {source, target} or {path, target}");
-      Napi::Object m = array.Get(i).As<Napi::Object>();
-      int target = static_cast<int>(ToInteger(env, m.Get("target"), what + ".target", 3, 1023));
-      if (!targets.insert(target).second)
-        ThrowType(env, what + ".target " + std::to_string(target) + " is used twice");
-      if (Has(m, "path")) {
-        // Opened read-only by the spawn: an offset of its own.
-        req.openFds.push_back({ToCString(env, m.Get("path"), what + ".path"), target});
-        continue;
-      }
-      FdMapping mapping;
-      mapping.source = static_cast<int>(ToInteger(env, m.Get("source"), what + ".source", 0, 1 << 20));
-      mapping.target = target;
-      if (fcntl(mapping.source, F_GETFD) < 0)
-        throw SystemError(env, errno, "fcntl", what + ".source " + std::to_string(mapping.source));
-      req.extraFds.push_back(mapping);
-    }
-  }
+    FdMapping mapping;
+    mapping.source = static_cast<int>(ToInteger(env, m.Get("source"), what + ".source", 0, 1 << 20));
+    mapping.target = target;
+    if (fcntl(mapping.source, F_GETFD) < 0)
+      throw SystemError(env, errno, "fcntl", what + ".source " + std::to_string(mapping.source));
+    req.extraFds.push_back(mapping);
+  });
   if (Has(o, "statusPipe"))
     req.statusPipeTarget = static_cast<int>(ToInteger(env, o.Get("statusPipe"), "statusPipe", 3, 1023));
   // Every fd the child gets has a target of its own.
@@ -106,21 +106,16 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
       ThrowType(env, "data target " + std::to_string(d.target) + " is also another fd's target");
   if (req.statusPipeTarget >= 0 && !taken.insert(req.statusPipeTarget).second)
     ThrowType(env, "statusPipe " + std::to_string(req.statusPipeTarget) + " is also another fd's target");
-  if (Has(o, "checkPaths")) {
-    Napi::Value paths = o.Get("checkPaths");
-    if (!paths.IsArray()) ThrowType(env, "checkPaths must be an array of {path, directory}");
-    Napi::Array array = paths.As<Napi::Array>();
-    if (array.Length() > 64) throw Napi::RangeError::New(env, "checkPaths has more than 64 items");
-    for (uint32_t i = 0; i < array.Length(); i++) {
-      std::string what = "checkPaths[" + std::to_string(i) + "]";
-      if (!array.Get(i).IsObject()) ThrowType(env, what + " must be {path, directory}");
-      Napi::Object c = array.Get(i).As<Napi::Object>();
-      req.checkPaths.push_back({ToCString(env, c.Get("path"), what + ".path"), c.Get("directory").ToBoolean()});
-    }
-  }
+  ForEachObject(env, o, "checkPaths", 64, "{path, directory}", "{path, directory}", [&](Napi::Object c, const std::string& what) {
+    req.checkPaths.push_back({ToCString(env, c.Get("path"), what + ".path"), c.Get("directory").ToBoolean()});
+  });
   if (Has(o, "closeBeforeClone"))
     req.closeBeforeClone = static_cast<int>(ToInteger(env, o.Get("closeBeforeClone"), "closeBeforeClone", 3, 1 << 20));
   if (Has(o, "landlock")) req.landlock = ParseLandlockPolicy(env, o.Get("landlock"));
+  if (Has(o, "socketFilter")) {
+    if (!o.Get("socketFilter").IsBoolean()) ThrowType(env, "socketFilter must be a boolean");
+    req.socketFilter = o.Get("socketFilter").As<Napi::Boolean>().Value();
+  }
   // Limits (src/process/cgroup.ts).
   if (Has(o, "cgroupEnter")) req.cgroupEnter = ParseAbsolutePaths(env, o.Get("cgroupEnter"), "cgroupEnter", 8);
   if (Has(o, "cgroupDir")) {
@@ -271,10 +266,12 @@ Napi::Value SpawnJs(const Napi::CallbackInfo& info) {
   return promise;
 }
 
-// Watches a pidfd on the event loop; when the process exits, reaps it (if it
-// is our child, also by reparenting) and calls back with {code, signal}
-// (both null for a process we did not clone). Never waitpid(-1): that
-// would steal libuv's own children.
+// Watches a pidfd on the event loop; when the process exits, calls back with
+// {code, signal}. With reap set it first reaps the process if it is our child
+// (both null when it is not: another process reaps it); without, it never
+// waits for it, and both are null. Reap only what nobody else here waits for:
+// a child of libuv's (child_process) reaped here never gets its 'exit'. Never
+// waitpid(-1), for the same reason.
 class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -309,18 +306,10 @@ class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
   static void OnReadable(uv_poll_t* handle, int status, int) {
     PidWatcher* self = static_cast<PidWatcher*>(handle->data);
     siginfo_t info{};
-    if (status == 0 && self->reap_) {
-      if (waitid(static_cast<idtype_t>(P_PIDFD), self->pidfd_, &info, WEXITED | WNOHANG) == 0 &&
-          info.si_pid == 0)
-        return;  // spurious wakeup: still running
-    } else if (status == 0) {
-      // Not a child we cloned, but it may have become ours: when we are PID 1
-      // (a container without an init) or a child subreaper, an orphaned bwrap
-      // init is reparented to us, and nobody else would reap it. The pidfd
-      // names exactly this process; ECHILD when it is not our child.
-      siginfo_t ignored{};
-      waitid(static_cast<idtype_t>(P_PIDFD), self->pidfd_, &ignored, WEXITED | WNOHANG);
-    }
+    // The pidfd names exactly this process: ECHILD when it is not our child.
+    if (status == 0 && self->reap_ &&
+        waitid(static_cast<idtype_t>(P_PIDFD), self->pidfd_, &info, WEXITED | WNOHANG) == 0 && info.si_pid == 0)
+      return;  // spurious wakeup: still running
     self->StopPolling();
     try {
       self->Report(info);
@@ -331,13 +320,20 @@ class PidWatcher : public Napi::ObjectWrap<PidWatcher> {
 
   // The environment (a worker_thread) ends while the process runs: the
   // loop must hold no open handle then, or Node aborts the whole process.
+  // A process we would reap (a sandbox's monitor) would die with that
+  // thread anyway (its parent-death signal is tied to the thread that cloned
+  // it), but its init might not (bwrap arms the init's only after set-up),
+  // and nobody would reap the monitor: a zombie per worker until the server
+  // exits. So the sandbox is ended and reaped here.
   static void OnTeardown(void* arg) {
     PidWatcher* self = static_cast<PidWatcher*>(arg);
     if (self->poll_ == nullptr) return;
     uv_poll_stop(self->poll_);
     uv_close(reinterpret_cast<uv_handle_t*>(self->poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
     self->poll_ = nullptr;
+    if (self->reap_) KillTreeAndReap(self->pidfd_, kTeardownWaitMs);
   }
+  static constexpr int kTeardownWaitMs = 1000;
 
   void Report(const siginfo_t& info) {
     Napi::Env env = Env();

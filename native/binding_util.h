@@ -69,7 +69,10 @@ inline bool Has(Napi::Object o, const char* key) {
 }
 
 // Runs `work` on a libuv pool thread and resolves with `done(env)`; a
-// Napi::Error that `done` throws rejects instead.
+// Napi::Error that `done` throws rejects instead. When the job ends while its
+// environment is being torn down (a worker_thread terminated), JS can no
+// longer run: settling fails and throws, nobody is left to tell, and an
+// exception out of here would abort the whole process.
 template <typename Work, typename Done>
 class PromiseWorker : public Napi::AsyncWorker {
  public:
@@ -87,12 +90,22 @@ class PromiseWorker : public Napi::AsyncWorker {
   void Execute() override { work_(); }
   void OnOK() override {
     try {
-      deferred_.Resolve(done_(Env()));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
+      try {
+        deferred_.Resolve(done_(Env()));
+      } catch (const Napi::Error& e) {
+        deferred_.Reject(e.Value());
+      }
+    } catch (const Napi::Error&) {
+      // the environment is going away
     }
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) override {
+    try {
+      deferred_.Reject(e.Value());
+    } catch (const Napi::Error&) {
+      // the environment is going away
+    }
+  }
 
  private:
   Napi::Promise::Deferred deferred_;

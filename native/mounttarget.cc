@@ -43,6 +43,10 @@ std::string WorkerWritable(const struct stat& st, const TargetPolicy& p) {
     return "is owned by worker uid " + std::to_string(st.st_uid);
   if ((st.st_mode & S_IWGRP) && st.st_gid == p.workerGid)
     return "is writable by the worker group (gid " + std::to_string(st.st_gid) + ", mode " + Octal(st.st_mode) + ")";
+  // Any other owner could rename what is in it: a worker of another backend
+  // on this host (its own UIDs, its own group) looks like any other user.
+  if (st.st_uid != 0 && st.st_uid != p.trustedUid)
+    return "is owned by uid " + std::to_string(st.st_uid) + " (not root or the server), who could swap what is in it";
   // Sticky and world-writable (/var/tmp): others' entries cannot be renamed
   // or removed, and each entry passed is checked in turn.
   if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))

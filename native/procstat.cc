@@ -2,9 +2,14 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 
 namespace procyard {
@@ -45,7 +50,76 @@ void AppendChildren(pid_t pid, std::vector<pid_t>* queue) {
   closedir(dir);
 }
 
+StatFields StatOf(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  StatFields st;
+  if (!ParseStat(ReadProcFile(path), &st)) st.state = 'X';
+  return st;
+}
+
+// The pid a pidfd names, from its fdinfo; -1 when it cannot be told.
+pid_t PidOf(int pidfd) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
+  std::string info = ReadProcFile(path);
+  size_t at = info.find("\nPid:");
+  return at == std::string::npos ? -1 : static_cast<pid_t>(strtol(info.c_str() + at + 5, nullptr, 10));
+}
+
+void Signal(int pidfd, int sig) { syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0); }
+
 }  // namespace
+
+void KillTreeAndReap(int pidfd, int waitMs) {
+  auto waitEnd = [waitMs](int fd) {
+    struct pollfd ended = {fd, POLLIN, 0};
+    while (poll(&ended, 1, waitMs) < 0 && errno == EINTR) {
+    }
+  };
+  pid_t pid = PidOf(pidfd);
+  // Only a child of ours: the pidfd keeps its pid ours until we reap it, so
+  // its children's list is its own.
+  if (pid > 0 && StatOf(pid).ppid == getpid()) {
+    // Stopped, it clones no more and reaps none of its children: their
+    // pids stay theirs while they are killed.
+    Signal(pidfd, SIGSTOP);
+    for (int i = 0; i < waitMs; i++) {
+      char state = StatOf(pid).state;
+      if (state == 'T' || state == 't' || state == 'Z' || state == 'X') break;
+      usleep(1000);
+    }
+    std::vector<pid_t> children;
+    AppendChildren(pid, &children);
+    std::vector<int> killed;
+    for (pid_t child : children) {
+      int fd = static_cast<int>(syscall(SYS_pidfd_open, child, 0));
+      if (fd < 0) continue;
+      if (StatOf(child).ppid == pid) {
+        Signal(fd, SIGKILL);
+        killed.push_back(fd);
+      } else {
+        close(fd);
+      }
+    }
+    for (int fd : killed) {
+      waitEnd(fd);
+      close(fd);
+    }
+    // Let it reap them (a monitor then exits on its own), rather than leave
+    // them to an init that may never reap. Without children it stays
+    // stopped until killed: let run, it could clone one (a sandbox's init
+    // before its parent-death signal is armed) that would outlive it.
+    if (!killed.empty()) {
+      Signal(pidfd, SIGCONT);
+      waitEnd(pidfd);
+    }
+  }
+  Signal(pidfd, SIGKILL);
+  waitEnd(pidfd);
+  siginfo_t info{};
+  waitid(static_cast<idtype_t>(P_PIDFD), pidfd, &info, WEXITED | WNOHANG);
+}
 
 bool ParseStat(const std::string& line, StatFields* out) {
   size_t close = line.rfind(')');

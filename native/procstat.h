@@ -1,4 +1,4 @@
-// /proc readers for resource sampling: no napi here.
+// /proc readers for resource sampling, and ending a process tree: no napi here.
 #pragma once
 
 #include <sys/types.h>
@@ -33,5 +33,11 @@ struct TreeSample {
 std::vector<TreeSample> SampleTrees(const std::vector<pid_t>& roots);
 
 long ClockTicksPerSecond();
+
+// Kills the process behind pidfd and reaps it, waiting at most waitMs for
+// its end. A child of ours is stopped first and its own children (a
+// sandbox's init, whose pid namespace dies with it) killed before it: for a
+// sandbox's monitor when no JS can run any more to end it the usual way.
+void KillTreeAndReap(int pidfd, int waitMs);
 
 }  // namespace procyard

@@ -4,10 +4,12 @@
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/seccomp.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -66,6 +68,9 @@
 #ifndef __NR_process_madvise
 #define __NR_process_madvise 440
 #endif
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
 
 namespace procyard {
 namespace {
@@ -77,6 +82,10 @@ constexpr uint32_t kCloneNewFlags = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS
 constexpr uint32_t kUnshareNewFlags = kCloneNewFlags | CLONE_NEWTIME;
 
 constexpr uint32_t kDenyEperm = SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA);
+// SO_TIMESTAMPING as asm-generic numbers it (x86_64 and arm64 alike); headers
+// may only spell the one that matches time_t.
+constexpr uint32_t kSoTimestampingOld = 37;
+constexpr uint32_t kSoTimestampingNew = 65;
 // clone3's flags sit in a struct BPF cannot read. ENOSYS (not EPERM) makes
 // glibc fall back to clone(), whose flags the filter does check.
 constexpr uint32_t kDenyEnosys = SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA);
@@ -85,6 +94,7 @@ enum class Match {
   kAlways,
   kArgEquals,  // the low 32 bits of args[arg] equal value
   kArgAnyBit,  // the low 32 bits of args[arg] share a bit with value
+  kTwoArgsEqual,  // as kArgEquals, and the low 32 bits of args[arg2] equal value2
 };
 
 struct Rule {
@@ -94,7 +104,19 @@ struct Rule {
   unsigned arg;
   uint32_t value;
   uint32_t action;
+  unsigned arg2 = 0;
+  uint32_t value2 = 0;
 };
+
+// TCP options whose keys are kept in socket option memory, charged to no
+// cgroup: up to net.core.optmem_max (~128 KiB) per socket.
+constexpr uint32_t kTcpMd5sig = 14;
+constexpr uint32_t kTcpMd5sigExt = 32;
+constexpr uint32_t kTcpAoAddKey = 38;
+
+constexpr Rule DenyTcpOption(const char* name, uint32_t option) {
+  return {name, __NR_setsockopt, Match::kTwoArgsEqual, 1, IPPROTO_TCP, kDenyEperm, 2, option};
+}
 
 constexpr Rule Deny(const char* name, int nr) { return {name, nr, Match::kAlways, 0, 0, kDenyEperm}; }
 
@@ -146,6 +168,16 @@ const std::vector<Rule>& Rules() {
       // end its sandbox's monitor early), or advising on its memory.
       Deny("pidfd_getfd", __NR_pidfd_getfd),
       Deny("process_madvise", __NR_process_madvise),
+      // A ring makes sockets and sets their options without socket(2) or
+      // setsockopt(2), where no rule below sees the arguments.
+      Deny("io_uring_setup", __NR_io_uring_setup),
+      // Native AIO contexts draw on a host-wide budget (fs.aio-max-nr, 65536
+      // events by default) charged to no cgroup: two calls of a 64 MiB worker
+      // took all of it, and the host's own io_setup got EAGAIN. POSIX AIO
+      // (glibc's aio_*) uses threads, not this.
+#ifdef __NR_io_setup
+      Deny("io_setup", __NR_io_setup),
+#endif
       // Large kernel attack surface no app needs.
 #ifdef __NR_kexec_load
       Deny("kexec_load", __NR_kexec_load),
@@ -172,6 +204,21 @@ const std::vector<Rule>& Rules() {
 #ifdef __NR_request_key
       Deny("request_key", __NR_request_key),
 #endif
+      // Netlink: a socket's queued replies (route dumps) are charged to no
+      // cgroup; an attacker's 128 MiB worker held 1.1 GiB of them. glibc's
+      // getaddrinfo copes without it (it then assumes IPv4 and IPv6).
+      {"socket(AF_NETLINK)", __NR_socket, Match::kArgEquals, 0, AF_NETLINK, kDenyEperm},
+      // Transmit timestamps: each send leaves a copy of the packet on the
+      // socket's error queue, charged to no cgroup (a 128 MiB worker held
+      // 1.1 GiB of them over UDP). Matched by option number alone: the same
+      // numbers at other levels are options that need privileges anyway.
+      {"setsockopt(SO_TIMESTAMPING)", __NR_setsockopt, Match::kArgEquals, 2, kSoTimestampingOld, kDenyEperm},
+      {"setsockopt(SO_TIMESTAMPING_NEW)", __NR_setsockopt, Match::kArgEquals, 2, kSoTimestampingNew, kDenyEperm},
+      // TCP signature keys (MD5, TCP-AO): ~185 KiB of uncharged kernel memory
+      // a socket; an attacker's 16 MiB worker held 531 MiB of them.
+      DenyTcpOption("setsockopt(TCP_MD5SIG)", kTcpMd5sig),
+      DenyTcpOption("setsockopt(TCP_MD5SIG_EXT)", kTcpMd5sigExt),
+      DenyTcpOption("setsockopt(TCP_AO_ADD_KEY)", kTcpAoAddKey),
       // Host administration.
 #ifdef __NR_init_module
       Deny("init_module", __NR_init_module),
@@ -216,12 +263,113 @@ const std::vector<Rule>& Rules() {
   return rules;
 }
 
+constexpr uint32_t kIpprotoMptcp = 262;
+
 sock_filter Stmt(uint16_t code, uint32_t k) { return BPF_STMT(code, k); }
 sock_filter Jump(uint16_t code, uint32_t k, uint8_t jt, uint8_t jf) { return BPF_JUMP(code, k, jt, jf); }
 
+// Each rule: `if (nr != rule.nr) skip body`, nr in the accumulator. A body
+// that reads an argument reloads nr (masked with nrMask) before falling
+// through, so two rules on one call compose.
+void AppendRules(std::vector<sock_filter>* p, const std::vector<Rule>& rules, uint32_t nrMask) {
+  for (const Rule& rule : rules) {
+    std::vector<sock_filter> body;
+    if (rule.match == Match::kTwoArgsEqual) {
+      // A first mismatch skips the second test and the return alike.
+      body.push_back(Stmt(BPF_LD | BPF_W | BPF_ABS, ArgLow(rule.arg)));
+      body.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, rule.value, 0, 3));
+      body.push_back(Stmt(BPF_LD | BPF_W | BPF_ABS, ArgLow(rule.arg2)));
+      body.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, rule.value2, 0, 1));
+    } else if (rule.match != Match::kAlways) {
+      body.push_back(Stmt(BPF_LD | BPF_W | BPF_ABS, ArgLow(rule.arg)));
+      uint16_t test = rule.match == Match::kArgEquals ? BPF_JEQ : BPF_JSET;
+      body.push_back(Jump(BPF_JMP | test | BPF_K, rule.value, 0, 1));
+    }
+    body.push_back(Stmt(BPF_RET | BPF_K, rule.action));
+    if (rule.match != Match::kAlways) {
+      body.push_back(Stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));
+      if (nrMask != ~0u) body.push_back(Stmt(BPF_ALU | BPF_AND | BPF_K, nrMask));
+    }
+    p->push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(rule.nr), 0, static_cast<uint8_t>(body.size())));
+    p->insert(p->end(), body.begin(), body.end());
+  }
+}
+
+// Where one ABI keeps the calls the socket filter reads.
+struct SocketAbi {
+  uint32_t arch;
+  uint32_t nrMask;  // x32 calls come with __X32_SYSCALL_BIT set: masked off, they are x86_64's
+  int socket;
+  int ioUringSetup;
+  int sendto;    // flags in args[3]
+  int sendmsg;   // flags in args[2]
+  int sendmmsg;  // flags in args[3]
+  int socketcall;  // -1: none. Its arguments sit in memory, out of BPF's reach: refused whole
+};
+
+constexpr uint32_t kMsgFastopen = 0x20000000;
+constexpr uint32_t kAfVsock = 40;
+
+std::vector<SocketAbi> SocketAbis() {
+#if defined(__x86_64__)
+  return {{AUDIT_ARCH_X86_64, ~static_cast<uint32_t>(__X32_SYSCALL_BIT), 41, 425, 44, 46, 307, -1},
+          {AUDIT_ARCH_I386, ~0u, 359, 425, 369, 370, 345, 102}};
+#elif defined(__aarch64__)
+  return {{AUDIT_ARCH_AARCH64, ~0u, 198, 425, 206, 211, 269, -1}, {AUDIT_ARCH_ARM, ~0u, 281, 425, 290, 296, 374, -1}};
+#else
+  return {};
+#endif
+}
+
+// The checks, for one ABI's numbers (also the builtin program's SocketRules).
+std::vector<Rule> SocketRulesFor(const SocketAbi& abi) {
+  std::vector<Rule> rules = {
+      {"socket(IPPROTO_MPTCP)", abi.socket, Match::kArgEquals, 2, kIpprotoMptcp, kDenyEperm},
+      // vsock reaches the hypervisor's services on a VM (its agents listen
+      // there), and no Landlock rule covers it.
+      {"socket(AF_VSOCK)", abi.socket, Match::kArgEquals, 0, kAfVsock, kDenyEperm},
+      {"io_uring_setup", abi.ioUringSetup, Match::kAlways, 0, 0, kDenyEperm},
+      // TCP Fast Open: a send with MSG_FASTOPEN connects without connect(2),
+      // the call Landlock's connect rule is checked on.
+      {"sendto(MSG_FASTOPEN)", abi.sendto, Match::kArgAnyBit, 3, kMsgFastopen, kDenyEperm},
+      {"sendmsg(MSG_FASTOPEN)", abi.sendmsg, Match::kArgAnyBit, 2, kMsgFastopen, kDenyEperm},
+      {"sendmmsg(MSG_FASTOPEN)", abi.sendmmsg, Match::kArgAnyBit, 3, kMsgFastopen, kDenyEperm},
+  };
+  if (abi.socketcall >= 0) rules.push_back({"socketcall", abi.socketcall, Match::kAlways, 0, 0, kDenyEperm});
+  return rules;
+}
+
+std::vector<sock_filter> SocketFilterProgram() {
+  std::vector<sock_filter> p;
+  const std::vector<SocketAbi> abis = SocketAbis();
+  if (abis.empty()) return p;
+  p.push_back(Stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));
+  for (const SocketAbi& abi : abis) {
+    // This ABI's block ends in a return on every path.
+    std::vector<sock_filter> block;
+    const sock_filter loadNr = Stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr));
+    block.push_back(loadNr);
+    if (abi.nrMask != ~0u) block.push_back(Stmt(BPF_ALU | BPF_AND | BPF_K, abi.nrMask));
+    AppendRules(&block, SocketRulesFor(abi), abi.nrMask);
+    block.push_back(Stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    // The arch is still in the accumulator when this test runs: each block
+    // that does not match is jumped over whole.
+    p.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, abi.arch, 0, static_cast<uint8_t>(block.size())));
+    p.insert(p.end(), block.begin(), block.end());
+  }
+  // An ABI this kernel should not have: nothing of it can be read, so refuse.
+  p.push_back(Stmt(BPF_RET | BPF_K, kDenyEperm));
+  return p;
+}
+
+// The network policy's supplement (seccomp.h, SocketFilter), as rules of
+// the builtin program when that is the profile: one program, one attach.
+// The builtin program kills any ABI but the native one, so its numbers suffice.
+std::vector<Rule> SocketRules() { return SocketRulesFor(SocketAbis().front()); }
+
 }  // namespace
 
-std::vector<sock_filter> BuiltinSeccompProgram() {
+std::vector<sock_filter> BuiltinSeccompProgram(bool socketRules) {
   std::vector<sock_filter> p;
 #ifdef PROCYARD_AUDIT_ARCH
   const sock_filter loadNr = Stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr));
@@ -237,24 +385,23 @@ std::vector<sock_filter> BuiltinSeccompProgram() {
   p.push_back(Jump(BPF_JMP | BPF_JSET | BPF_K, __X32_SYSCALL_BIT, 0, 1));
   p.push_back(Stmt(BPF_RET | BPF_K, kDenyEperm));
 #endif
-  // Each rule: `if (nr != rule.nr) skip body`. A body that reads an argument
-  // reloads nr before falling through, so two rules on one call compose.
-  for (const Rule& rule : Rules()) {
-    std::vector<sock_filter> body;
-    if (rule.match != Match::kAlways) {
-      body.push_back(Stmt(BPF_LD | BPF_W | BPF_ABS, ArgLow(rule.arg)));
-      uint16_t test = rule.match == Match::kArgEquals ? BPF_JEQ : BPF_JSET;
-      body.push_back(Jump(BPF_JMP | test | BPF_K, rule.value, 0, 1));
-    }
-    body.push_back(Stmt(BPF_RET | BPF_K, rule.action));
-    if (rule.match != Match::kAlways) body.push_back(loadNr);
-    p.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(rule.nr), 0,
-                     static_cast<uint8_t>(body.size())));
-    p.insert(p.end(), body.begin(), body.end());
+  std::vector<Rule> rules = Rules();
+  if (socketRules) {
+    std::vector<Rule> more = SocketRules();
+    rules.insert(rules.end(), more.begin(), more.end());
   }
+  AppendRules(&p, rules, ~0u);
   p.push_back(Stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
 #endif
   return p;
+}
+
+std::vector<sock_filter> SocketFilterInstructions() { return SocketFilterProgram(); }
+
+const struct sock_fprog* SocketFilter() {
+  static const std::vector<sock_filter> program = SocketFilterProgram();
+  static const sock_fprog prog = {static_cast<unsigned short>(program.size()), const_cast<sock_filter*>(program.data())};
+  return program.empty() ? nullptr : &prog;
 }
 
 std::vector<std::string> BuiltinSeccompRules() {
@@ -265,9 +412,8 @@ std::vector<std::string> BuiltinSeccompRules() {
   return names;
 }
 
-SeccompMemfd BuiltinSeccompMemfd() {
+SeccompMemfd SeccompProgramMemfd(const std::vector<sock_filter>& program) {
   SeccompMemfd out;
-  std::vector<sock_filter> program = BuiltinSeccompProgram();
   if (program.empty()) {
     out.err = ENOSYS;
     out.step = "seccomp filter for this architecture";
@@ -288,12 +434,21 @@ namespace {
 
 Napi::Value BuiltinSeccompFilterJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  SeccompMemfd memfd = BuiltinSeccompMemfd();
+  bool socketRules = info.Length() > 0 && info[0].ToBoolean().Value();
+  SeccompMemfd memfd = SeccompProgramMemfd(BuiltinSeccompProgram(socketRules));
   if (memfd.fd >= 0) return Napi::Number::New(env, memfd.fd);
   if (memfd.err == ENOSYS && BuiltinSeccompRules().empty())
     throw Napi::Error::New(env,
                            "the built-in seccomp filter supports x86_64 and aarch64 only: set "
                            "process.seccompProfile to the path of a compiled BPF program, or to ''");
+  throw SystemError(env, memfd.err, memfd.step, "");
+}
+
+// The socket filter alone, for a sandbox with no seccomp profile.
+Napi::Value SocketSeccompFilterJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SeccompMemfd memfd = SeccompProgramMemfd(SocketFilterInstructions());
+  if (memfd.fd >= 0) return Napi::Number::New(env, memfd.fd);
   throw SystemError(env, memfd.err, memfd.step, "");
 }
 
@@ -309,6 +464,7 @@ Napi::Value BuiltinSeccompRulesJs(const Napi::CallbackInfo& info) {
 
 void InitSeccomp(Napi::Env env, Napi::Object exports) {
   exports.Set("builtinSeccompFilter", Napi::Function::New(env, BuiltinSeccompFilterJs, "builtinSeccompFilter"));
+  exports.Set("socketSeccompFilter", Napi::Function::New(env, SocketSeccompFilterJs, "socketSeccompFilter"));
   exports.Set("builtinSeccompRules", Napi::Function::New(env, BuiltinSeccompRulesJs, "builtinSeccompRules"));
 }
 

@@ -6,12 +6,15 @@
 // shares, behind that thread's back).
 #include "spawn.h"
 #include "memfd.h"
+#include "seccomp.h"
 
 #include "cgroup.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <linux/keyctl.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -55,9 +58,11 @@ enum Step : int {
   kSetgid,
   kSetuid,
   kDumpable,
+  kKeyring,
   kPdeathsig,
   kParentGone,
   kNoNewPrivs,
+  kSocketFilter,
   kLandlock,
   kExec,
 };
@@ -126,6 +131,7 @@ struct ChildArgs {
   int reportSource;
   size_t reportIndex;
   int landlockFd;  // the ruleset, at this fd in the child (O_CLOEXEC); -1: none
+  const sock_fprog* socketFilter;  // with the TCP rules: MPTCP and io_uring refused (seccomp.h)
   // Limits: the cgroup fds sit at cgroupFdBase.. after the fd shuffle.
   int cgroupFdBase;
   size_t nCgroupFds;
@@ -220,6 +226,14 @@ int ChildMain(void* arg) {
     if (Failed(r = Sys(SYS_setgid, a->gid))) ChildFail(report, kSetgid, r);
     if (Failed(r = Sys(SYS_setuid, a->uid))) ChildFail(report, kSetuid, r);
   }
+  // A session keyring of its own, made as the worker's UID (and freed with
+  // its last process): else the sandbox holds the server's (a systemd
+  // service has one), reads and changes its keys, and hands keys on to other
+  // workers through it. ENOSYS (a kernel without keys) and EPERM (keyctl
+  // refused to the whole server, as Docker's seccomp profile does): there is
+  // no keyring to share.
+  if (Failed(r = Sys(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, 0)) && r != -ENOSYS && r != -EPERM)
+    ChildFail(report, kKeyring, r);
   // A credential change leaves us non-dumpable, which makes /proc/self/uid_map
   // root-owned and bwrap's uid map write fail with EPERM.
   if (Failed(r = Sys(SYS_prctl, PR_SET_DUMPABLE, 1, 0, 0, 0))) ChildFail(report, kDumpable, r);
@@ -234,6 +248,11 @@ int ChildMain(void* arg) {
   // lets an unprivileged process restrict itself; bwrap sets it for the app anyway.
   if (a->landlockFd >= 0) {
     if (Failed(r = Sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))) ChildFail(report, kNoNewPrivs, r);
+    // The TCP rules' blind spots (MPTCP sockets, io_uring), closed whatever
+    // seccomp profile bwrap is given.
+    if (a->socketFilter != nullptr &&
+        Failed(r = Sys(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, reinterpret_cast<long>(a->socketFilter))))
+      ChildFail(report, kSocketFilter, r);
     if (Failed(r = Sys(SYS_landlock_restrict_self, a->landlockFd, 0))) ChildFail(report, kLandlock, r);
   }
 
@@ -256,9 +275,11 @@ const char* StepSyscall(int step) {
     case kSetgid: return "setgid";
     case kSetuid: return "setuid";
     case kDumpable: return "prctl(PR_SET_DUMPABLE)";
+    case kKeyring: return "keyctl(KEYCTL_JOIN_SESSION_KEYRING)";
     case kPdeathsig: return "prctl(PR_SET_PDEATHSIG)";
     case kParentGone: return "getppid";
     case kNoNewPrivs: return "prctl(PR_SET_NO_NEW_PRIVS)";
+    case kSocketFilter: return "seccomp(socket filter)";
     case kLandlock: return "landlock_restrict_self";
     case kExec: return "execve";
     default: return "spawn";
@@ -543,6 +564,7 @@ std::unique_ptr<SpawnJob> SpawnStart(SpawnRequest req, SpawnError* error) {
   args.nCgroupFds = cgroup.enter.size();
   for (int fd : cgroup.enter) fds[nfds++] = {fd, ++maxTarget};
   args.landlockFd = -1;
+  args.socketFilter = req.socketFilter && rulesetFd >= 0 ? SocketFilter() : nullptr;
   if (rulesetFd >= 0) {
     args.landlockFd = ++maxTarget;
     fds[nfds++] = {rulesetFd, args.landlockFd, true};

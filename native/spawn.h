@@ -57,6 +57,9 @@ struct SpawnRequest {
   int closeBeforeClone = -1;  // e.g. the held port listener; closed on every path
   // Landlock domain the child enters right before exec (ruleset built by Spawn).
   LandlockPolicy landlock;
+  // With it, the child also attaches SocketFilter() (seccomp.h): for a sandbox
+  // whose own seccomp program (bwrap's --seccomp) does not carry those rules.
+  bool socketFilter = false;
   // Limits (native/cgroup.cc): written before the clone, the worker's own
   // cgroup entered by the child before its UID switch.
   std::vector<CgroupWrite> cgroupWrites;  // limits that differ from the prepared cgroup's

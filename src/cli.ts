@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The procyard command: preflight a host, or run one sandboxed worker.
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { constants as fsConstants, lstatSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import type { WorkerExitEvent } from './backend.js';
@@ -78,11 +79,48 @@ function collectEnv(value: string, previous: Record<string, string> | undefined)
   return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
 }
 
-/** Written whole or not at all: a reader polling for the file never sees half a port. */
-function writePortFile(file: string, port: string): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${port}\n`);
-  renameSync(tmp, file);
+/**
+ * The port file's directory, opened once at start: every later write, rename
+ * and removal goes through this handle (/proc/self/fd/N/name), so a worker
+ * that can write a directory on the path (its --transfer directory) cannot
+ * swap a part of it for a link and take root's writes elsewhere. Symlinks
+ * on the path are followed at start only when root (or this user) owns them.
+ */
+function pinPortFile(file: string): string {
+  const full = path.resolve(file);
+  const dir = path.dirname(full);
+  const parts = dir.split('/').filter(Boolean);
+  for (let i = 1; i <= parts.length; i++) {
+    const here = `/${parts.slice(0, i).join('/')}`;
+    let st;
+    try {
+      st = lstatSync(here);
+    } catch (err) {
+      fail(`--port-file ${file}: ${here}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
+    }
+    if (st.isSymbolicLink() && st.uid !== 0 && st.uid !== process.geteuid?.())
+      fail(`--port-file ${file}: ${here} is a symlink owned by uid ${st.uid}; give a path without links that others own`, 2);
+  }
+  let fd: number;
+  try {
+    fd = openSync(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+  } catch (err) {
+    fail(`--port-file ${file}: cannot open ${dir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
+  }
+  return `/proc/self/fd/${fd}/${path.basename(full)}`;
+}
+
+/**
+ * Written whole or not at all: a reader polling for the file never sees half
+ * a port. The directory may be one the worker writes, so the temporary name
+ * is unguessable and made new (O_EXCL, which follows no symlink): a planted
+ * link never takes root's write elsewhere. The rename replaces whatever is at
+ * the final name, links included. `pinned` is pinPortFile's path.
+ */
+function writePortFile(pinned: string, port: string): void {
+  const tmp = `${pinned}.${randomBytes(8).toString('hex')}.tmp`;
+  writeFileSync(tmp, `${port}\n`, { flag: 'wx', mode: 0o644 });
+  renameSync(tmp, pinned);
 }
 
 async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
@@ -111,9 +149,14 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
   const workerId = opts.id ?? `procyard-run-${process.pid}`;
 
   // The port file names a live, listening worker: gone whenever we exit.
+  const portFile = opts.portFile ? pinPortFile(opts.portFile) : null;
   let portFileWritten = false;
   process.on('exit', () => {
-    if (portFileWritten && opts.portFile) rmSync(opts.portFile, { force: true });
+    try {
+      if (portFileWritten && portFile) rmSync(portFile, { force: true });
+    } catch {
+      // the worker put a directory there: it is the worker's to keep
+    }
   });
 
   let stopping = false;
@@ -126,8 +169,9 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
 
   let markStarted: (ok: boolean) => void = () => {};
   const started = new Promise<boolean>((resolve) => (markStarted = resolve));
-  const onSignal = (signal: NodeJS.Signals) => {
+  const onSignal = (signal: NodeJS.Signals | 'stdout closed') => {
     if (stopping) {
+      if (signal === 'stdout closed') return;
       // A second Ctrl-C: no more grace.
       process.stderr.write(`procyard: ${signal} again, killing the worker\n`);
       void backend.removeResource({ id: workerId, kind: 'container', labels: {} }).finally(() => process.exit(130));
@@ -142,6 +186,19 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // The terminal closing: as for Ctrl-C, not an exit that leaves the port file behind.
+  process.on('SIGHUP', onSignal);
+  // The reader of our output gone (`procyard run ... | head`): as for Ctrl-C,
+  // and nothing more is written there. The write error was uncaught: the CLI
+  // died without stopping the worker gracefully.
+  let stdoutOpen = true;
+  const out = (text: string) => {
+    if (stdoutOpen) process.stdout.write(text);
+  };
+  process.stdout.on('error', () => {
+    stdoutOpen = false;
+    onSignal('stdout closed');
+  });
 
   try {
     await backend.spawn({
@@ -167,7 +224,7 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
       // bwrap's own report that the exec inside the sandbox failed (its first line, before the app runs).
       if (first && line.startsWith('bwrap: execvp ')) execFailed = true;
       first = false;
-      process.stdout.write(`${printable(line)}\n`);
+      out(`${printable(line)}\n`);
     }
   })();
 
@@ -177,9 +234,9 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
   try {
     await backend.waitReady(workerId, { timeoutMs: Infinity });
     const port = addr.slice(addr.lastIndexOf(':') + 1);
-    process.stdout.write(`procyard: worker ${workerId} started; address ${addr} (bundle ${bundlePath} at ${mount})\n`);
-    if (opts.portFile) {
-      writePortFile(opts.portFile, port);
+    out(`procyard: worker ${workerId} started; address ${addr} (bundle ${bundlePath} at ${mount})\n`);
+    if (portFile) {
+      writePortFile(portFile, port);
       portFileWritten = true;
     }
   } catch {

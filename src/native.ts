@@ -43,6 +43,11 @@ export interface NativeSpawnOptions {
   /** A Landlock domain the child enters right before exec (see src/process/landlock.ts). */
   landlock?: NativeLandlockRules;
   /**
+   * With landlock: the child also attaches the socket filter (socketSeccompFilter's
+   * program) itself, for a sandbox whose bwrap --seccomp program lacks its rules.
+   */
+  socketFilter?: boolean;
+  /**
    * Limits (src/process/cgroup.ts): the files the child writes "0" to before
    * its UID switch, entering its cgroup (v1 `tasks`, one per hierarchy; v2
    * cgroup.procs).
@@ -158,12 +163,15 @@ interface Addon {
   probePidfd(): ProbeResult;
   kernelRelease(): string;
   adoptsOrphans(): boolean;
+  closeFd(fd: number): boolean;
   Bitset: new (size: number) => NativeBitset;
   parseStat(line: string): StatFields | null;
   sampleTrees(pids: number[]): Promise<TreeSample[]>;
   clockTicksPerSecond: number;
   reservePort(port: number): number;
-  builtinSeccompFilter(): number;
+  loopbackListenerUids(port: number): Promise<number[]>;
+  builtinSeccompFilter(socketRules?: boolean): number;
+  socketSeccompFilter(): number;
   builtinSeccompRules(): string[];
   resolveMountTarget(
     path: string,
@@ -330,6 +338,12 @@ export const probePidfd = addon.probePidfd;
 export const kernelRelease = addon.kernelRelease;
 /** Orphans are reparented to this process: it is PID 1 (a container without an init) or a child subreaper. */
 export const adoptsOrphans = addon.adoptsOrphans;
+/**
+ * Closes an fd the addon opened (pidfds, pipes, sockets, memfds); false when
+ * it was not open. Not fs.closeSync: in a worker_thread that warns about
+ * every fd fs did not open there.
+ */
+export const closeFd = addon.closeFd;
 export const Bitset = addon.Bitset;
 export const parseStat = addon.parseStat;
 /** Per root pid: summed RSS and CPU ticks over its process tree. */
@@ -337,8 +351,22 @@ export const sampleTrees = addon.sampleTrees;
 export const clockTicksPerSecond = addon.clockTicksPerSecond;
 /** bind + listen on 127.0.0.1:port; the fd, or throws with code EADDRINUSE. */
 export const reservePort = addon.reservePort;
-/** A memfd holding procyard's built-in seccomp BPF program (see native/seccomp.cc). */
+/**
+ * Owner UIDs of the TCP listeners a connect to 127.0.0.1:port could reach
+ * (IPv4 and IPv6), from the kernel's sock_diag (native/sockdiag.h); rejects
+ * with `syscall` 'sock_diag' where the kernel cannot answer.
+ */
+export const loopbackListenerUids = addon.loopbackListenerUids;
+/**
+ * A memfd holding procyard's built-in seccomp BPF program (see
+ * native/seccomp.cc); with socketRules, also the network policy's socket rules.
+ */
 export const builtinSeccompFilter = addon.builtinSeccompFilter;
+/**
+ * A memfd holding the network policy's socket filter alone: socket(2) with
+ * IPPROTO_MPTCP and io_uring_setup fail with EPERM (native/seccomp.h).
+ */
+export const socketSeccompFilter = addon.socketSeccompFilter;
 /**
  * Walks an absolute path from / without following untrusted symlinks (see
  * native/mounttarget.h), creating missing directories when asked: the real

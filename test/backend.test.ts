@@ -1,12 +1,14 @@
 // ProcessBackend with real bwrap sandboxes: lifecycle, isolation, stop, logs, build.
+import { spawnSync } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WorkerNotFoundError } from '../src/backend.js';
 import { pidfdSignal, spawnNative } from '../src/native.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import type { WorkerExitEvent } from '../src/backend.js';
-import { appSpec, httpGet, tempDir, testConfig } from './helpers/backend.js';
+import { FIXTURES, NODE, appSpec, httpGet, tempDir, testConfig } from './helpers/backend.js';
 import { childrenOf, isDead, isRoot, openFds, procStatus, treeOf, waitFor } from './helpers/proc.js';
 
 // Ports 20100-20199 and UIDs 61100-61199 belong to this file.
@@ -141,7 +143,7 @@ describe('worker lifecycle', () => {
       [appSpec('x'.repeat(129)), /workerId/],
       [appSpec('ok', 'serve', { bundlePath: '/does/not/exist' }), /bundlePath "\/does\/not\/exist" does not exist/],
       [appSpec('ok', 'serve', { workerMount: 'relative' }), /workerMount must be an absolute path/],
-      [appSpec('ok', 'serve', { env: { 'A=B': 'x' } }), /env key "A=B"/],
+      [appSpec('ok', 'serve', { env: { 'A=B': 'x' } }), /env key "A" followed by "=" and more \(not shown\) is not a valid variable name/],
       [appSpec('ok', 'serve', { cmd: ['a\0b'] }), /cmd\[0\] must not contain a NUL/],
       [appSpec('ok', 'serve', { cmd: [] }), /cmd must be a non-empty array/],
       [appSpec('ok', 'serve', { dataMounts: [{ source: '/nope', target: '/data' }] }), /dataMounts\[0\]\.source/],
@@ -376,6 +378,22 @@ describe('build', () => {
     }
   });
 
+  it('is ended by an abort that comes while it is being set up', async () => {
+    // Aborted a turn of the loop after the call: build() is still setting up
+    // (claiming a UID, starting bwrap). Five times, to meet each of its steps.
+    for (let i = 0; i < 5; i++) {
+      const controller = new AbortController();
+      const started = Date.now();
+      const pending = backend.build({ appId: 'a', bundleId: 'b-early', cmd: ['/bin/sleep', '30'] }, { signal: controller.signal });
+      await new Promise((r) => setTimeout(r, i));
+      controller.abort();
+      const result = await pending;
+      expect(result.success).toBe(false);
+      expect(Date.now() - started).toBeLessThan(10_000);
+    }
+    expect(backend.inUse.uids).toBe(0);
+  });
+
   it('mounts what it is given: read-only when asked, else read-write', async () => {
     const dir = tempDir();
     chmodSync(dir.dir, 0o777);
@@ -430,6 +448,25 @@ describe.runIf(isRoot)('sandboxes orphaned during set-up', () => {
     await backend.cleanupOrphanResources();
     expect(await waitFor(() => orphans.every(isDead), 1000)).toBe(true);
   });
+});
+
+describe('a worker_thread that owns a backend', () => {
+  it('can be terminated: the server lives, and every sandbox the thread started is ended and reaped', () => {
+    // Five rounds in a process of its own (an abort would take vitest's
+    // worker with it): terminated once its spawns settled, or with them in
+    // flight. A native job finishing during the teardown aborted the whole
+    // process; its sandboxes' monitors stayed zombies; its fds drew warnings.
+    const run = spawnSync(NODE, [path.join(FIXTURES, 'thread-terminate.mjs'), '24482', '24483', '65482', '65483'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(run.status, run.stderr).toBe(0);
+    expect(run.stderr).toBe('');
+    const rounds = JSON.parse(run.stdout) as { inFlight: boolean }[];
+    expect(rounds.map(({ inFlight }) => inFlight)).toEqual([false, true, false, true, false]);
+    for (const round of rounds)
+      expect(round).toEqual({ inFlight: round.inFlight, monitors: round.inFlight ? 0 : 2, monitorsLeft: [], processesLeft: [] });
+  }, 70_000);
 });
 
 describe('construction', () => {

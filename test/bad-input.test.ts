@@ -239,6 +239,23 @@ describe('WorkerSpec', () => {
   });
 });
 
+describe('env in errors', () => {
+  it('names a bad variable, never its value: a value put in the wrong place may be a secret', async () => {
+    const secret = 'S3CR3T-postgres://u:hunter2@db';
+    const spawned = await backend
+      .spawn({ appId: 'app', workerId: 'env-key', bundlePath: FIXTURES, workerMount: '/tmp/app', cmd: ['/bin/true'], env: { [`DB=${secret}`]: 'x' } })
+      .then(() => null, (e: Error) => e);
+    expect(spawned?.message).toMatch(/env key "DB" followed by "=" and more \(not shown\) is not a valid variable name/);
+    for (const env of [[`A=1`, secret], [`BAD KEY=${secret}`]]) {
+      const built = await backend.build({ appId: 'app', bundleId: 'b', cmd: ['/bin/true'], env }).then(() => null, (e: Error) => e);
+      expect(built?.message).toMatch(/env\[\d\] must be "KEY=VALUE"/);
+      expect(built?.message).not.toContain('S3CR3T');
+    }
+    expect(spawned?.message).not.toContain('S3CR3T');
+    await expectNothingLeaked();
+  });
+});
+
 describe('BuildSpec', () => {
   it('every build either returns a BuildResult or rejects with a clear Error, leaking nothing', async () => {
     let built = 0;

@@ -3,7 +3,7 @@
 // file, [storage] bundle_worker_path, --version, TOML names in errors.
 // Ports 24300-24319 and UIDs 65300-65319 belong to this file; loopback only.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -198,6 +198,80 @@ describe('procyard run', () => {
     expect(r.code, r.stderr).toBe(5);
     expect(r.stdout).toContain('started; address');
     expect(existsSync(portFile2)).toBe(false);
+  });
+
+  it('stops the worker gracefully when the reader of its output goes away (`| head`)', async () => {
+    const cfg = config([24305, 24309], [65305, 65309]);
+    const transfer = mkdtempSync(path.join(dir, 'head-'));
+    chmodSync(transfer, 0o777);
+    const app = 'trap "echo ran > /transfer/term; exit 0" TERM; while :; do echo line; sleep 0.01; done';
+    const run = background(['--config', cfg, '--bundle', FIXTURES, '--transfer', transfer, '--', '/bin/sh', '-c', app]);
+    // As `head -2` does: two lines read, then the pipe's read end closed.
+    await until('two lines', () => run.out().split('\n').filter((l) => l === 'line').length >= 2);
+    run.child.stdout!.destroy();
+    // The CLI died on the write error (EPIPE), leaving the app no SIGTERM.
+    expect(await Promise.race([run.exited, new Promise((r) => setTimeout(() => r('still running'), 15_000))])).toBe(0);
+    expect(run.err()).toContain('stdout closed: stopping worker');
+    expect(run.err()).not.toMatch(/EPIPE|Unhandled/);
+    expect(readFileSync(path.join(transfer, 'term'), 'utf8')).toBe('ran\n');
+  });
+
+  it.runIf(isRoot)("writes the port file into the worker's own directory without following a link the worker planted", async () => {
+    const cfg = config([24305, 24309], [65305, 65309]);
+    const transfer = mkdtempSync(path.join(dir, 'transfer-'));
+    chmodSync(transfer, 0o777); // written by the worker UID
+    const victim = path.join(dir, 'root-owned');
+    writeFileSync(victim, 'root data\n', { mode: 0o644 });
+    // The worker learns the CLI's pid, plants port.<pid>.tmp -> victim, then listens.
+    const app = `const fs = require('fs');
+      const until = Date.now() + 10000;
+      (function plant() {
+        if (!fs.existsSync('/transfer/cli-pid')) return Date.now() < until && setTimeout(plant, 10);
+        const pid = fs.readFileSync('/transfer/cli-pid', 'utf8').trim();
+        fs.symlinkSync(process.env.VICTIM, '/transfer/port.' + pid + '.tmp');
+        fs.symlinkSync(process.env.VICTIM, '/transfer/port.tmp');
+        require('http').createServer((q, s) => s.end('x')).listen(+process.env.SHINY_PORT, process.env.SHINY_HOST);
+      })();`;
+    const portFile = path.join(transfer, 'port');
+    const run = background([
+      '--config', cfg, '--bundle', FIXTURES, '--transfer', transfer, '--env', `VICTIM=${victim}`, '--port-file', portFile, '--', process.execPath, '-e', app,
+    ]);
+    writeFileSync(path.join(transfer, 'cli-pid'), String(run.child.pid));
+    const port = await until('the port file', () => existsSync(portFile) && Number(readFileSync(portFile, 'utf8').trim()));
+    expect(port).toBeGreaterThanOrEqual(24305);
+    expect(readFileSync(victim, 'utf8')).toBe('root data\n');
+    run.child.kill('SIGINT');
+    expect(await run.exited).toBe(0);
+    expect(readFileSync(victim, 'utf8')).toBe('root data\n');
+  });
+
+  it.runIf(isRoot)('writes and removes the port file in the directory given, even when the worker swaps it for a link', async () => {
+    const cfg = config([24305, 24309], [65305, 65309]);
+    const transfer = mkdtempSync(path.join(dir, 'transfer-'));
+    chmodSync(transfer, 0o777);
+    mkdirSync(path.join(transfer, 'sub'));
+    // A root-only directory with a root file of the port file's name.
+    const vault = mkdtempSync(path.join(dir, 'vault-'));
+    chmodSync(vault, 0o700);
+    writeFileSync(path.join(vault, 'port'), 'root data\n', { mode: 0o600 });
+    // Before it listens, the worker moves sub away and puts a link to the vault in its place.
+    const app = `const fs = require('fs');
+      fs.renameSync('/transfer/sub', '/transfer/sub-away');
+      fs.symlinkSync(process.env.VAULT, '/transfer/sub');
+      require('http').createServer((q, s) => s.end('x')).listen(+process.env.SHINY_PORT, process.env.SHINY_HOST);`;
+    const portFile = path.join(transfer, 'sub', 'port');
+    const run = background([
+      '--config', cfg, '--bundle', FIXTURES, '--transfer', transfer, '--env', `VAULT=${vault}`, '--port-file', portFile, '--', process.execPath, '-e', app,
+    ]);
+    const written = path.join(transfer, 'sub-away', 'port');
+    const port = await until('the port file', () => existsSync(written) && Number(readFileSync(written, 'utf8').trim()));
+    expect(port).toBeGreaterThanOrEqual(24305);
+    expect(readFileSync(path.join(vault, 'port'), 'utf8')).toBe('root data\n');
+    // SIGHUP (the terminal closed) stops it as SIGINT does, and the port file goes.
+    run.child.kill('SIGHUP');
+    expect(await run.exited).toBe(0);
+    expect(existsSync(written)).toBe(false);
+    expect(readFileSync(path.join(vault, 'port'), 'utf8')).toBe('root data\n');
   });
 
   it('mounts the bundle at [storage] bundle_worker_path when --mount is not given', async () => {

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runPreflight } from '../src/preflight/index.js';
-import { PidWatcherNative, spawnNative, type NativeChild, type NativeLandlockRules } from '../src/native.js';
+import { builtinSeccompFilter, PidWatcherNative, spawnNative, type NativeChild, type NativeLandlockRules } from '../src/native.js';
 import { landlockSupport, NetworkPolicy } from '../src/process/landlock.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { hostRunPlan } from '../src/process/run-dir.js';
@@ -131,6 +131,57 @@ describe('a worker under the network policy', () => {
       await peer.stop();
       await off.removeResource({ id: 'off-1', kind: 'container', labels: {} });
     }
+  });
+
+  it.runIf(tcp)('MPTCP sockets, TCP Fast Open sends, vsock sockets and io_uring rings (all outside the TCP rules) are refused, whatever the seccomp profile; under \'off\' they work', async (ctx) => {
+    const probes = [
+      `mptcpBind:mptcpbind:${OTHER}`,
+      `mptcpConnect:mptcpconnect:${PORT_B}`,
+      'uring:uring:-',
+      `fastOpen:tfo:${PORT_B}`,
+      'vsock:vsock:-',
+      `tcpConnect:connect:${PORT_A}`,
+    ];
+    const control = await probeWorker(off, 'off-mptcp', probes);
+    await off.removeResource({ id: 'off-mptcp', kind: 'container', labels: {} });
+    // No profile (the socket filter alone), the builtin one (carrying its
+    // rules) and a compiled one (the clone child attaches the filter itself).
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'procyard-mptcp-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const compiled = path.join(dir, 'profile.bpf');
+    const fd = builtinSeccompFilter();
+    try {
+      writeFileSync(compiled, readFileSync(`/proc/self/fd/${fd}`));
+    } finally {
+      closeSync(fd);
+    }
+    const profiles: [string, ProcessBackend][] = [
+      ['none', allow],
+      ['builtin', new ProcessBackend(testConfig([24295, 24296], [65295, 65296], { allowedConnectPorts: [PORT_A], seccompProfile: 'builtin' }))],
+      ['compiled', new ProcessBackend(testConfig([24297, 24298], [65297, 65298], { allowedConnectPorts: [PORT_A], seccompProfile: compiled }))],
+    ];
+    cleanups.push(() => Promise.all(profiles.slice(1).map(([, be]) => be.close())).then(() => {}));
+    const before = b.received.length;
+    for (const [name, be] of profiles) {
+      let r: Record<string, string>;
+      try {
+        r = await probeWorker(be, `mptcp-${name}`, probes);
+      } finally {
+        await be.removeResource({ id: `mptcp-${name}`, kind: 'container', labels: {} });
+      }
+      // Whatever this kernel offers, the policy's worker gets neither; plain TCP to an allowed port still works.
+      expect(r, name).toEqual({ mptcpBind: 'EPERM', mptcpConnect: 'EPERM', uring: 'EPERM', fastOpen: 'EPERM', vsock: 'EPERM', tcpConnect: 'ok' });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(b.received.length).toBe(before);
+    // The control: without the policy both work where the kernel has them,
+    // so the refusals above are the policy's.
+    // TCP Fast Open connects (the data waits for the SYN-ACK) wherever the
+    // kernel has it; without the policy it reaches B.
+    expect(control.fastOpen).toBe('ok');
+    if (control.mptcpBind !== `ok:${OTHER}`) return ctx.skip(`this kernel has no MPTCP (socket: ${control.mptcpBind})`);
+    expect(control.mptcpConnect).toBe('ok');
+    if (control.uring !== 'ok') return ctx.skip(`io_uring is off on this host (${control.uring})`);
   });
 
   it.runIf(tcp)('a build binds no TCP port at all and connects as configured', async () => {

@@ -162,6 +162,7 @@ describe('judgeNetworkPolicy (preflight network_policy)', () => {
     expect(v.severity).toBe('ok');
     expect(v.message).toContain('Landlock ABI 7');
     expect(v.message).toContain('TCP port 443 only');
+    expect(v.message).toContain('MPTCP sockets, TCP Fast Open sends, vsock sockets and io_uring rings');
     expect(v.message).toContain('abstract unix socket');
   });
 
@@ -198,7 +199,7 @@ describe('hiding /run in the bwrap argv', () => {
   it('a tmpfs over /run after /dev, the kept files, the mounts, then read-only', () => {
     const args = bwrapArgs({ ...plan, mounts, run: { keep: ['/run/systemd/resolve/stub-resolv.conf'] } }).join(' ');
     expect(args).toContain(
-      '--remount-ro /dev --chdir /tmp --tmpfs /run --symlink /dev/shm /run/shm ' +
+      '--remount-ro /dev --chdir /tmp --dev-bind /dev/null /proc/locks --tmpfs /run --symlink /dev/shm /run/shm ' +
         '--ro-bind-try /run/systemd/resolve/stub-resolv.conf /run/systemd/resolve/stub-resolv.conf ' +
         '--ro-bind /srv/tok /run/blockyard --remount-ro /run --cap-drop ALL',
     );

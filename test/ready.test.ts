@@ -68,6 +68,17 @@ describe('waitReady', () => {
     await backend.removeResource({ id: 'dies', kind: 'container', labels: {} });
   });
 
+  it('has the exit status at once, while what the app left behind is still ending', async () => {
+    // The app exits while a child holding 1 GiB (and its stderr) is still
+    // alive: the sandbox ends ~0.1-0.2 s after the app, as the kernel frees it.
+    const cmd = ['/bin/sh', '-c', 'python3 /tmp/app/slow-exit.py 1024 >/dev/null & sleep 1; exit 3'];
+    await backend.spawn(appSpec('leaves', 'serve', { cmd }));
+    const err = (await backend.waitReady('leaves', { timeoutMs: 20_000 }).catch((e: unknown) => e)) as WorkerNotReadyError;
+    expect(err.reason).toBe('exited');
+    expect(err.exit).toEqual({ code: 3, signal: null });
+    await backend.removeResource({ id: 'leaves', kind: 'container', labels: {} });
+  });
+
   it('rejects after timeoutMs, and when the signal aborts, with the worker left running', async () => {
     await backend.spawn(appSpec('silent', 'serve', { cmd: ['/bin/sleep', '30'] }));
     try {

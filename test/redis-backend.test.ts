@@ -172,6 +172,28 @@ describe('two ProcessBackends on one Redis', () => {
     await a.stop('live');
   });
 
+  it("a peer's sweep keeps the UID of a live worker whose server's lease lapsed (cut off from Redis)", async () => {
+    const prefix = `rb-${randomBytes(3).toString('hex')}:`;
+    const keys = redisHostKeys(prefix, hostname());
+    const r = clients[0]!;
+    // A long lease: nothing renews it during the test once it is gone.
+    const a = backend(client(), prefix, { leaseTtlMs: 60_000 });
+    const peer = backend(client(), prefix, { leaseTtlMs: 60_000 });
+    await a.spawn(spec('cut-off', 30));
+    const uid = Number(Object.keys(await r.hgetall(keys.uid.owner))[0]);
+    const port = Number((await a.addr('cut-off')).split(':')[1]);
+    // What a long enough cut-off from Redis leaves: a's lease key gone.
+    const leases = await r.keys(`${keys.leasePrefix}*`);
+    const owner = (await r.hget(keys.uid.owner, String(uid)))!;
+    await r.del(`${keys.leasePrefix}${owner}`);
+    expect(leases.length).toBe(2);
+    await peer.cleanupOrphanResources();
+    // The UID still runs a's worker: it stays claimed. The port goes (a bind would find it taken).
+    expect(await r.hget(keys.uid.owner, String(uid))).toBe(owner);
+    expect(await r.hget(keys.port.owner, String(port))).toBeNull();
+    await a.stop('cut-off');
+  });
+
   it('with Redis down, spawn rejects saying so and starts nothing; after it returns, spawn works', async () => {
     const down = await startRedis({ port: 16382 });
     try {

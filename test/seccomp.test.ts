@@ -77,6 +77,12 @@ const RULE_PROBES: Record<string, { probe: string; errno: string }> = {
   'unshare(CLONE_NEW*)': { probe: 'unshare_newuser', errno: 'EPERM' },
   'clone(CLONE_NEW*)': { probe: 'clone_newuser', errno: 'EPERM' },
   clone3: { probe: 'clone3', errno: 'ENOSYS' },
+  'socket(AF_NETLINK)': { probe: 'socket_netlink', errno: 'EPERM' },
+  'setsockopt(SO_TIMESTAMPING)': { probe: 'setsockopt_timestamping', errno: 'EPERM' },
+  'setsockopt(SO_TIMESTAMPING_NEW)': { probe: 'setsockopt_timestamping_new', errno: 'EPERM' },
+  'setsockopt(TCP_MD5SIG)': { probe: 'setsockopt_tcp_md5sig', errno: 'EPERM' },
+  'setsockopt(TCP_MD5SIG_EXT)': { probe: 'setsockopt_tcp_md5sig_ext', errno: 'EPERM' },
+  'setsockopt(TCP_AO_ADD_KEY)': { probe: 'setsockopt_tcp_ao_add_key', errno: 'EPERM' },
 };
 
 // Without the filter the kernel answers these with something other than EPERM
@@ -90,6 +96,14 @@ const UNFILTERED: Record<string, string> = {
   process_madvise: 'EBADF',
   keyctl: 'ok',
   add_key: 'ok',
+  socket_netlink: 'ok',
+  setsockopt_timestamping: 'ok',
+  setsockopt_timestamping_new: 'ok',
+  io_uring_setup: 'EFAULT',
+  io_setup: 'ok',
+  setsockopt_tcp_md5sig: 'ok',
+  setsockopt_tcp_md5sig_ext: 'ok',
+  setsockopt_tcp_ao_add_key: 'EINVAL',
   request_key: 'ENOKEY',
   mount: 'ENOENT',
   fsconfig: 'EINVAL',
@@ -203,6 +217,15 @@ describe('built-in seccomp filter', () => {
     expect(filtered.get('unshare_fs')).toBe('ok');
     expect(filtered.get('clone_plain')).toBe('ok');
     expect(filtered.get('clone3')).toBe('ENOSYS');
+  });
+
+  it('refuses TCP signature keys by level and option, and leaves those option numbers open at other levels', () => {
+    for (const probe of ['setsockopt_tcp_md5sig', 'setsockopt_tcp_md5sig_ext', 'setsockopt_tcp_ao_add_key'])
+      expect({ probe, result: filtered.get(probe) }).toEqual({ probe, result: 'EPERM' });
+    for (const probe of ['setsockopt_ip_multicast_if', 'setsockopt_so_bsdcompat']) {
+      expect({ probe, result: filtered.get(probe) }).toEqual({ probe, result: 'ok' });
+      expect({ probe, result: unfiltered.get(probe) }).toEqual({ probe, result: 'ok' });
+    }
   });
 
   it('refuses mount and ioctl(TIOCSTI), also with junk in the high word of the request', () => {

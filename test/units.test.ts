@@ -1,13 +1,15 @@
 // The pure parts: bwrap argv, the worker environment, line splitting and the
 // ring, R version resolution, /proc/net/tcp parsing, command lookup. No
 // sandbox needed.
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { bwrapArgs, buildEnv, envArgs, workerEnv, workerMounts } from '../src/process/bwrap.js';
 import { commandProblem, hostPathOf } from '../src/process/command.js';
-import { listenerUids } from '../src/process/listeners.js';
+import { loopbackListenerUids as sockDiagListenerUids } from '../src/native.js';
+import { listenerUids, procListenerUids } from '../src/process/listeners.js';
 import { LineSplitter, LogRing, MAX_LINE, printable, retainedBytes } from '../src/process/logs.js';
 import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
 import { tempDir } from './helpers/backend.js';
@@ -119,6 +121,40 @@ describe('LineSplitter', () => {
   });
 });
 
+describe('LineSplitter on floods of short lines', () => {
+  it('gives the same lines and byte counts as a plain split, whatever the chunking', () => {
+    // Short, repeated, CRLF, non-ASCII, invalid UTF-8, 32/33-byte and long lines, back to back.
+    const parts = ['', '', 'y', 'y', 'y\r', 'x', '', '\u00e9\u00e9', '\u00e9\u00e9', 'a'.repeat(32), 'a'.repeat(33), 'a'.repeat(32), 'b'.repeat(500), 'y', 'y'];
+    const text = Buffer.concat([...parts.map((p) => Buffer.from(p + '\n')), Buffer.from([0xff, 0x0a, 0xfe, 0x0a, 0xfe, 0x0a])]);
+    const expected = [...parts.map((p) => p.replace(/\r$/, '')), '\uFFFD', '\uFFFD', '\uFFFD'];
+    for (const size of [1, 2, 3, 7, 33, 64, text.length]) {
+      const out: [string, number][] = [];
+      const s = new LineSplitter((l, n) => out.push([l, n]));
+      for (let at = 0; at < text.length; at += size) s.push(text.subarray(at, at + size));
+      s.end();
+      expect(out.map(([l]) => l), `chunks of ${size}`).toEqual(expected);
+      expect(out.map(([, n]) => n), `chunks of ${size}`).toEqual(expected.map((l) => (l === '\uFFFD' ? 1 : Buffer.byteLength(l))));
+    }
+  });
+
+  it('emits every line of a 64 KiB chunk of newlines, the newest kept in a ring bounded as before', () => {
+    const ring = new LogRing(1000, 16 * 1024);
+    let emitted = 0;
+    const s = new LineSplitter((l, n) => {
+      emitted++;
+      ring.push(l, n);
+    });
+    s.push(Buffer.alloc(65536, 10));
+    s.push('last\n');
+    expect(emitted).toBe(65537);
+    const held = ring.snapshot();
+    expect(held.length).toBe(1 + Math.floor((16 * 1024 - retainedBytes('last', 4)) / retainedBytes('', 0)));
+    expect(held.at(-1)).toBe('last');
+    expect(held.slice(0, -1).every((l) => l === '')).toBe(true);
+    expect(ring.retained).toBeLessThanOrEqual(16 * 1024);
+  });
+});
+
 describe('LineSplitter on bytes', () => {
   it('never cuts a UTF-8 character when it splits an over-long line, and reports each piece\'s bytes', () => {
     const out: [string, number][] = [];
@@ -138,6 +174,22 @@ describe('LineSplitter on bytes', () => {
       expect(line).not.toContain('\uFFFD');
     }
     expect(out).toHaveLength(2);
+  });
+
+  it('never cuts a character split by the chunk that fills the buffer to MAX_LINE exactly', () => {
+    // As a pipe hands it over: MAX_LINE - 1 bytes and a character's first byte,
+    // then its other two bytes. The piece went out at MAX_LINE bytes, the
+    // character in three invalid pieces.
+    const bytes = Buffer.concat([Buffer.alloc(MAX_LINE - 1, 'a'), Buffer.from('\u20ac' + 'b'.repeat(10) + '\n')]);
+    for (const at of [MAX_LINE, MAX_LINE + 1]) {
+      const out: string[] = [];
+      const s = new LineSplitter((l) => out.push(l));
+      s.push(bytes.subarray(0, at));
+      s.push(bytes.subarray(at));
+      s.end();
+      expect(out.join(''), `split at ${at}`).toBe('a'.repeat(MAX_LINE - 1) + '\u20ac' + 'b'.repeat(10));
+      expect(out.every((l) => Buffer.byteLength(l) <= MAX_LINE)).toBe(true);
+    }
   });
 });
 
@@ -259,6 +311,20 @@ describe('R versions', () => {
     expect(resolveRBinary('3.6.3', '/usr/bin/R', rig.dir)).toEqual({ path: '/usr/bin/R', fellBack: true });
   });
 
+  it('never resolves a version to a path out of rigBase', () => {
+    // An install outside rigBase, next to it, that '../<name>' would reach.
+    const outside = `${path.basename(rig.dir)}-outside`;
+    const bin = path.join(path.dirname(rig.dir), outside, 'bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(path.join(bin, 'R'), '#!/bin/sh\n', { mode: 0o755 });
+    try {
+      for (const v of [`../${outside}`, '..', '.', '4.3.1/../4.2'])
+        expect(resolveRBinary(v, '/usr/bin/R', rig.dir)).toEqual({ path: '/usr/bin/R', fellBack: true });
+    } finally {
+      rmSync(path.dirname(bin), { recursive: true, force: true });
+    }
+  });
+
   it('checks a bundle version with messages a user can act on', () => {
     expect(() => checkRVersion('', rig.dir)).not.toThrow();
     expect(() => checkRVersion('4.4.1', rig.dir)).not.toThrow();
@@ -268,6 +334,8 @@ describe('R versions', () => {
     expect(() => checkRVersion('4.1.0', '/nonexistent')).toThrow(
       'bundle requires R 4.1 which is not installed but no R versions are installed',
     );
+    // A bundle's version cannot drive the operator's terminal through the message.
+    expect(() => checkRVersion('\x1b[2J.1', rig.dir)).toThrow(/^bundle requires R \\x1b\[2J\.1 which is not installed/);
   });
 });
 
@@ -297,6 +365,43 @@ describe('listenerUids (/proc/net/tcp parsing)', () => {
     expect(listenerUids(v4, 10001)).toEqual([61004]);
     expect(listenerUids(v4, 10002)).toEqual([]);
     expect(listenerUids('', 10000)).toEqual([]);
+  });
+});
+
+describe('listener owners from sock_diag', () => {
+  // Ports 34250-34254: real listeners on each kind of address.
+  const listen = (port: number, host: string) =>
+    new Promise<net.Server | null>((resolve) => {
+      const server = net.createServer((c) => c.destroy());
+      server.once('error', () => resolve(null)); // no IPv6 here
+      server.listen({ port, host, ipv6Only: host === '::' ? false : undefined }, () => resolve(server));
+    });
+
+  it('agree with /proc/net/tcp: the loopback-reachable listeners only, not clients nor other addresses', async () => {
+    const uid = process.getuid!();
+    const cases: [number, string, number[]][] = [
+      [34250, '127.0.0.1', [uid]],
+      [34251, '0.0.0.0', [uid]],
+      [34252, '::', [uid]],
+      [34253, '127.0.0.2', []],
+      [34254, '::1', []],
+    ];
+    const servers = await Promise.all(cases.map(([port, host]) => listen(port, host)));
+    // An established connection to 34250: its client side is not a listener.
+    const client = net.connect({ port: 34250, host: '127.0.0.1' });
+    await new Promise((resolve) => client.once('connect', resolve).once('error', resolve));
+    try {
+      for (const [i, [port, host, want]] of cases.entries()) {
+        if (!servers[i]) continue;
+        const fromDiag = await sockDiagListenerUids(port);
+        expect(fromDiag, `${host}:${port}`).toEqual(want);
+        expect(fromDiag, `${host}:${port}`).toEqual(await procListenerUids(port));
+      }
+      expect(await sockDiagListenerUids(34249)).toEqual([]);
+    } finally {
+      client.destroy();
+      await Promise.all(servers.map((s) => new Promise((resolve) => (s ? s.close(resolve) : resolve(null)))));
+    }
   });
 });
 

@@ -2,7 +2,7 @@
 // and message); index.ts gives it its name and category and runs them all.
 // Every message says what is wrong and how to fix it.
 import { execFile } from 'node:child_process';
-import { closeSync, fstatSync } from 'node:fs';
+import { fstatSync } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { lookup } from 'node:dns/promises';
@@ -11,6 +11,7 @@ import path from 'node:path';
 import { openbaoAddress, DEFAULT_BUNDLE_WORKER_PATH, type Config, type ResolvedProcessConfig } from '../config.js';
 import {
   builtinSeccompFilter,
+  closeFd,
   kernelRelease,
   probePidfd,
   probeUserNamespace,
@@ -243,7 +244,7 @@ export async function checkSeccompProfile(ctx: PreflightContext): Promise<Verdic
           `(npm run build:native), or set [process] seccomp_profile to a compiled BPF file or ''`,
       );
     } finally {
-      if (fd >= 0) closeSync(fd);
+      if (fd >= 0) closeFd(fd);
     }
   }
   const fix = `point [process] seccomp_profile at a compiled BPF program, use "builtin", or set it to '' for none`;

@@ -37,6 +37,8 @@ export interface SandboxPlan {
   cmd: string[];
   /** Hide the host's /run (see RunPlan); absent or null = /run as the host has it. */
   run?: RunPlan | null;
+  /** Hide the host's cgroup file systems behind an empty read-only tmpfs (the host has /sys/fs/cgroup). */
+  hideCgroups?: boolean;
 }
 
 /** The host's /run hidden behind an empty tmpfs, read-only once every bind under it is made. */
@@ -64,12 +66,18 @@ export function bwrapArgs(plan: SandboxPlan): string[] {
   // The private /tmp is RAM: uncapped, one worker could fill half the host.
   if (plan.tmpSizeBytes > 0) args.push('--size', String(plan.tmpSizeBytes));
   args.push('--tmpfs', '/tmp', '--proc', '/proc', ...devArgs(plan.tmpSizeBytes), '--chdir', '/tmp');
+  // /proc/locks is host-wide: every server's port and UID claims, live, as
+  // they are taken (a clock for racing a neighbour's start).
+  args.push('--dev-bind', '/dev/null', '/proc/locks');
   // The host's /run holds daemons' sockets (D-Bus, container runtimes,
   // databases) that accept a connect() from anyone despite the read-only root.
   if (plan.run) {
     args.push('--tmpfs', '/run', '--symlink', '/dev/shm', '/run/shm');
     for (const p of plan.run.keep) args.push('--ro-bind-try', p, p);
   }
+  // The host's cgroups list every worker's memory, CPU and process counts,
+  // and a new worker's cgroup filling up as it starts: none of a tenant's business.
+  if (plan.hideCgroups) args.push('--tmpfs', '/sys/fs/cgroup', '--remount-ro', '/sys/fs/cgroup');
   for (const m of plan.mounts) args.push(m.readOnly ? '--ro-bind' : '--bind', m.source, m.target);
   // Read-only only now: bwrap makes the mount points under /run (tokenDir's) first.
   // A mount onto /run itself replaced the tmpfs: it stays as asked.
@@ -105,7 +113,9 @@ export function envArgs(env: readonly string[]): Buffer {
   const parts = ['--clearenv'];
   for (const entry of env) {
     const eq = entry.indexOf('=');
-    if (eq <= 0 || entry.includes('\0')) throw new Error(`environment entry ${JSON.stringify(entry.slice(0, 40))} is not KEY=VALUE`);
+    // The name alone in the message: the rest may be a secret.
+    if (eq <= 0 || entry.includes('\0'))
+      throw new Error(`environment entry ${JSON.stringify(entry.slice(0, Math.max(eq, 0)).slice(0, 40))}... is not KEY=VALUE`);
     parts.push('--setenv', entry.slice(0, eq), entry.slice(eq + 1));
   }
   return Buffer.from(parts.map((p) => `${p}\0`).join(''), 'utf8');

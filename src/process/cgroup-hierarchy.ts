@@ -308,12 +308,12 @@ async function vacate(dir: string, actions: string[], dryRun: boolean): Promise<
   }
 }
 
-/** mkdir, EEXIST being fine; errors become CgroupProblems naming the dir. */
-export async function mkdirCgroup(dir: string, recursive: boolean): Promise<void> {
+/** mkdir, EEXIST being fine unless `exclusive`; errors become CgroupProblems naming the dir. */
+export async function mkdirCgroup(dir: string, recursive: boolean, exclusive = false): Promise<void> {
   try {
     await mkdir(dir, { recursive, mode: 0o755 });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return;
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST' && !exclusive) return;
     throw new CgroupProblem(`cannot create cgroup ${dir} (${errText(err)})`, HOW_TO_DELEGATE);
   }
 }

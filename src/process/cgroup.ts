@@ -4,10 +4,12 @@
 // outside it. Under the parent (cgroupParent, or the server's own cgroup), in
 // each v1 hierarchy or in the one v2 tree:
 //
-//   <parent>/procyard-<pid ns>-<pid>-<starttime>-<n>/c<seq>
+//   <parent>/procyard-<pid ns>-<pid>-<starttime>-<token>/c<seq>
 //
 // The instance directory names the server that owns it, so a later server
-// can tell it was left by a dead one (cleanupOrphans). A couple of cgroups
+// can tell it was left by a dead one (cleanupOrphans); the random token
+// keeps apart the backends of one process, even those of two copies of
+// procyard loaded side by side (a counter would be per copy). A couple of cgroups
 // are made ahead, with the default limits already set: a cgroup mkdir costs
 // ~0.1 ms of kernel time per hierarchy, which would otherwise sit on every
 // spawn's path.
@@ -15,7 +17,8 @@
 // On v1 the cpu directory of a worker that is gone is recycled (CgroupManager
 // cpuPool): entering a cpu cgroup that has held a task before costs the clone
 // child ~40 µs less than entering a new one. Memory and pids are always new.
-import { closeSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { readdir, readFile, readlink, rmdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { NotSupportedError, type Logger } from '../backend.js';
@@ -23,12 +26,13 @@ import {
   cgroupCreate,
   cgroupRemove,
   cgroupWrite,
+  closeFd,
   parseStat,
   pidfdOpen,
-  pidfdSignal,
   type CgroupWrite,
   type NativeSpawnOptions,
 } from '../native.js';
+import { killAndAwait, parentOf, reapableWhenAdopted } from './ending.js';
 import {
   CONTROLLERS,
   CgroupProblem,
@@ -51,7 +55,8 @@ export class CgroupError extends Error {
   override readonly name = 'CgroupError';
 }
 
-const INSTANCE_DIR = /^procyard-(\d+)-(\d+)-(\d+)-(\d+)$/;
+// The token: hex now, a decimal counter before.
+const INSTANCE_DIR = /^procyard-(\d+)-(\d+)-(\d+)-([0-9a-f]+)$/;
 /** Cgroups kept made ahead, per backend. */
 const SPARES = 2;
 const NO_LIMITS: Limits = { memoryBytes: 0, cpus: 0, pids: 0 };
@@ -73,7 +78,6 @@ interface Identity {
 }
 
 let identity: Promise<Identity> | undefined;
-let instances = 0;
 
 /** This process as an instance directory names it. */
 function self(): Promise<Identity> {
@@ -94,32 +98,45 @@ async function isAlive(pid: number, starttime: number): Promise<boolean> {
   }
 }
 
-/** The control file and value that set one controller's limit (0 = none). */
-function limitWrite(version: 1 | 2, controller: Controller, dir: string, value: number): CgroupWrite {
+/**
+ * The control files and values that set one controller's limit (0 = none).
+ * v1 charges socket buffers (TCP and UDP) to a memory cgroup only once its
+ * `memory.kmem.tcp.limit_in_bytes` is written, and then to a counter of its
+ * own, outside memory.limit_in_bytes: unwritten, a worker could queue
+ * gigabytes in sockets while its cgroup showed a few MiB. So `tcp` (v1, where
+ * the kernel has the file) caps them too, at the same size: at most the
+ * limit in memory plus the limit in socket buffers. v2 counts socket memory
+ * in memory.max itself.
+ */
+function limitWrite(version: 1 | 2, controller: Controller, dir: string, value: number, tcp = false): CgroupWrite[] {
   switch (controller) {
-    case 'memory':
-      return version === 1
-        ? { path: `${dir}/memory.limit_in_bytes`, value: value === 0 ? '-1' : String(value) }
-        : { path: `${dir}/memory.max`, value: value === 0 ? 'max' : String(value) };
+    case 'memory': {
+      if (version === 2) return [{ path: `${dir}/memory.max`, value: value === 0 ? 'max' : String(value) }];
+      const bytes = value === 0 ? '-1' : String(value);
+      const memory = { path: `${dir}/memory.limit_in_bytes`, value: bytes };
+      return tcp ? [memory, { path: `${dir}/memory.kmem.tcp.limit_in_bytes`, value: bytes }] : [memory];
+    }
     case 'cpu': {
       const quota = value === 0 ? null : cpuQuotaUs(value);
-      return version === 1
-        ? { path: `${dir}/cpu.cfs_quota_us`, value: quota === null ? '-1' : String(quota) }
-        : { path: `${dir}/cpu.max`, value: `${quota ?? 'max'} ${CPU_PERIOD_US}` };
+      return [
+        version === 1
+          ? { path: `${dir}/cpu.cfs_quota_us`, value: quota === null ? '-1' : String(quota) }
+          : { path: `${dir}/cpu.max`, value: `${quota ?? 'max'} ${CPU_PERIOD_US}` },
+      ];
     }
     case 'pids':
-      return { path: `${dir}/pids.max`, value: value === 0 ? 'max' : String(value) };
+      return [{ path: `${dir}/pids.max`, value: value === 0 ? 'max' : String(value) }];
   }
 }
 
 const LIMIT_OF: Record<Controller, keyof Limits> = { memory: 'memoryBytes', cpu: 'cpus', pids: 'pids' };
 
 /** The writes that turn a cgroup's limits `from` into `limits`: only what differs. */
-function limitWrites(version: 1 | 2, dirs: ReadonlyMap<Controller, string>, limits: Limits, from: Limits): CgroupWrite[] {
+function limitWrites(version: 1 | 2, dirs: ReadonlyMap<Controller, string>, limits: Limits, from: Limits, tcp: boolean): CgroupWrite[] {
   const out: CgroupWrite[] = [];
   for (const [controller, dir] of dirs) {
     const key = LIMIT_OF[controller];
-    if (limits[key] !== from[key]) out.push(limitWrite(version, controller, dir, limits[key]));
+    if (limits[key] !== from[key]) out.push(...limitWrite(version, controller, dir, limits[key], tcp));
   }
   return out;
 }
@@ -139,23 +156,32 @@ async function procsOf(dir: string): Promise<number[]> {
   }
 }
 
-/** SIGKILLs every process in dir, each pinned by a pidfd and re-checked, so a recycled pid is never hit. */
+/** How long killAll waits for the processes it killed to end. */
+const KILL_WAIT_MS = 2000;
+
+/**
+ * SIGKILLs every process in dir and resolves once they have ended (or after
+ * KILL_WAIT_MS). Each is pinned by a pidfd and seen in the cgroup after, so
+ * a recycled pid is never hit.
+ */
 async function killAll(dir: string): Promise<void> {
-  // v2 (Linux 5.14+) kills the whole cgroup in one write.
-  if (await writeFile(path.join(dir, 'cgroup.kill'), '1').then(() => true, () => false)) return;
+  const pinned: { pid: number; pidfd: number }[] = [];
   for (const pid of await procsOf(dir)) {
-    let pidfd: number;
     try {
-      pidfd = pidfdOpen(pid);
+      pinned.push({ pid, pidfd: pidfdOpen(pid) });
     } catch {
-      continue;
-    }
-    try {
-      if ((await procsOf(dir)).includes(pid)) pidfdSignal(pidfd, 9);
-    } finally {
-      closeSync(pidfd);
+      // gone meanwhile
     }
   }
+  const still = new Set(await procsOf(dir));
+  const ours: { pidfd: number; reap: boolean }[] = [];
+  for (const { pid, pidfd } of pinned) {
+    if (still.has(pid)) ours.push({ pidfd, reap: reapableWhenAdopted(parentOf(pid)) });
+    else closeFd(pidfd); // ended meanwhile: its pid may be another process's by now
+  }
+  // v2 (Linux 5.14+) kills the whole cgroup in one write, forks in flight too.
+  await writeFile(path.join(dir, 'cgroup.kill'), '1').catch(() => {});
+  await Promise.all(ours.map(({ pidfd, reap }) => killAndAwait(pidfd, reap, KILL_WAIT_MS)));
 }
 
 /**
@@ -194,6 +220,8 @@ export class WorkerCgroup {
     private readonly made: Limits,
     /** v1: takes the cpu directory back once the rest is removed (CgroupManager.recycleCpu). */
     private readonly recycleCpu?: (dir: string) => Promise<void>,
+    /** v1: socket buffers capped with the memory limit (limitWrite). */
+    private readonly tcp = false,
   ) {}
 
   has(controller: Controller): boolean {
@@ -210,7 +238,7 @@ export class WorkerCgroup {
   spawnOptions(limits: Limits): Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites'> {
     const v2 = this.version === 2;
     return {
-      cgroupWrites: limitWrites(this.version, this.dirs, limits, this.made),
+      cgroupWrites: limitWrites(this.version, this.dirs, limits, this.made, this.tcp),
       cgroupEnter: this.allDirs.map((d) => `${d}/${v2 ? 'cgroup.procs' : 'tasks'}`),
       ...(v2 ? { cgroupDir: this.allDirs[0]! } : {}),
     };
@@ -238,8 +266,8 @@ export class WorkerCgroup {
       if (wanted > 0 && !this.dirs.has(controller))
         throw new NotSupportedError(`the ${controller} controller is not available to this worker's cgroup, so its ${controller} limit cannot be set`);
     const writes: CgroupWrite[] = [];
-    if (change.memoryBytes > 0) writes.push(limitWrite(this.version, 'memory', this.dirs.get('memory')!, change.memoryBytes));
-    if (change.cpus > 0) writes.push(limitWrite(this.version, 'cpu', this.dirs.get('cpu')!, change.cpus));
+    if (change.memoryBytes > 0) writes.push(...limitWrite(this.version, 'memory', this.dirs.get('memory')!, change.memoryBytes, this.tcp));
+    if (change.cpus > 0) writes.push(...limitWrite(this.version, 'cpu', this.dirs.get('cpu')!, change.cpus));
     await cgroupWrite(writes);
   }
 
@@ -264,6 +292,11 @@ export class WorkerCgroup {
     const kills = this.oomKills();
     await this.remove();
     return kills > 0 && (exit.signal === 'SIGKILL' || exit.code === 137);
+  }
+
+  /** SIGKILLs every process still in the cgroup (v2: cgroup.kill); resolves once they have ended. */
+  async killAll(): Promise<void> {
+    await Promise.all(this.allDirs.map(killAll));
   }
 
   /** Removes the cgroup (once its processes are gone), or hands its cpu directory back; safe to call more than once. */
@@ -295,6 +328,8 @@ interface Setup {
   missing: { controller: Controller; why: string }[];
   /** v1: the base whose cpu directories are recycled (cpu in a hierarchy without memory or pids). */
   cpuBase?: number;
+  /** v1: the kernel can cap socket buffers per memory cgroup (limitWrite). */
+  tcpLimit: boolean;
 }
 
 /** What preflight and the docs report: how limits are enforced on this host. */
@@ -522,13 +557,14 @@ export class CgroupManager {
     const layout = await detectLayout();
     if (layout.version === 0) throw new CgroupProblem(layout.reason, NO_HIERARCHY_FIX);
     const me = await self();
-    const name = `procyard-${me.pidns}-${me.pid}-${me.starttime}-${instances++}`;
-    const setup: Setup = { version: layout.version, bases: [], missing: [] };
+    const name = `procyard-${me.pidns}-${me.pid}-${me.starttime}-${randomBytes(6).toString('hex')}`;
+    const setup: Setup = { version: layout.version, bases: [], missing: [], tcpLimit: false };
     try {
       for (const h of layout.hierarchies) {
         const parent = await readyParent(layout.version, h, this.config.cgroupParent, false);
         const dir = path.join(parent.dir, name);
-        await mkdirCgroup(dir, false);
+        // Never another backend's directory (EEXIST fails).
+        await mkdirCgroup(dir, false, true);
         this.instanceDirs.push(dir);
         if (layout.version === 2) await enable(dir, parent.controllers);
         setup.bases.push({ dir, controllers: parent.controllers });
@@ -543,6 +579,8 @@ export class CgroupManager {
       setup.missing.push(...missingV1(layout.hierarchies));
       const cpuBase = setup.bases.findIndex((b) => b.controllers.length === 1 && b.controllers[0] === 'cpu');
       if (cpuBase >= 0) setup.cpuBase = cpuBase;
+      const memoryBase = setup.bases.find((b) => b.controllers.includes('memory'));
+      setup.tcpLimit = memoryBase !== undefined && existsSync(path.join(memoryBase.dir, 'memory.kmem.tcp.limit_in_bytes'));
     }
     if (setup.bases.every((b) => b.controllers.length === 0))
       throw new CgroupProblem(setup.missing.map((m) => m.why).join('; '), 'delegate memory, cpu and pids to the server (systemd: Delegate=yes)');
@@ -560,12 +598,19 @@ export class CgroupManager {
     const defaults: Limits = { memoryBytes: this.config.memoryBytes, cpus: this.config.cpus, pids: this.config.pidsLimit };
     const fresh = new Map([...byController].filter(([, dir]) => dir !== recycled));
     try {
-      await cgroupCreate({ dirs: dirs.filter((d) => d !== recycled), writes: limitWrites(setup.version, fresh, defaults, NO_LIMITS) });
+      await cgroupCreate({ dirs: dirs.filter((d) => d !== recycled), writes: limitWrites(setup.version, fresh, defaults, NO_LIMITS, setup.tcpLimit) });
     } catch (err) {
       if (recycled) await this.recycleCpu(recycled);
       throw err;
     }
-    return new WorkerCgroup(setup.version, byController, dirs, defaults, setup.cpuBase === undefined ? undefined : (dir) => this.recycleCpu(dir));
+    return new WorkerCgroup(
+      setup.version,
+      byController,
+      dirs,
+      defaults,
+      setup.cpuBase === undefined ? undefined : (dir) => this.recycleCpu(dir),
+      setup.tcpLimit,
+    );
   }
 
   /** A cpu directory whose cgroup is gone: into cpuPool if it is empty and there is room, else removed. */
@@ -592,7 +637,7 @@ export class CgroupManager {
     try {
       // cgroupfs is in memory: sync reads (see readNumber).
       if (readFileSync(path.join(dir, 'tasks'), 'utf8') !== '') return false;
-      const quota = limitWrite(1, 'cpu', dir, this.config.cpus);
+      const [quota] = limitWrite(1, 'cpu', dir, this.config.cpus) as [CgroupWrite];
       if (readFileSync(quota.path, 'utf8').trim() !== quota.value) await cgroupWrite([quota]);
       return true;
     } catch {

@@ -1,7 +1,13 @@
 // Who listens on a port: the owner UIDs of the LISTEN sockets that accept
-// connections to 127.0.0.1:<port>, from /proc/net/tcp and /proc/net/tcp6.
-// Workers share the host's network namespace, so the server's view is theirs.
+// connections to 127.0.0.1:<port>, from the kernel's sock_diag, or where that
+// cannot answer, /proc/net/tcp and /proc/net/tcp6. Workers share the host's
+// network namespace, so the server's view is theirs.
+//
+// sock_diag first: it walks the listening sockets only. /proc/net/tcp lists
+// every socket of the host, and a tenant holding tens of thousands of
+// connections made each health check cost the server ~0.5 s of CPU.
 import { readFile } from 'node:fs/promises';
+import { loopbackListenerUids as sockDiagListenerUids } from '../native.js';
 
 /** /proc/net/tcp* state of a listening socket. */
 const LISTEN = '0A';
@@ -50,8 +56,22 @@ async function readOrEmpty(file: string): Promise<string> {
   }
 }
 
+let sockDiag = true;
+
 /** Owner UIDs of every listener on 127.0.0.1:port (IPv4 and IPv6 sockets). */
 export async function loopbackListenerUids(port: number): Promise<number[]> {
+  if (sockDiag) {
+    try {
+      return await sockDiagListenerUids(port);
+    } catch {
+      sockDiag = false; // no sock_diag for TCP here (inet_diag not built or loaded): /proc from now on
+    }
+  }
+  return procListenerUids(port);
+}
+
+/** The same from /proc/net/tcp and tcp6. */
+export async function procListenerUids(port: number): Promise<number[]> {
   const [v4, v6] = await Promise.all([readOrEmpty('/proc/net/tcp'), readOrEmpty('/proc/net/tcp6')]);
   return [...listenerUids(v4, port), ...listenerUids(v6, port)];
 }

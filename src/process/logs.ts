@@ -17,15 +17,42 @@ const NOT_ASCII = /[^\x00-\x7f]/;
  * invalid bytes were replaced (U+FFFD).
  */
 export function retainedBytes(line: string, utf8Bytes = -1): number {
+  if (line.length === 0) return LINE_OVERHEAD;
   const oneByte = utf8Bytes === line.length ? !NOT_ASCII.test(line) : utf8Bytes < 0 && !NOT_ASCII.test(line);
   return (oneByte ? line.length : 2 * line.length) + LINE_OVERHEAD;
 }
 
-/** Largest cut <= max at the start of a UTF-8 sequence (a cut never splits a character). */
+/**
+ * Largest cut <= start + max at the start of a UTF-8 sequence (a cut never
+ * splits a character), always past start. At the end of buf the last
+ * character may be incomplete (the rest is still in the pipe): the cut is
+ * then before it.
+ */
 function utf8Cut(buf: Buffer, start: number, max: number): number {
-  let cut = start + max;
+  let cut = Math.min(start + max, buf.length);
+  if (cut === buf.length) {
+    let lead = cut - 1;
+    for (let back = 0; back < 3 && lead > start && (buf[lead]! & 0xc0) === 0x80; back++) lead--;
+    const byte = buf[lead]!;
+    const length = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1;
+    return lead > start && cut - lead < length ? lead : cut;
+  }
   for (let back = 0; back < 3 && cut > start + 1 && (buf[cut]! & 0xc0) === 0x80; back++) cut--;
   return cut;
+}
+
+/** Lines up to this many bytes are found and compared in JS (see emitShort). */
+const SHORT_LINE = 32;
+
+/**
+ * Index of the next newline in buf from start, or -1. With scanFirst the first
+ * SHORT_LINE bytes are scanned in JS, then (as always otherwise) indexOf (memchr).
+ */
+function nextNewline(buf: Buffer, start: number, scanFirst: boolean): number {
+  if (!scanFirst) return buf.indexOf(10, start);
+  const stop = Math.min(buf.length, start + SHORT_LINE + 1);
+  for (let i = start; i < stop; i++) if (buf[i] === 10) return i;
+  return stop < buf.length ? buf.indexOf(10, stop) : -1;
 }
 
 /**
@@ -34,20 +61,29 @@ function utf8Cut(buf: Buffer, start: number, max: number): number {
  * into a fresh string, so a kept line never pins the chunk it came from (a
  * substring of a 64 KiB chunk would). A line longer than MAX_LINE goes out in
  * pieces as it arrives, so the pending buffer stays bounded and the reader
- * never has a reason to stop (a stopped reader blocks the worker on its next
- * write to a full pipe).
+ * never has to stop for a long line (it stops only past its share of the
+ * event loop: log-budget.ts).
  */
 export class LineSplitter {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
+  /** The last short line, as string and bytes (see emitShort). */
+  private lastShort = '';
+  private readonly lastShortBytes = Buffer.alloc(SHORT_LINE);
+  private lastShortLength = -1;
 
   constructor(private readonly emit: (line: string, utf8Bytes: number) => void) {}
 
   push(chunk: Buffer | string): void {
     const buf = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
     let start = 0;
-    for (let nl = buf.indexOf(10, start); nl >= 0; nl = buf.indexOf(10, start)) {
-      this.emitLine(this.takePending(buf, start, nl));
+    // After a short line the next newline is looked for in JS first: for the
+    // short lines of a flood a native indexOf call costs more than the line.
+    let short = false;
+    for (let nl = nextNewline(buf, start, short); nl >= 0; nl = nextNewline(buf, start, short)) {
+      short = this.pendingBytes === 0 && nl - start <= SHORT_LINE;
+      if (short) this.emitShort(buf, start, nl);
+      else this.emitLine(this.takePending(buf, start, nl));
       start = nl + 1;
     }
     if (start < buf.length) {
@@ -68,6 +104,28 @@ export class LineSplitter {
         this.pendingBytes = data.length - at;
       }
     }
+  }
+
+  /**
+   * A short line, the stuff of floods ("\n", "y\n"): equal to the previous
+   * short line, it is emitted as the same string (no decoding, no new string).
+   */
+  private emitShort(buf: Buffer, start: number, end: number): void {
+    if (end > start && buf[end - 1] === 13) end--;
+    const len = end - start;
+    if (len === 0) {
+      this.emit('', 0);
+      return;
+    }
+    const last = this.lastShortBytes;
+    let same = len === this.lastShortLength;
+    for (let i = 0; same && i < len; i++) same = buf[start + i] === last[i];
+    if (!same) {
+      buf.copy(last, 0, start, end);
+      this.lastShortLength = len;
+      this.lastShort = buf.toString('utf8', start, end);
+    }
+    this.emit(this.lastShort, len);
   }
 
   /** Emits a final unterminated line, if any. */
@@ -104,6 +162,22 @@ export class LineSplitter {
   private emitPiece(buf: Buffer, start: number, end: number): void {
     this.emit(buf.toString('utf8', start, end), end - start);
   }
+}
+
+/** How long log readers, all together, hand out lines before they let the event loop turn. */
+const READER_SLICE_MS = 2;
+
+/** When the readers' current run of handing out began (-1: none yet in this turn of the loop). */
+let sliceStart = -1;
+
+/** Time spent handing out lines in this turn of the loop, by every reader. */
+function sliceSpent(): number {
+  const now = performance.now();
+  if (sliceStart < 0) {
+    sliceStart = now;
+    setImmediate(() => (sliceStart = -1));
+  }
+  return now - sliceStart;
 }
 
 /**
@@ -178,11 +252,21 @@ export class LogRing {
         wakeReader?.();
       },
       async *[Symbol.asyncIterator]() {
+        // Lines held are handed out in one run of microtasks, which nothing
+        // else on the loop can interrupt: a reader keeping up with a flood
+        // (the ring refilled as fast as it is read) held the loop for ~0.5 s.
+        // So once the readers together have spent READER_SLICE_MS in this
+        // turn of the loop, each lets the loop turn before it goes on.
+        let handed = 0;
         try {
           while (!stopped) {
             // A reader that fell behind the ring skips to what is still held.
             cursor = Math.max(cursor, ring.oldest());
             if (cursor < ring.written) {
+              if (++handed % 16 === 0 && sliceSpent() > READER_SLICE_MS) {
+                await new Promise((resolve) => setImmediate(resolve));
+                continue;
+              }
               yield ring.at(cursor++);
               continue;
             }
@@ -217,6 +301,8 @@ export class LogRing {
   }
 
   private wake(): void {
+    // Called for every line: no allocation when nobody waits (the usual case in a flood).
+    if (this.waiters.length === 0) return;
     const waiters = this.waiters;
     this.waiters = [];
     for (const w of waiters) w();

@@ -2,6 +2,7 @@
 // so the server creates them, as root: without following anything a worker
 // could have planted (see native/mounttarget.cc).
 import { lstatSync, realpathSync, rmdirSync } from 'node:fs';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import type { MountEntry } from '../backend.js';
 import { resolveMountTarget } from '../native.js';
 import { SpecError } from './validate.js';
@@ -77,20 +78,28 @@ export function prepareMountTarget(p: string, field: string, mustBeDir: boolean,
   return { path: r.path, created: r.created };
 }
 
+/** A mountinfo path field: spaces, tabs, newlines and backslashes come octal-escaped. */
+function unescapeMountPath(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+}
+
 /**
- * Removes directories prepareMountTarget made, innermost first, while they
- * are empty: a worker's mount targets must not outlive it on the host. Their
- * parents were checked (no worker can have swapped them), and rmdir never
- * removes anything a worker put inside.
+ * The mount points of every mount namespace but ours: where sandboxes (of
+ * any backend on this host) have something mounted. One read of mountinfo
+ * per namespace; only when directories are about to be removed.
  */
-export function removeCreated(created: readonly string[]): void {
-  for (const dir of [...created].reverse()) {
-    try {
-      rmdirSync(dir);
-    } catch {
-      return; // not empty (or gone): its parents are not empty either
-    }
+async function otherNamespaceMounts(): Promise<Set<string>> {
+  const points = new Set<string>();
+  const seen = new Set([await readlink('/proc/self/ns/mnt').catch(() => '')]);
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const ns = await readlink(`/proc/${name}/ns/mnt`).catch(() => '');
+    if (ns === '' || seen.has(ns)) continue;
+    seen.add(ns);
+    const info = await readFile(`/proc/${name}/mountinfo`, 'utf8').catch(() => '');
+    for (const line of info.split('\n')) points.add(unescapeMountPath(line.split(' ')[4] ?? ''));
   }
+  return points;
 }
 
 interface TargetEntry {
@@ -131,10 +140,10 @@ export class MountTargets {
    * and the release to call once the sandbox is gone. Throws SpecError naming
    * the field when a target cannot be made safely; then nothing is held.
    */
-  acquire(mounts: MountEntry[], field: string): { mounts: MountEntry[]; release(): void } {
+  acquire(mounts: MountEntry[], field: string): { mounts: MountEntry[]; release(): Promise<void> } {
     const held: TargetEntry[] = [];
-    const release = () => {
-      for (const entry of held.splice(0)) this.drop(entry);
+    const release = async () => {
+      await Promise.all(held.splice(0).map((entry) => this.drop(entry)));
     };
     try {
       const bound = mounts.map((m) => {
@@ -145,7 +154,7 @@ export class MountTargets {
       });
       return { mounts: bound, release };
     } catch (err) {
-      release();
+      void release(); // what was made for the targets before this one goes
       throw err;
     }
   }
@@ -162,13 +171,51 @@ export class MountTargets {
     return entry;
   }
 
-  private drop(entry: TargetEntry): void {
+  private async drop(entry: TargetEntry): Promise<void> {
     if (--entry.users > 0) return;
     if (entry.created.length > 0) {
       this.ready.delete(entry.target);
-      removeCreated(entry.created);
+      await this.removeCreated(entry.created);
     } else if (this.ready.size > 1024) {
       this.ready.delete(entry.target); // a pre-existing target: only a cache entry
     }
+  }
+
+  /**
+   * Removes directories made for a target, innermost first, while they are
+   * empty: a worker's mount targets must not outlive it on the host. Their
+   * parents were checked (no worker can have swapped them), and rmdir never
+   * removes anything a worker put inside. But one may be another sandbox's
+   * mount target too (p, made for p/q, then a neighbour's target), and rmdir
+   * of a mount point in another mount namespace succeeds, detaching the
+   * neighbour's mount: such a directory stays. If it is a target of ours it
+   * (and the rest made with it) goes when that one's last sandbox does.
+   */
+  private async removeCreated(created: readonly string[]): Promise<void> {
+    const mounted = await otherNamespaceMounts().catch(() => null);
+    for (let i = created.length - 1; i >= 0; i--) {
+      const dir = created[i]!;
+      // Ours first: our own sandboxes are mounted in other namespaces too.
+      if (this.handedOver(dir, created.slice(0, i + 1))) return;
+      if (mounted === null || mounted.has(dir)) return;
+      try {
+        rmdirSync(dir);
+      } catch {
+        return; // not empty (or gone): its parents are not empty either
+      }
+    }
+  }
+
+  /** Whether dir is a target of ours in use: it then takes over dirs (dir and its made parents). */
+  private handedOver(dir: string, dirs: readonly string[]): boolean {
+    for (const other of this.ready.values()) {
+      if (other.path !== dir) continue;
+      if (other.users > 0) {
+        other.created = [...new Set([...dirs, ...other.created])].sort((a, b) => a.length - b.length);
+        return true;
+      }
+      this.ready.delete(other.target); // a cache entry for a directory about to go
+    }
+    return false;
   }
 }

@@ -39,7 +39,7 @@ import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mount
 import { NetworkPolicy } from './landlock.js';
 import { CgroupManager, type WorkerCgroup } from './cgroup.js';
 import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
-import { killOrphanSandboxes } from './orphans.js';
+import { killOrphanSandboxes, killUidProcesses } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
 import { spawnStep } from './trace.js';
@@ -68,8 +68,8 @@ interface Worker {
   readonly ring: LogRing;
   /** Its own cgroup (null: runs without one); removed once it has exited. */
   readonly cgroup: WorkerCgroup | null;
-  /** Settles once the port and UID are back in their pools (and its cgroup gone) after exit. */
-  readonly released: Promise<void>;
+  /** Settles once the port and UID are back in their pools (and its cgroup and mount targets gone) after exit. */
+  released: Promise<void>;
   stopping?: Promise<void>;
   lastSample?: { ticks: number; at: number };
   /** A spawn that failed after the clone: no 'exit' event for it. */
@@ -112,6 +112,11 @@ function exitCodeOf(status: ExitStatus): number {
   const signo = status.signal ? osConstants.signals[status.signal as NodeJS.Signals] : undefined;
   return signo ? 128 + signo : -1;
 }
+
+/** How long a sandbox's processes may outlive its monitor before they are killed (sandboxEnd). */
+const LEFTOVER_GRACE_MS = 1000;
+/** Kill rounds (100 ms apart) before sandboxEnd gives up and says so. */
+const LEFTOVER_ROUNDS = 30;
 
 function delay(ms: number): { promise: Promise<void>; cancel(): void } {
   let timer: NodeJS.Timeout | undefined;
@@ -234,11 +239,11 @@ export class ProcessBackend extends EventEmitter implements Backend {
       try {
         worker = await this.startWorker(spec, cmd, targets.mounts, checks);
       } catch (err) {
-        targets.release();
+        await targets.release();
         throw pathCheckError(err, checks);
       }
       // Mount targets made for this worker go with it.
-      void worker.released.then(targets.release);
+      worker.released = worker.released.then(targets.release);
       // close() may have run while this spawn was in flight and could not see it.
       if (this.closed) {
         worker.quiet = true;
@@ -309,7 +314,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
       ring,
       cgroup,
       quiet: false,
-      released: sandbox.exited.then(async (status) => {
+      released: this.sandboxEnd(sandbox, cgroup, uid).then(async (status) => {
         ring.close();
         // The cgroup first: its port and UID go back only once nothing of it is left.
         const oomKilled = await this.endCgroup(cgroup, status, spec.workerId);
@@ -378,7 +383,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
         port: worker.port,
         uid: this.listenerUid(worker),
         running: () => worker.sandbox.running,
-        exited: worker.sandbox.exited,
+        // The monitor's exit: it carries the status the moment running() turns false.
+        exited: worker.sandbox.monitorExit,
       },
       timeoutMs,
       opts.signal,
@@ -419,7 +425,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     const targets = this.targets.acquire(spec.mounts ?? [], 'mounts');
     const { mounts } = targets;
     if (signal?.aborted) {
-      targets.release();
+      await targets.release();
       return { success: false, exitCode: -1, logs: 'build aborted before it started' };
     }
 
@@ -427,15 +433,14 @@ export class ProcessBackend extends EventEmitter implements Backend {
     try {
       cgroup = await this.cgroups.acquire();
     } catch (err) {
-      targets.release();
+      await targets.release();
       throw err;
     }
     let uid: number;
     try {
       uid = await this.allocators.uids.alloc();
     } catch (err) {
-      targets.release();
-      await cgroup?.remove();
+      await Promise.all([targets.release(), cgroup?.remove()]);
       throw err;
     }
     const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
@@ -463,11 +468,12 @@ export class ProcessBackend extends EventEmitter implements Backend {
         })
         .finally(() => this.cgroups.refill());
       this.builds.add(sandbox);
-      if (this.closed) void sandbox.kill();
       const abort = () => void sandbox.kill();
       signal?.addEventListener('abort', abort, { once: true });
+      // Closed, or aborted while the sandbox was being set up (no listener yet then).
+      if (this.closed || signal?.aborted) abort();
       try {
-        const status = await sandbox.exited;
+        const status = await this.sandboxEnd(sandbox, cgroup, uid);
         const exitCode = exitCodeOf(status);
         if (await this.endCgroup(cgroup, status, spec.bundleId)) {
           const note = `procyard: the build was killed by the kernel's OOM killer at its memory limit (${this.limits.memoryBytes} bytes, server.defaultMemoryLimit)`;
@@ -484,8 +490,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         this.builds.delete(sandbox);
       }
     } finally {
-      targets.release();
-      await Promise.all([this.allocators.uids.release(uid), cgroup?.remove()]);
+      await Promise.all([targets.release(), this.allocators.uids.release(uid), cgroup?.remove()]);
     }
   }
 
@@ -544,7 +549,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private async killOrphanSandboxes(): Promise<void> {
     // Without root every sandbox runs as the server's own user: nothing marks one as ours.
     if (!this.asRoot) return;
-    const killed = await killOrphanSandboxes(this.proc.bwrapPath, this.proc.workerUidStart, this.proc.workerUidEnd);
+    const killed = await killOrphanSandboxes(this.proc.workerUidStart, this.proc.workerUidEnd);
     if (killed.length > 0) this.log.warn({ pids: killed }, 'procyard: killed sandboxes orphaned during set-up by a dead server');
   }
 
@@ -568,6 +573,35 @@ export class ProcessBackend extends EventEmitter implements Backend {
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.onIdle = resolve));
     await Promise.all([...this.workers.keys()].map((id) => this.stop(id).catch(() => {})));
     await Promise.all([this.allocators.close(), this.cgroups.close()]);
+  }
+
+  /**
+   * The sandbox's exit once nothing of it is left. Its monitor's exit ends
+   * the sandbox, and its init and pipes normally follow within milliseconds.
+   * An app can keep them, though: it runs as its init's UID, so it can
+   * rewrite the init through /proc/1/mem and exec another program in it,
+   * which no parent-death signal and no check for a bwrap init then catch.
+   * So whatever still runs LEFTOVER_GRACE_MS after the monitor's exit is
+   * killed: the processes in the sandbox's cgroup, or without one (as root,
+   * where each sandbox has a UID of its own) those of its UID.
+   */
+  private async sandboxEnd(sandbox: Sandbox, cgroup: WorkerCgroup | null, uid: number): Promise<ExitStatus> {
+    const status = await sandbox.monitorExit;
+    let byUid = false;
+    for (let round = 0; round < LEFTOVER_ROUNDS; round++) {
+      const wait = delay(round === 0 ? LEFTOVER_GRACE_MS : 100);
+      const gone = await Promise.race([sandbox.exited.then(() => true), wait.promise.then(() => false)]);
+      wait.cancel();
+      // Killed by UID: the UID goes back to the pool only once none of them runs.
+      if (gone && (!byUid || (await killUidProcesses(uid)) === 0)) return status;
+      if (gone) continue;
+      if (cgroup) await cgroup.killAll();
+      else if (this.asRoot) byUid = (await killUidProcesses(uid)) > 0 || byUid;
+      // Else every worker has the server's UID: nothing tells this one's
+      // processes apart, so only wait (bounded) for them to go.
+    }
+    this.log.error({ pid: sandbox.pid, uid }, 'procyard: processes of a finished sandbox could not be ended; its output pipes stay open');
+    return status;
   }
 
   /** Whether the OOM killer ended the sandbox (read first), then its cgroup removed. */

@@ -62,7 +62,7 @@ export interface WaitTarget {
   port: number;
   uid: number;
   running(): boolean;
-  /** Settles when the worker has exited. */
+  /** Settles with the worker's exit status as soon as it has exited. */
   exited: Promise<ExitStatus>;
 }
 

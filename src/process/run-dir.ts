@@ -1,5 +1,6 @@
 // The host's /run inside a sandbox: hidden behind an empty read-only tmpfs
-// (SPEC §8), except what a worker legitimately needs from it.
+// (SPEC §8), except what a worker legitimately needs from it. Also whether
+// there is a /sys/fs/cgroup to hide the same way (bwrap.ts).
 import { realpathSync, statSync } from 'node:fs';
 import type { RunPlan } from './bwrap.js';
 
@@ -38,4 +39,18 @@ export function hostRunPlan(files: readonly string[] = RUN_KEEP_FILES): RunPlan 
   if (!hostHasRun) return null;
   const keep = files.map(runTarget).filter((p): p is string => p !== null);
   return { keep: [...new Set(keep)] };
+}
+
+let hostCgroups: boolean | undefined;
+
+/** Whether the host has a /sys/fs/cgroup directory for a sandbox to hide (read once). */
+export function hasHostCgroups(): boolean {
+  if (hostCgroups === undefined) {
+    try {
+      hostCgroups = statSync('/sys/fs/cgroup').isDirectory();
+    } catch {
+      hostCgroups = false;
+    }
+  }
+  return hostCgroups;
 }

@@ -2,6 +2,7 @@
 import { accessSync, constants, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { PROCESS_DEFAULTS } from '../config.js';
+import { printable } from './logs.js';
 
 /** Numeric version order: 4.4.10 sorts after 4.4.9 (string order would not). */
 export function compareVersions(a: string, b: string): number {
@@ -49,6 +50,8 @@ export function resolveRBinary(
   rigBase: string = PROCESS_DEFAULTS.rigBase,
 ): { path: string; fellBack: boolean } {
   if (!version) return { path: fallback, fellBack: false };
+  // A version names a directory of rigBase, never a path out of it.
+  if (version.includes('/') || version === '.' || version === '..') return { path: fallback, fellBack: true };
   const binary = (v: string) => path.join(rigBase, v, 'bin', 'R');
   if (isExecutable(binary(version))) return { path: binary(version), fellBack: false };
   const minor = majorMinor(version);
@@ -66,9 +69,10 @@ function majorMinor(version: string): string {
 /** Throws a user-facing Error when no install serves the version's major.minor. */
 export function checkRVersion(version: string, rigBase: string = PROCESS_DEFAULTS.rigBase): void {
   if (!version) return;
-  const minor = majorMinor(version);
   const installed = installedRVersions(rigBase);
-  if (installed.some((v) => v === minor || v.startsWith(`${minor}.`))) return;
+  if (installed.some((v) => v === majorMinor(version) || v.startsWith(`${majorMinor(version)}.`))) return;
+  // Shown to an operator: the version comes from a bundle, so its control characters are escaped.
+  const minor = printable(majorMinor(version));
   throw new Error(
     installed.length > 0
       ? `bundle requires R ${minor} which is not installed; available: ${installed.join(', ')}`

@@ -1,15 +1,16 @@
 // One bwrap sandbox started through the native spawn: the shared path of
 // workers, builds and the preflight probes.
-import { closeSync, readFileSync, readSync, realpathSync } from 'node:fs';
+import { readFileSync, readSync, realpathSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import {
   adoptsOrphans,
   builtinSeccompFilter,
-  parseStat,
+  closeFd,
   pidfdOpen,
   pidfdSignal,
   PidWatcherNative,
+  socketSeccompFilter,
   spawnSlot,
   spawnStart,
   type ExitStatus,
@@ -18,9 +19,11 @@ import {
   type PidWatcher,
 } from '../native.js';
 import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
+import { killAndAwait, parentOf } from './ending.js';
+import { logBudget } from './log-budget.js';
 import { LineSplitter } from './logs.js';
 import { isOrphanedInit } from './orphans.js';
-import { hostRunPlan } from './run-dir.js';
+import { hasHostCgroups, hostRunPlan } from './run-dir.js';
 import { spawnStep } from './trace.js';
 
 export interface SandboxOptions {
@@ -46,36 +49,44 @@ export interface SandboxOptions {
   limits?: Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites' | 'rlimitNproc'>;
 }
 
-let builtinFilter: Buffer | undefined;
+/** Programs made here, read once: the builtin one with and without the socket rules, and the socket filter alone. */
+const programs = new Map<string, Buffer>();
+
+function program(name: 'builtin' | 'builtin+socket' | 'socket'): Buffer {
+  let bytes = programs.get(name);
+  if (bytes === undefined) {
+    const fd = name === 'socket' ? socketSeccompFilter() : builtinSeccompFilter(name === 'builtin+socket');
+    try {
+      bytes = readFileSync(`/proc/self/fd/${fd}`);
+    } finally {
+      closeFd(fd);
+    }
+    programs.set(name, bytes);
+  }
+  return bytes;
+}
 
 /**
- * What bwrap's --seccomp fd gives it: the builtin program's bytes (the
- * spawn hands them over in a pipe), or a compiled program's file, opened by
- * the spawn (each open its own file offset: bwrap reads from where it stands).
+ * What bwrap's --seccomp fd gives it, or null for nothing: the builtin
+ * program's bytes (the spawn hands them over in a pipe), or a compiled
+ * program's file, opened by the spawn (each open its own file offset: bwrap
+ * reads from where it stands). Under the network policy's TCP rules the
+ * program also refuses MPTCP sockets, Fast Open sends and io_uring (native/seccomp.h says
+ * why): the builtin program carries those rules, no profile gets the socket
+ * filter alone, and a compiled profile cannot carry them, so the clone
+ * child attaches them itself (`child`).
  */
-function seccompFd(profile: string): NonNullable<NativeSpawnOptions['fds']>[number] | { data: Buffer; target: number } {
-  if (profile !== 'builtin') return { path: profile, target: SECCOMP_FD };
-  if (builtinFilter === undefined) {
-    const fd = builtinSeccompFilter();
-    try {
-      builtinFilter = readFileSync(`/proc/self/fd/${fd}`);
-    } finally {
-      closeSync(fd);
-    }
-  }
-  return { data: builtinFilter, target: SECCOMP_FD };
+function seccompPlan(
+  profile: string,
+  tcpRules: boolean,
+): { fd: NonNullable<NativeSpawnOptions['fds']>[number] | { data: Buffer; target: number } | null; child: boolean } {
+  if (profile === 'builtin') return { fd: { data: program(tcpRules ? 'builtin+socket' : 'builtin'), target: SECCOMP_FD }, child: false };
+  if (profile === '') return { fd: tcpRules ? { data: program('socket'), target: SECCOMP_FD } : null, child: false };
+  return { fd: { path: profile, target: SECCOMP_FD }, child: tcpRules };
 }
 
 function signalNumber(sig: NodeJS.Signals | number): number {
   return typeof sig === 'number' ? sig : osConstants.signals[sig];
-}
-
-function closeQuietly(fd: number): void {
-  try {
-    closeSync(fd);
-  } catch {
-    // already closed
-  }
 }
 
 export class Sandbox {
@@ -83,7 +94,12 @@ export class Sandbox {
   readonly pid: number;
   /** Resolves with the bwrap monitor's exit once every output line is delivered. */
   readonly exited: Promise<ExitStatus>;
-  private readonly monitorExit: Promise<ExitStatus>;
+  /**
+   * The bwrap monitor's exit alone: the end of the sandbox. exited may come
+   * later, or never while something of the sandbox still holds its pipes
+   * (the owner ends those: ProcessBackend kills what is left).
+   */
+  readonly monitorExit: Promise<ExitStatus>;
   private exitStatus: ExitStatus | null = null;
   private readonly watcher: PidWatcher;
   /**
@@ -134,8 +150,10 @@ export class Sandbox {
           const init = this.readStatus();
           if (init !== null) this.initPidfd = adoptsOrphans() ? openChild(init, process.pid) : openOrphanedInit(init, identity);
         }
-        for (const fd of [this.pidfd, this.appPidfd, this.statusFd]) if (fd >= 0) closeQuietly(fd);
-        if (this.initPidfd >= 0) initGone = untilGone(this.initPidfd);
+        for (const fd of [this.pidfd, this.appPidfd, this.statusFd]) if (fd >= 0) closeFd(fd);
+        // SIGKILLed first: an init killed before it armed its parent-death signal would live on.
+        // Reaped if it has become ours: nobody here spawned it (our child is its monitor).
+        if (this.initPidfd >= 0) initGone = killAndAwait(this.initPidfd, true).then(() => {});
         this.appPidfd = this.initPidfd = this.statusFd = -1;
         onExit(status);
       },
@@ -162,7 +180,7 @@ export class Sandbox {
       .then((found) => {
         if (!found) return null;
         if (this.exitStatus !== null) {
-          closeQuietly(found.pidfd);
+          closeFd(found.pidfd);
           return null;
         }
         this.appPidfd = found.pidfd;
@@ -270,35 +288,12 @@ async function findApp(initPid: number, gone: () => boolean): Promise<{ pid: num
   return null;
 }
 
-/**
- * Resolves once the process behind pidfd (not our child: bwrap's init) has
- * exited, and closes pidfd. SIGKILLs it first: with its monitor gone the
- * sandbox is over, and an init killed before it armed its parent-death
- * signal would otherwise live on.
- */
-function untilGone(pidfd: number): Promise<void> {
-  try {
-    pidfdSignal(pidfd, osConstants.signals.SIGKILL);
-  } catch {
-    // gone already
-  }
-  return new Promise<void>((resolve) => {
-    new PidWatcherNative(
-      pidfd,
-      () => {
-        closeQuietly(pidfd);
-        resolve();
-      },
-      false,
-    );
-  });
-}
-
 /** Reads a pipe on the event loop into lines; resolves when the pipe closes. */
 function readLines(fd: number, onLine: (line: string, utf8Bytes: number) => void): Promise<void> {
   const socket = new net.Socket({ fd, readable: true, writable: false });
   const splitter = new LineSplitter(onLine);
-  socket.on('data', (chunk: Buffer) => splitter.push(chunk));
+  // Metered: past its share of the loop the worker's pipe waits (log-budget.ts).
+  logBudget.attach(socket, (chunk) => splitter.push(chunk));
   socket.on('error', () => socket.destroy());
   return new Promise<void>((resolve) =>
     socket.once('close', () => {
@@ -340,7 +335,7 @@ function openIf(pid: number, is: (pid: number) => boolean): number {
     return -1;
   }
   if (is(pid)) return pidfd;
-  closeQuietly(pidfd);
+  closeFd(pidfd);
   return -1;
 }
 
@@ -354,13 +349,6 @@ function openChild(pid: number, parentPid: number): number {
   return openIf(pid, (p) => parentOf(p) === parentPid);
 }
 
-function parentOf(pid: number): number {
-  try {
-    return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.ppid ?? -1;
-  } catch {
-    return -1;
-  }
-}
 
 /**
  * Starts `bwrap <plan> -- cmd` through the native spawn: one call that
@@ -378,22 +366,24 @@ export async function startSandbox(opts: SandboxOptions): Promise<Sandbox> {
 }
 
 async function startSandboxNow(opts: SandboxOptions): Promise<Sandbox> {
-  const seccomp = opts.seccompProfile !== '';
   const closeBeforeClone = opts.closeBeforeClone !== undefined && opts.closeBeforeClone >= 0 ? opts.closeBeforeClone : -1;
   let options: NativeSpawnOptions;
   try {
     // The app's environment, for bwrap's --args: never in argv, which any host user can read.
     const data = [{ data: envArgs(opts.env), target: ARGS_FD }];
     const fds: NonNullable<NativeSpawnOptions['fds']> = [];
-    if (seccomp) {
-      const filter = seccompFd(opts.seccompProfile);
-      if ('data' in filter) data.push(filter);
-      else fds.push(filter);
-    }
+    const tcpRules = opts.landlock !== undefined && (opts.landlock.restrictBind || opts.landlock.restrictConnect);
+    const filter = seccompPlan(opts.seccompProfile, tcpRules);
+    const seccomp = filter.fd !== null;
+    if (filter.fd && 'data' in filter.fd) data.push(filter.fd);
+    else if (filter.fd) fds.push(filter.fd);
     options = {
       file: opts.bwrapPath,
       // /run is hidden in every sandbox, whatever the network policy (a plan may say how).
-      argv: [opts.bwrapPath, ...bwrapArgs({ ...opts.plan, seccomp, run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan() })],
+      argv: [
+        opts.bwrapPath,
+        ...bwrapArgs({ ...opts.plan, seccomp, run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan(), hideCgroups: hasHostCgroups() }),
+      ],
       env: [...BWRAP_ENV],
       data,
       fds,
@@ -401,12 +391,13 @@ async function startSandboxNow(opts: SandboxOptions): Promise<Sandbox> {
       ...(opts.hostCredentials ? { uid: opts.plan.uid, gid: opts.plan.gid } : {}),
       ...(closeBeforeClone >= 0 ? { closeBeforeClone } : {}),
       ...(opts.landlock ? { landlock: opts.landlock } : {}),
+      ...(filter.child ? { socketFilter: true } : {}),
       ...(opts.checkPaths?.length ? { checkPaths: opts.checkPaths } : {}),
       ...opts.limits,
     };
   } catch (err) {
     // The spawn call closes it from here on; this one never happened.
-    if (closeBeforeClone >= 0) closeQuietly(closeBeforeClone);
+    if (closeBeforeClone >= 0) closeFd(closeBeforeClone);
     throw err;
   }
   spawnStep(opts.traceId, 'options');

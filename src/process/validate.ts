@@ -31,6 +31,17 @@ function describe(value: unknown): string {
   return typeof value === 'string' ? JSON.stringify(value.slice(0, 40)) : typeof value;
 }
 
+/**
+ * An environment entry or key as an error may show it: its name, cut at 40
+ * characters, and never what follows an "=" (a value, maybe a secret, put in
+ * the wrong place).
+ */
+function envName(text: string): string {
+  const eq = text.indexOf('=');
+  const name = eq < 0 ? text : text.slice(0, eq);
+  return `${JSON.stringify(name.slice(0, 40))}${name.length > 40 ? ' (cut)' : ''}${eq < 0 ? '' : ' followed by "=" and more (not shown)'}`;
+}
+
 /** rVersion names a dir under rigBase: '../..' would pick any binary on the host. */
 function checkVersion(value: unknown, field: string): void {
   checkString(value, field);
@@ -55,7 +66,7 @@ function checkRecord(value: unknown, field: string, keyPattern?: RegExp): void {
   if (typeof value !== 'object' || value === null || Array.isArray(value))
     fail(`${field} must be an object of strings`);
   for (const [k, v] of Object.entries(value)) {
-    if (keyPattern && !keyPattern.test(k)) fail(`${field} key ${JSON.stringify(k)} is not a valid variable name`);
+    if (keyPattern && !keyPattern.test(k)) fail(`${field} key ${envName(k)} is not a valid variable name`);
     checkString(k, `${field} key`);
     checkString(v, `${field}.${k}`, { required: true });
   }
@@ -149,7 +160,9 @@ export async function validateBuildSpec(spec: BuildSpec): Promise<void> {
     spec.env.forEach((e, i) => {
       checkString(e, `env[${i}]`, { required: true });
       const key = e.slice(0, e.indexOf('='));
-      if (!e.includes('=') || !ENV_KEY.test(key)) fail(`env[${i}] must be "KEY=VALUE", got ${describe(e)}`);
+      if (!e.includes('='))
+        fail(`env[${i}] must be "KEY=VALUE": it has no "=" (${e.length} characters, not shown: it may be a secret)`);
+      if (!ENV_KEY.test(key)) fail(`env[${i}] must be "KEY=VALUE": its KEY ${envName(key)} is not a valid variable name`);
     });
   }
   if (spec.logWriter !== undefined && typeof spec.logWriter !== 'function') fail('logWriter must be a function');

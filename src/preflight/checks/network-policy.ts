@@ -43,7 +43,10 @@ export function judgeNetworkPolicy(decision: NetworkPolicyDecision, allowedConne
   if (decision.error) return { severity: 'error', message: decision.error };
   const enforced: string[] = [];
   if (decision.enforced.tcp)
-    enforced.push(`workers bind TCP only on their own port and connect to ${describeConnect(allowedConnectPorts)}; builds bind no TCP port`);
+    enforced.push(
+      `workers bind TCP only on their own port and connect to ${describeConnect(allowedConnectPorts)}; builds bind no TCP port; ` +
+        'MPTCP sockets, TCP Fast Open sends, vsock sockets and io_uring rings, which would get past those rules, are refused',
+    );
   if (decision.enforced.scopes) enforced.push('no worker reaches an abstract unix socket or signals a process outside its sandbox');
   if (decision.missing.length === 0)
     return { severity: 'ok', message: `${kernel}: ${enforced.join('; ')}; ${hidden}` };

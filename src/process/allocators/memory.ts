@@ -1,13 +1,12 @@
 // In-memory allocators over the native bitset: the default for one server.
 import { randomInt } from 'node:crypto';
-import { closeSync } from 'node:fs';
-import { Bitset, reservePort, type NativeBitset } from '../../native.js';
+import { Bitset, closeFd, reservePort, type NativeBitset } from '../../native.js';
 import { ExhaustedError, type Allocators, type PortAllocator, type PortLease, type UidAllocator } from './types.js';
 
 /** Closes a held listener once; safe when the spawn call already closed it. */
 export function closeListener(lease: PortLease): void {
   if (lease.listenerFd >= 0) {
-    closeSync(lease.listenerFd);
+    closeFd(lease.listenerFd);
     lease.listenerFd = -1;
   }
 }

@@ -215,9 +215,9 @@ export class ClaimStore {
       });
   }
 
-  /** Frees claims whose owner's lease is gone; returns what was freed. */
-  async sweep(): Promise<{ value: number; owner: string }[]> {
-    const reply = (await this.link.call(SWEEP, [this.keys.bits, this.keys.owner, this.lease.prefix], [this.lease.owner])) as string[];
+  /** Frees claims whose owner's lease is gone, but those in `keep`; returns what was freed. */
+  async sweep(keep: readonly number[] = []): Promise<{ value: number; owner: string }[]> {
+    const reply = (await this.link.call(SWEEP, [this.keys.bits, this.keys.owner, this.lease.prefix], [this.lease.owner, ...keep])) as string[];
     const freed: { value: number; owner: string }[] = [];
     for (let i = 0; i < reply.length; i += 2) freed.push({ value: Number(reply[i]), owner: reply[i + 1]! });
     return freed;

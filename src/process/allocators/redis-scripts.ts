@@ -86,19 +86,21 @@ return freed
 `);
 
 /**
- * KEYS bits, owner, leasePrefix; ARGV self: frees every claim whose owner
- * has no lease key (crashed or stopped without close). Never the caller's.
- * Returns slot, owner pairs.
+ * KEYS bits, owner, leasePrefix; ARGV self, then slots to keep: frees every
+ * claim whose owner has no lease key (crashed or stopped without close),
+ * but for the slots to keep (still in use on the host: its owner's lease
+ * may only have lapsed). Never the caller's. Returns slot, owner pairs.
  */
 export const SWEEP = script(`${FREE}
-local alive, freed = {}, {}
+local alive, freed, keep = {}, {}, {}
+for i = 2, #ARGV do keep[ARGV[i]] = true end
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
   local owner = all[i + 1]
   if alive[owner] == nil then
     alive[owner] = owner == ARGV[1] or redis.call('EXISTS', KEYS[3] .. owner) == 1
   end
-  if not alive[owner] then
+  if not alive[owner] and not keep[all[i]] then
     free(KEYS[1], KEYS[2], all[i])
     freed[#freed + 1] = all[i]
     freed[#freed + 1] = owner

@@ -3,6 +3,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from '../../backend.js';
+import { runningUids } from '../orphans.js';
 import { closeListener, tryBindPort } from './memory.js';
 import { ClaimStore, HostLease, RedisLink, RedisUnreachableError, type RedisClient } from './redis-claims.js';
 import { ExhaustedError, type Allocators, type PortAllocator, type PortLease, type UidAllocator } from './types.js';
@@ -155,7 +156,11 @@ export function redisAllocators(redis: RedisClient, opts: RedisAllocatorOptions)
     async cleanupOrphans(): Promise<void> {
       // A lapsed lease of our own would make our claims look orphaned to the sweep's peers; prove it first.
       await lease.prove();
-      const freed = [...(await ports.sweep()).map((f) => ({ ...f, what: 'port' })), ...(await uids.sweep()).map((f) => ({ ...f, what: 'uid' }))];
+      // A UID that still runs processes here is not free, whatever its owner's
+      // lease says: a server cut off from Redis long enough for its lease to
+      // lapse still runs its workers. (A port in use fails the reserve's bind.)
+      const running = await runningUids(uids.lo, uids.hi);
+      const freed = [...(await ports.sweep()).map((f) => ({ ...f, what: 'port' })), ...(await uids.sweep(running)).map((f) => ({ ...f, what: 'uid' }))];
       const byOwner = new Map<string, string[]>();
       for (const f of freed) byOwner.set(f.owner, [...(byOwner.get(f.owner) ?? []), `${f.what} ${f.value}`]);
       for (const [gone, claims] of byOwner)
