@@ -349,7 +349,6 @@ function openChild(pid: number, parentPid: number): number {
   return openIf(pid, (p) => parentOf(p) === parentPid);
 }
 
-
 /**
  * Starts `bwrap <plan> -- cmd` through the native spawn: one call that
  * checks the paths, makes the pipes and fds, and clones. The Sandbox is set
