@@ -8,7 +8,7 @@ import { ProcessBackend } from '../dist/index.js';
 import { backendConfig, exitWaiter, sleep, summary, withTimeout, workerSpec } from './lib.js';
 
 // Accepts and drops; the client closes first, so no TIME_WAIT lands on the server's port.
-const SERVER =
+export const SERVER =
   "require('net').createServer((s) => s.on('error', () => {})).listen(Number(process.env.SHINY_PORT), '127.0.0.1')";
 
 function tryConnect(port) {
@@ -26,7 +26,7 @@ function tryConnect(port) {
 }
 
 /** Connects every 1 ms until accepted; the time of the first accepted connection (performance.now()). */
-async function firstAccept(port, deadlineMs, isDead) {
+export async function firstAccept(port, deadlineMs, isDead) {
   const deadline = performance.now() + deadlineMs;
   while (performance.now() < deadline) {
     if (await tryConnect(port)) return performance.now();

@@ -37,12 +37,18 @@ const PATHS = [
 const FULL_LABEL = "ProcessBackend.spawn, limits + policy + seccomp 'builtin' (issue 15)";
 
 export function buildReport(r) {
-  const { small, big } = r.spawn;
-  const bigLabel = `${big.residentMb} MB resident${r.quick ? ' (quick)' : ''}`;
-  const smallLabel = `small heap (RSS ${small.rssMb.toFixed(0)} MB)`;
   const sections = [];
   const targets = [];
   const target = (name, measured, met, note = '') => targets.push({ name, measured, met, note });
+  if (r.only) {
+    // `--only <section>`: that section and the leak check alone.
+    if (r.hostile) sections.push(hostileSection(r.hostile, target));
+    leftoversTarget(r, target);
+    return finish(sections, targets);
+  }
+  const { small, big } = r.spawn;
+  const bigLabel = `${big.residentMb} MB resident${r.quick ? ' (quick)' : ''}`;
+  const smallLabel = `small heap (RSS ${small.rssMb.toFixed(0)} MB)`;
 
   // 1 + floor
   const cpSmall = small.latency.childProcess.p50;
@@ -315,18 +321,69 @@ unavailable: ${bd.unavailable}`);
       ),
   );
   target(`no leaks after ${sc.workers} workers spawned and stopped`, sc.leakFree ? 'none' : leakText, sc.leakFree);
+
+  // 8
+  if (r.hostile) sections.push(hostileSection(r.hostile, target));
+
+  leftoversTarget(r, target);
+  return finish(sections, targets);
+}
+
+function leftoversTarget(r, target) {
   if (r.leftovers)
     target(
       'no process left with a bench UID after the whole run',
       r.leftovers.live === 0 ? `none (${r.leftovers.zombies} zombies awaiting the host's PID 1)` : `${r.leftovers.live} live: ${r.leftovers.pids.join(' ')}`,
       r.leftovers.live === 0,
     );
+}
 
+function finish(sections, targets) {
   const targetTable = table(
     ['target', 'measured (p50 unless said)', 'met'],
     targets.map((t) => [t.name, t.measured, t.met ? 'yes' : '**no**']),
   );
   return { markdown: sections.join('\n\n'), targetTable, targets };
+}
+
+const pct = (x) => (Number.isFinite(x) ? `${x.toFixed(0)}%` : 'n/a');
+const yes = (met) => (met ? 'yes' : '**no**');
+
+/** Section 8 (issue 20): its two tables, and its targets added through target(). */
+function hostileSection(h, target) {
+  const { flood: f, timeWait: tw, targets: goal } = h;
+  const floodRows = [
+    ['server CPU, every thread (% of one core)', pct(f.alone.cpuPercent), pct(f.flood.cpuPercent), ratio(f.flood.cpuPercent / f.alone.cpuPercent), `<= ${goal.cpuPercent}%`, f.flood.cpuPercent <= goal.cpuPercent],
+    ['event-loop delay p99', ms(f.alone.eldP99Ms), ms(f.flood.eldP99Ms), ratio(f.flood.eldP99Ms / f.alone.eldP99Ms), `<= ${goal.eldP99Ms} ms`, f.flood.eldP99Ms <= goal.eldP99Ms],
+    ["neighbour's healthCheck p50", ms(f.alone.health.p50), ms(f.flood.health.p50), ratio(f.flood.health.p50 / f.alone.health.p50), `<= ${goal.floodHealthMs} ms`, f.flood.health.p50 <= goal.floodHealthMs],
+  ];
+  const readyMet = tw.readyLag.max <= goal.readyLagMs;
+  const twRows = [
+    ["a live worker's healthCheck p50", ms(tw.health.p50), `one read + scan of /proc/net/tcp + tcp6: ${ms(tw.procScan.p50)}`, ratio(tw.procScan.p50 / tw.health.p50), `<= ${goal.twHealthMs} ms`, tw.health.p50 <= goal.twHealthMs],
+    ['waitReady resolved after the first accepted connect, p50 / max', `${ms(tw.readyLag.p50)} / ${ms(tw.readyLag.max)}`, 'the first accepted connect (1 ms polls): 0', '', `<= ${goal.readyLagMs} ms (max)`, readyMet],
+  ];
+  target(`log flood: server CPU <= ${goal.cpuPercent}% of one core`, `${pct(f.flood.cpuPercent)} (alone ${pct(f.alone.cpuPercent)})`, floodRows[0][5]);
+  target(`log flood: event-loop delay p99 <= ${goal.eldP99Ms} ms`, `${ms(f.flood.eldP99Ms)} (alone ${ms(f.alone.eldP99Ms)})`, floodRows[1][5]);
+  target(`log flood: neighbour's healthCheck p50 <= ${goal.floodHealthMs} ms`, `${ms(f.flood.health.p50)} (alone ${ms(f.alone.health.p50)})`, floodRows[2][5]);
+  target(`${tw.timeWaitAtScan} TIME_WAIT sockets: healthCheck p50 <= ${goal.twHealthMs} ms`, `${ms(tw.health.p50)} vs /proc/net/tcp* read ${ms(tw.procScan.p50)}`, twRows[0][5]);
+  target(
+    `${tw.timeWaitAtScan} TIME_WAIT sockets: waitReady within ${goal.readyLagMs} ms of the first accepted connect`,
+    `p50 ${ms(tw.readyLag.p50)}, max ${ms(tw.readyLag.max)} (${tw.readyLag.n} runs)`,
+    readyMet,
+  );
+  return (
+    `### 8. Hostile tenant (issue 20)\n\n` +
+    `**Log flood.** A worker at cpuLimit ${f.floodCpus} runs \`yes ''\` (it got ${pct(f.floodWorkerCpuPercent)} of a CPU); a quiet neighbour (the minimal node server) is health-checked ` +
+    `one call at a time, every 20 ms, for ${(f.windowMs / 1000).toFixed(0)} s. Peer: the same window with the neighbour alone, just before. ` +
+    `Server CPU counts every thread of the bench process (process.cpuUsage over wall time). ` +
+    `Loop delay max: ${ms(f.alone.eldMaxMs)} alone, ${ms(f.flood.eldMaxMs)} flooded; unhealthy answers: ${f.alone.unhealthy} / ${f.flood.unhealthy} of ${f.alone.health.n} / ${f.flood.health.n}.\n\n` +
+    table(['log flood', 'neighbour alone (peer)', "with the `yes ''` flood", 'flood / alone', 'target', 'met'], floodRows.map((row) => [...row.slice(0, 5), yes(row[5])])) +
+    `\n\n**TIME_WAIT bloat.** ${tw.made} connections made and closed client-first on loopback in ${ms(tw.makeMs)} (${tw.requested} asked, ${tw.failed} failed); ` +
+    `TIME_WAIT on the host: ${tw.timeWaitBefore} before, ${tw.timeWaitAtScan} when measured, ${tw.timeWaitAtEnd} at the end; /proc/net/tcp* then held ${(tw.procBytes / 2 ** 20).toFixed(1)} MB. ` +
+    `healthCheck: ${tw.health.n} calls, one at a time (${tw.unhealthy} unhealthy); the peer read ${tw.procScan.n} times. ` +
+    `waitReady: ${tw.readyLag.n} workers whose app listens ${tw.listenDelayMs.join('-')} ms (spread over the runs) after node starts, polled with a connect every 1 ms from the bench (spawn to first accept p50 ${ms(tw.spawnToAccept.p50)}).\n\n` +
+    table(['TIME_WAIT bloat', 'procyard', 'peer', 'peer / procyard', 'target', 'met'], twRows.map((row) => [...row.slice(0, 5), yes(row[5])]))
+  );
 }
 
 export function machineMarkdown(m) {

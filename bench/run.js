@@ -1,7 +1,9 @@
 // procyard benchmarks: `npm run bench` (full, a few minutes) or
-// `node bench/run.js --quick` (smoke run, under a minute). Prints markdown
+// `node bench/run.js --quick` (smoke run, about a minute). Prints markdown
 // tables of procyard against peers measured in the same run, and writes the
 // raw numbers to bench/results/<time>.json (and latest.json).
+// `--only hostile` runs that section alone (full or --quick) and leaves
+// latest.json as it is.
 //
 // Uses only ports 30000-31999, worker UIDs 50000-51999 and a private
 // redis-server on 127.0.0.1:16500-16509, so it can run beside the tests.
@@ -14,6 +16,7 @@ import { Redis } from 'ioredis';
 import { PidWatcherNative, pidfdOpen, pidfdSignal, reservePort, spawnNative } from '../dist/native.js';
 import { runAlloc } from './alloc.js';
 import { buildFloor } from './floor.js';
+import { runHostile } from './hostile.js';
 import { BWRAP, PORTS, REDIS_PORTS, UIDS, pidsWithUidIn, procStat, sleep, withTimeout } from './lib.js';
 import { runOverhead } from './overhead.js';
 import { runReady } from './ready.js';
@@ -23,15 +26,22 @@ import { runScale } from './scale.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const quick = process.argv.includes('--quick');
+// Sections that can run alone: `--only <name>`.
+const ONLY = ['hostile'];
+const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : null;
+if (only !== null && !ONLY.includes(only)) throw new Error(`bench: --only takes one of ${ONLY.join(', ')}, got ${only}`);
 // The floor of issue 15 does what procyard does with the v1 cpu cgroup: one
 // reused directory (the default, as procyard recycles it), or with this flag
 // a fresh one per spawn (procyard before the recycling).
 const floorReuseCpu = !process.argv.includes('--floor-fresh-cpu');
 let interrupted = false;
+const interrupt = new AbortController(); // sections that loop stop at their next step
 
 const PARAMS = quick
-  ? { spawns: 40, warmup: 5, burst: 30, residentMb: 512, overheadRounds: 3, readyRuns: 5, samplingWorkers: 20, samplingTicks: 3, allocOps: 200000, redisSamples: 20, scaleWorkers: 40, breakdownRuns: 20 }
-  : { spawns: 200, warmup: 10, burst: 100, residentMb: 2048, overheadRounds: 10, readyRuns: 30, samplingWorkers: 200, samplingTicks: 5, allocOps: 2000000, redisSamples: 200, scaleWorkers: 500, breakdownRuns: 100 };
+  ? { spawns: 40, warmup: 5, burst: 30, residentMb: 512, overheadRounds: 3, readyRuns: 5, samplingWorkers: 20, samplingTicks: 3, allocOps: 200000, redisSamples: 20, scaleWorkers: 40, breakdownRuns: 20,
+      hostile: { windowMs: 3000, timeWait: 20000, healthChecks: 20, procReads: 3, readyRuns: 3 } }
+  : { spawns: 200, warmup: 10, burst: 100, residentMb: 2048, overheadRounds: 10, readyRuns: 30, samplingWorkers: 200, samplingTicks: 5, allocOps: 2000000, redisSamples: 200, scaleWorkers: 500, breakdownRuns: 100,
+      hostile: { windowMs: 10000, timeWait: 130000, healthChecks: 100, procReads: 10, readyRuns: 10 } };
 
 // Slices of the bench's ranges, one per section (nothing overlaps, so a slow exit never collides).
 const RANGES = {
@@ -43,6 +53,7 @@ const RANGES = {
   ready: { ports: [30600, 30699], uids: [50600, 50699], plainPorts: [31900, 31949] },
   sampling: { ports: [30700, 30999], uids: [50700, 50999] },
   scale: { ports: [31000, 31899], uids: [51000, 51899] },
+  hostile: { ports: [31990, 31998], uids: [51940, 51949] }, // issue 20: log flood and TIME_WAIT bloat, run last
   alloc: { ports: [31000, 31999], uids: [51000, 51999] }, // Redis keys only: no process, no bind
   peerUid: 51990, // peers' sandboxes (native, child_process, execa, floor): outside every backend's range
   statusPort: 31999, // only the SHINY_PORT value in the peers' env; never bound
@@ -55,6 +66,19 @@ for (const [name, r] of Object.entries(RANGES)) {
 }
 if (RANGES.peerUid < UIDS.start || RANGES.peerUid > UIDS.end || RANGES.statusPort < PORTS.start || RANGES.statusPort > PORTS.end)
   throw new Error('bench: peerUid / statusPort outside the bench ranges');
+// Every range that binds or runs something is its section's alone (alloc's are Redis keys only).
+for (const kind of ['ports', 'uids']) {
+  const taken = [];
+  for (const [name, r] of Object.entries(RANGES)) {
+    if (name === 'alloc' || typeof r !== 'object') continue;
+    if (r[kind]) taken.push([name, r[kind]]);
+    if (kind === 'ports' && r.plainPorts) taken.push([`${name}.plainPorts`, r.plainPorts]);
+  }
+  taken.push(kind === 'ports' ? ['statusPort', [RANGES.statusPort, RANGES.statusPort]] : ['peerUid', [RANGES.peerUid, RANGES.peerUid]]);
+  for (const [i, [a, ra]] of taken.entries())
+    for (const [b, rb] of taken.slice(i + 1))
+      if (ra[0] <= rb[1] && rb[0] <= ra[1]) throw new Error(`bench: ${kind} of ${a} (${ra.join('-')}) and ${b} (${rb.join('-')}) overlap`);
+}
 
 function log(message) {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
@@ -229,6 +253,7 @@ async function main() {
   };
   const onSignal = (sig) => {
     interrupted = true;
+    interrupt.abort();
     log(`${sig}: cleaning up`);
     cleanup().finally(() => process.exit(130));
   };
@@ -236,35 +261,42 @@ async function main() {
   process.once('SIGTERM', onSignal);
 
   try {
-    const floorBinary = await buildFloor(tmp);
-    const results = { quick, params: PARAMS, machine: m, spawn: {}, floorReuseCpu };
+    const results = { quick, params: PARAMS, machine: m, spawn: {}, floorReuseCpu, only };
 
-    log('sections 1+2 and the floor, small heap');
-    results.spawn.small = await spawnPaths(0, bundle, floorBinary);
-    log(`sections 1+2 and the floor, ${PARAMS.residentMb} MB resident`);
-    results.spawn.big = await spawnPaths(PARAMS.residentMb, bundle, floorBinary);
+    if (!only) {
+      const floorBinary = await buildFloor(tmp);
 
-    log('section 3: backend overhead over the bare sandbox');
-    results.overhead = await runOverhead({ bundle, rounds: PARAMS.overheadRounds, ...RANGES.overhead, peerUid: RANGES.peerUid, statusPort: RANGES.statusPort });
-    log('section 3b: where ProcessBackend.spawn spends its time');
-    try {
-      // Loaded here: it drives procyard internals, and a change there must not stop the run.
-      const { runBreakdown } = await import('./breakdown.js');
-      results.breakdown = await runBreakdown({ bundle, runs: PARAMS.breakdownRuns, ...RANGES.breakdown, peerUid: RANGES.peerUid, statusPort: RANGES.statusPort });
-    } catch (err) {
-      results.breakdown = { unavailable: err instanceof Error ? err.message : String(err) };
-      log(`breakdown unavailable: ${results.breakdown.unavailable}`);
+      log('sections 1+2 and the floor, small heap');
+      results.spawn.small = await spawnPaths(0, bundle, floorBinary);
+      log(`sections 1+2 and the floor, ${PARAMS.residentMb} MB resident`);
+      results.spawn.big = await spawnPaths(PARAMS.residentMb, bundle, floorBinary);
+
+      log('section 3: backend overhead over the bare sandbox');
+      results.overhead = await runOverhead({ bundle, rounds: PARAMS.overheadRounds, ...RANGES.overhead, peerUid: RANGES.peerUid, statusPort: RANGES.statusPort });
+      log('section 3b: where ProcessBackend.spawn spends its time');
+      try {
+        // Loaded here: it drives procyard internals, and a change there must not stop the run.
+        const { runBreakdown } = await import('./breakdown.js');
+        results.breakdown = await runBreakdown({ bundle, runs: PARAMS.breakdownRuns, ...RANGES.breakdown, peerUid: RANGES.peerUid, statusPort: RANGES.statusPort });
+      } catch (err) {
+        results.breakdown = { unavailable: err instanceof Error ? err.message : String(err) };
+        log(`breakdown unavailable: ${results.breakdown.unavailable}`);
+      }
+      log('section 4: spawn to ready');
+      results.ready = await runReady({ bundle, runs: PARAMS.readyRuns, ...RANGES.ready });
+      log(`section 5: sampling ${PARAMS.samplingWorkers} workers`);
+      results.sampling = await runSampling({ bundle, workers: PARAMS.samplingWorkers, ticks: PARAMS.samplingTicks, ...RANGES.sampling });
+
+      redis = await startRedis(tmp);
+      log('section 6: allocation');
+      results.alloc = await runAlloc({ redis: redis.redis, ops: PARAMS.allocOps, redisSamples: PARAMS.redisSamples, ...RANGES.alloc });
+      log(`scale: ${PARAMS.scaleWorkers} workers`);
+      results.scale = await runScale({ bundle, workers: PARAMS.scaleWorkers, redis: redis.redis, ...RANGES.scale });
     }
-    log('section 4: spawn to ready');
-    results.ready = await runReady({ bundle, runs: PARAMS.readyRuns, ...RANGES.ready });
-    log(`section 5: sampling ${PARAMS.samplingWorkers} workers`);
-    results.sampling = await runSampling({ bundle, workers: PARAMS.samplingWorkers, ticks: PARAMS.samplingTicks, ...RANGES.sampling });
 
-    redis = await startRedis(tmp);
-    log('section 6: allocation');
-    results.alloc = await runAlloc({ redis: redis.redis, ops: PARAMS.allocOps, redisSamples: PARAMS.redisSamples, ...RANGES.alloc });
-    log(`scale: ${PARAMS.scaleWorkers} workers`);
-    results.scale = await runScale({ bundle, workers: PARAMS.scaleWorkers, redis: redis.redis, ...RANGES.scale });
+    // Last: its TIME_WAIT sockets outlive it by 60 s, and its flood must not overlap the others' measurements.
+    log('section 8: hostile tenant (log flood, TIME_WAIT bloat)');
+    results.hostile = await runHostile({ bundle, ...PARAMS.hostile, ...RANGES.hostile, signal: interrupt.signal });
 
     results.leftovers = await leftovers();
     if (results.leftovers.live > 0)
@@ -272,10 +304,10 @@ async function main() {
     m.loadEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ');
     results.durationS = (Date.now() - started) / 1000;
     const report = buildReport(results);
-    const command = quick ? 'node bench/run.js --quick' : 'npm run bench';
+    const command = only ? `node bench/run.js --only ${only}${quick ? ' --quick' : ''}` : quick ? 'node bench/run.js --quick' : 'npm run bench';
     const busy = Math.max(...[m.loadStart, m.loadEnd].map((l) => Number(l.split(' ')[0]))) > m.cores;
     const markdown =
-      `## procyard benchmarks (${quick ? 'quick smoke run' : 'full run'}, ${new Date().toISOString().slice(0, 10)})\n\n` +
+      `## procyard benchmarks (${only ? `${only} section only, ` : ''}${quick ? 'quick smoke run' : 'full run'}, ${new Date().toISOString().slice(0, 10)})\n\n` +
       `Command: \`${command}\` (${results.durationS.toFixed(0)} s). Machine:\n\n${machineMarkdown(m)}\n\n` +
       (busy ? `**The 1-minute load average exceeded the core count: other work competed for the CPUs, so absolute times (and the loop delays) are inflated; ratios within a section are measured side by side and hold up better.**\n\n` : '') +
       `${report.markdown}\n\n### Targets\n\n${report.targetTable}\n`;
@@ -283,11 +315,11 @@ async function main() {
 
     const outDir = path.join(HERE, 'results');
     mkdirSync(outDir, { recursive: true });
-    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+    const file = `${new Date().toISOString().replace(/[:.]/g, '-')}${only ? `-${only}` : ''}${quick ? '-quick' : ''}.json`;
     const json = JSON.stringify({ ...results, targets: report.targets, markdown }, null, 1);
-    writeFileSync(path.join(outDir, `${stamp}${quick ? '-quick' : ''}.json`), json);
-    writeFileSync(path.join(outDir, 'latest.json'), json);
-    log(`wrote bench/results/${stamp}${quick ? '-quick' : ''}.json in ${results.durationS.toFixed(0)} s`);
+    writeFileSync(path.join(outDir, file), json);
+    if (!only) writeFileSync(path.join(outDir, 'latest.json'), json); // the whole run's, not one section's
+    log(`wrote bench/results/${file} in ${results.durationS.toFixed(0)} s`);
   } finally {
     await cleanup();
     process.off('SIGINT', onSignal);

@@ -160,21 +160,46 @@ Napi::Value SampleTreesJs(const Napi::CallbackInfo& info) {
 }
 
 // On a pool thread: one netlink dump of the TCP listeners per family.
-Napi::Value LoopbackListenerUidsJs(const Napi::CallbackInfo& info) {
+Napi::Value LoopbackListenersJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint16_t port = static_cast<uint16_t>(ToInteger(env, info[0], "port", 1, 65535));
   struct Job {
-    std::vector<uint32_t> uids;
+    std::vector<Listener> listeners;
     int err = 0;
     bool ok = false;
   };
   auto job = std::make_shared<Job>();
   return RunAsync(
-      env, "procyard:listeners", [job, port] { job->ok = LoopbackListenerUids(port, &job->uids, &job->err); },
+      env, "procyard:listeners", [job, port] { job->ok = LoopbackListeners(port, &job->listeners, &job->err); },
       [job](Napi::Env env) -> Napi::Value {
         if (!job->ok) throw SystemError(env, job->err, "sock_diag", "");
-        Napi::Array out = Napi::Array::New(env, job->uids.size());
-        for (size_t i = 0; i < job->uids.size(); i++) out.Set(static_cast<uint32_t>(i), job->uids[i]);
+        Napi::Array out = Napi::Array::New(env, job->listeners.size());
+        for (size_t i = 0; i < job->listeners.size(); i++) {
+          Napi::Object l = Napi::Object::New(env);
+          l.Set("uid", job->listeners[i].uid);
+          l.Set("inode", static_cast<double>(job->listeners[i].inode));
+          out.Set(static_cast<uint32_t>(i), l);
+        }
+        return out;
+      });
+}
+
+// On a pool thread: the fd tables of a process tree, searched for sockets.
+Napi::Value SocketsHeldInTreeJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t root = static_cast<pid_t>(ToInteger(env, info[0], "root", 1, 0x3fffffff));
+  if (!info[1].IsArray()) ThrowType(env, "inodes must be an array");
+  Napi::Array list = info[1].As<Napi::Array>();
+  auto inodes = std::make_shared<std::vector<uint64_t>>();
+  for (uint32_t i = 0; i < list.Length(); i++)
+    inodes->push_back(static_cast<uint64_t>(ToInteger(env, list.Get(i), "inode", 0, (int64_t{1} << 53) - 1)));
+  size_t maxFds = static_cast<size_t>(ToInteger(env, info[2], "maxFds", 1, 1 << 24));
+  auto found = std::make_shared<std::vector<uint64_t>>();
+  return RunAsync(
+      env, "procyard:holders", [=] { *found = SocketsHeldInTree(root, *inodes, maxFds); },
+      [found](Napi::Env env) -> Napi::Value {
+        Napi::Array out = Napi::Array::New(env, found->size());
+        for (size_t i = 0; i < found->size(); i++) out.Set(static_cast<uint32_t>(i), static_cast<double>((*found)[i]));
         return out;
       });
 }
@@ -224,7 +249,8 @@ Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
 }
 
 void InitMisc(Napi::Env env, Napi::Object exports) {
-  exports.Set("loopbackListenerUids", Napi::Function::New(env, LoopbackListenerUidsJs, "loopbackListenerUids"));
+  exports.Set("loopbackListeners", Napi::Function::New(env, LoopbackListenersJs, "loopbackListeners"));
+  exports.Set("socketsHeldInTree", Napi::Function::New(env, SocketsHeldInTreeJs, "socketsHeldInTree"));
   exports.Set("resolveMountTarget", Napi::Function::New(env, ResolveMountTargetJs, "resolveMountTarget"));
   exports.Set("probeUserNamespace", Napi::Function::New(env, ProbeUserNamespaceJs, "probeUserNamespace"));
   exports.Set("probePidfd", Napi::Function::New(env, ProbePidfdJs, "probePidfd"));

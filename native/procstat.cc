@@ -140,6 +140,8 @@ bool ParseStat(const std::string& line, StatFields* out) {
   out->ppid = static_cast<pid_t>(values[1]);
   out->utime = values[11];
   out->stime = values[12];
+  out->cutime = values[13];
+  out->cstime = values[14];
   out->starttime = values[19];
   out->rssPages = values[21];
   return true;
@@ -161,12 +163,20 @@ std::vector<TreeSample> SampleTrees(const std::vector<pid_t>& roots) {
       if (q == 0) sample.alive = stat.state != 'Z' && stat.state != 'X';
       if (q == 0 && !sample.alive) break;
       sample.rssBytes += stat.rssPages * static_cast<uint64_t>(pageSize);
-      sample.ticks += stat.utime + stat.stime;
+      // Its own time and its reaped children's (counted once: a child's goes to its parent when reaped).
+      sample.ticks += stat.utime + stat.stime + stat.cutime + stat.cstime;
       sample.pids.push_back(pid);
       AppendChildren(pid, &queue);
     }
   }
   return samples;
+}
+
+std::vector<pid_t> TreePids(pid_t root, size_t limit) {
+  std::vector<pid_t> pids(1, root);
+  for (size_t q = 0; q < pids.size() && pids.size() < limit; q++) AppendChildren(pids[q], &pids);
+  if (pids.size() > limit) pids.resize(limit);
+  return pids;
 }
 
 long ClockTicksPerSecond() { return sysconf(_SC_CLK_TCK); }

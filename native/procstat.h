@@ -14,6 +14,8 @@ struct StatFields {
   pid_t ppid = 0;
   uint64_t utime = 0;  // clock ticks
   uint64_t stime = 0;
+  uint64_t cutime = 0;  // of its children it has waited for (and theirs)
+  uint64_t cstime = 0;
   uint64_t starttime = 0;
   uint64_t rssPages = 0;
 };
@@ -25,12 +27,16 @@ bool ParseStat(const std::string& line, StatFields* out);
 struct TreeSample {
   bool alive = false;  // root present and not a zombie
   uint64_t rssBytes = 0;
-  uint64_t ticks = 0;  // utime + stime summed over the tree
+  uint64_t ticks = 0;  // utime + stime + cutime + cstime summed over the tree: the tree's CPU since it started,
+                       // but for children that were never waited for (SIGCHLD ignored)
   std::vector<pid_t> pids;
 };
 
 // Walks each root's tree through /proc/<pid>/task/<tid>/children.
 std::vector<TreeSample> SampleTrees(const std::vector<pid_t>& roots);
+
+// The pids of root's tree, root first, at most `limit` of them.
+std::vector<pid_t> TreePids(pid_t root, size_t limit);
 
 long ClockTicksPerSecond();
 

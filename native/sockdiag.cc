@@ -1,14 +1,22 @@
 #include "sockdiag.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <algorithm>
+
+#include "procstat.h"
 
 namespace procyard {
 namespace {
@@ -23,8 +31,8 @@ bool LoopbackReachable(const inet_diag_msg& m) {
   return a[2] == htonl(0x0000ffff) && a[3] == htonl(INADDR_LOOPBACK);  // ::ffff:127.0.0.1
 }
 
-// One dump of `family`'s TCP listeners, the matching owners appended.
-bool DumpListeners(int fd, uint8_t family, uint16_t port, uint32_t seq, std::vector<uint32_t>* uids, int* err) {
+// One dump of `family`'s TCP listeners, the matching ones appended.
+bool DumpListeners(int fd, uint8_t family, uint16_t port, uint32_t seq, std::vector<Listener>* listeners, int* err) {
   // The port is matched by the kernel (a bytecode filter, as ss(8) uses), so
   // only the port's listeners come back: a tenant can hold tens of thousands
   // of SO_REUSEPORT listeners on its own port, and copying each of them out
@@ -74,7 +82,8 @@ bool DumpListeners(int fd, uint8_t family, uint16_t port, uint32_t seq, std::vec
       }
       if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
       const inet_diag_msg* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
-      if (m->idiag_state == kTcpListen && ntohs(m->id.idiag_sport) == port && LoopbackReachable(*m)) uids->push_back(m->idiag_uid);
+      if (m->idiag_state == kTcpListen && ntohs(m->id.idiag_sport) == port && LoopbackReachable(*m))
+        listeners->push_back({m->idiag_uid, m->idiag_inode});
     }
   }
   *err = EPROTO;
@@ -83,15 +92,51 @@ bool DumpListeners(int fd, uint8_t family, uint16_t port, uint32_t seq, std::vec
 
 }  // namespace
 
-bool LoopbackListenerUids(uint16_t port, std::vector<uint32_t>* uids, int* err) {
+bool LoopbackListeners(uint16_t port, std::vector<Listener>* listeners, int* err) {
   int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
   if (fd < 0) {
     *err = errno;
     return false;
   }
-  bool ok = DumpListeners(fd, AF_INET, port, 1, uids, err) && DumpListeners(fd, AF_INET6, port, 2, uids, err);
+  bool ok = DumpListeners(fd, AF_INET, port, 1, listeners, err) && DumpListeners(fd, AF_INET6, port, 2, listeners, err);
   close(fd);
   return ok;
+}
+
+std::vector<uint64_t> SocketsHeldInTree(pid_t root, const std::vector<uint64_t>& inodes, size_t maxFds) {
+  std::vector<uint64_t> wanted(inodes), found;
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+  size_t budget = maxFds;
+  // A process per fd read at least: the pids limit bounds a sandbox's tree well below this.
+  for (pid_t pid : TreePids(root, maxFds)) {
+    if (wanted.empty() || budget == 0) break;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", pid);
+    int dirFd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirFd < 0) continue;  // exited meanwhile
+    DIR* dir = fdopendir(dirFd);
+    if (dir == nullptr) {
+      close(dirFd);
+      continue;
+    }
+    while (dirent* entry = readdir(dir)) {
+      if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+      if (budget-- == 0) break;
+      char link[64];
+      ssize_t n = readlinkat(dirFd, entry->d_name, link, sizeof link - 1);
+      if (n <= 8 || strncmp(link, "socket:[", 8) != 0) continue;
+      link[n] = '\0';
+      uint64_t inode = strtoull(link + 8, nullptr, 10);
+      auto at = std::lower_bound(wanted.begin(), wanted.end(), inode);
+      if (at == wanted.end() || *at != inode) continue;
+      found.push_back(inode);
+      wanted.erase(at);
+      if (wanted.empty()) break;
+    }
+    closedir(dir);
+  }
+  return found;
 }
 
 }  // namespace procyard

@@ -5,14 +5,27 @@
 #pragma once
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <vector>
 
 namespace procyard {
 
-// Owner UIDs of the TCP listeners on `port` that a connect to 127.0.0.1:port
-// could reach (bound to 127.0.0.1, 0.0.0.0, :: or ::ffff:127.0.0.1), IPv4
-// and IPv6. False with *err (an errno) where sock_diag cannot answer.
-bool LoopbackListenerUids(uint16_t port, std::vector<uint32_t>* uids, int* err);
+struct Listener {
+  uint32_t uid;    // the socket's owner: its creator's UID, whoever holds it now
+  uint64_t inode;  // the socket's inode, as /proc/<pid>/fd names it: "socket:[inode]"
+};
+
+// The TCP listeners on `port` that a connect to 127.0.0.1:port could reach
+// (bound to 127.0.0.1, 0.0.0.0, :: or ::ffff:127.0.0.1), IPv4 and IPv6.
+// False with *err (an errno) where sock_diag cannot answer.
+bool LoopbackListeners(uint16_t port, std::vector<Listener>* listeners, int* err);
+
+// Which of `inodes` a process of the tree under `root` holds an fd of (the
+// tree walked through /proc/<pid>/task/<tid>/children, as a sandbox's
+// processes all descend from its monitor). Reads at most maxFds fd links in
+// all, so a tree holding huge fd tables costs a bounded walk; stops early
+// once every inode is found.
+std::vector<uint64_t> SocketsHeldInTree(pid_t root, const std::vector<uint64_t>& inodes, size_t maxFds);
 
 }  // namespace procyard

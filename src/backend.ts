@@ -71,8 +71,11 @@ export interface ManagedResource {
   labels: Record<string, string>;
 }
 
+/** A live worker's usage: from its cgroup where it has one, else its process tree (docs/resource-limits.md). */
 export interface WorkerResourceUsage {
+  /** Share of one CPU (200 = two busy) since the previous call, or on the first since the spawn; dead children included. */
   cpuPercent: number;
+  /** The memory cgroup's charge (tmpfs and page cache included), or without one the tree's RSS. */
   memoryUsageBytes: number;
   /** The memory limit in force (0 = none). */
   memoryLimitBytes: number;

@@ -234,7 +234,9 @@ async function runCommand(cmd: string[], opts: RunOptions): Promise<void> {
   try {
     await backend.waitReady(workerId, { timeoutMs: Infinity });
     const port = addr.slice(addr.lastIndexOf(':') + 1);
-    out(`procyard: worker ${workerId} started; address ${addr} (bundle ${bundlePath} at ${mount})\n`);
+    // On stderr, like every line of procyard's own: the app's output, both
+    // its streams, goes to stdout, so nothing it prints can pass for this.
+    process.stderr.write(`procyard: worker ${workerId} started; address ${addr} (bundle ${bundlePath} at ${mount})\n`);
     if (portFile) {
       writePortFile(portFile, port);
       portFileWritten = true;

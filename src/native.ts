@@ -135,7 +135,7 @@ export interface TreeSample {
   /** The root exists and is not a zombie. */
   alive: boolean;
   rssBytes: number;
-  /** utime + stime over the tree, in clock ticks */
+  /** utime + stime + cutime + cstime over the tree, in clock ticks: its CPU since it started, reaped children's included (not those auto-reaped, SIGCHLD ignored) */
   ticks: number;
   pids: number[];
 }
@@ -150,6 +150,12 @@ export interface NativeBitset {
   isSet(index: number): boolean;
   readonly inUse: number;
   readonly size: number;
+}
+
+/** A TCP listener: its owner (the UID that made it, whoever holds it now) and its socket inode. */
+export interface Listener {
+  uid: number;
+  inode: number;
 }
 
 interface Addon {
@@ -169,7 +175,8 @@ interface Addon {
   sampleTrees(pids: number[]): Promise<TreeSample[]>;
   clockTicksPerSecond: number;
   reservePort(port: number): number;
-  loopbackListenerUids(port: number): Promise<number[]>;
+  loopbackListeners(port: number): Promise<Listener[]>;
+  socketsHeldInTree(root: number, inodes: number[], maxFds: number): Promise<number[]>;
   builtinSeccompFilter(socketRules?: boolean): number;
   socketSeccompFilter(): number;
   builtinSeccompRules(): string[];
@@ -352,11 +359,16 @@ export const clockTicksPerSecond = addon.clockTicksPerSecond;
 /** bind + listen on 127.0.0.1:port; the fd, or throws with code EADDRINUSE. */
 export const reservePort = addon.reservePort;
 /**
- * Owner UIDs of the TCP listeners a connect to 127.0.0.1:port could reach
- * (IPv4 and IPv6), from the kernel's sock_diag (native/sockdiag.h); rejects
- * with `syscall` 'sock_diag' where the kernel cannot answer.
+ * The TCP listeners a connect to 127.0.0.1:port could reach (IPv4 and IPv6),
+ * from the kernel's sock_diag (native/sockdiag.h); rejects with `syscall`
+ * 'sock_diag' and the errno's `code` where the kernel cannot answer.
  */
-export const loopbackListenerUids = addon.loopbackListenerUids;
+export const loopbackListeners = addon.loopbackListeners;
+/**
+ * Which of the socket inodes a process of root's tree holds an fd of,
+ * reading at most maxFds fd links (native/sockdiag.h).
+ */
+export const socketsHeldInTree = addon.socketsHeldInTree;
 /**
  * A memfd holding procyard's built-in seccomp BPF program (see
  * native/seccomp.cc); with socketRules, also the network policy's socket rules.

@@ -63,9 +63,11 @@ describe('worker lifecycle', () => {
 
     const usage = await backend.workerResourceUsage('life-1');
     expect(usage).not.toBeNull();
-    // bwrap monitor + init + node: node alone is tens of MB.
-    expect(usage!.memoryUsageBytes).toBeGreaterThan(20 * 1024 * 1024);
-    expect(usage!.cpuPercent).toBe(0);
+    // bwrap monitor + init + node: the tree's RSS is tens of MB, its cgroup's
+    // charge (where it has one; shared library pages not counted) several.
+    expect(usage!.memoryUsageBytes).toBeGreaterThan(4 * 1024 * 1024);
+    // The first call counts from the spawn: node's start-up is in it.
+    expect(usage!.cpuPercent).toBeGreaterThan(0);
     expect(usage!.memoryLimitBytes).toBe(0);
     await httpGet(addr);
     const second = await backend.workerResourceUsage('life-1');

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NotSupportedError, type WorkerExitEvent, type WorkerSpec } from '../src/backend.js';
 import type { Config } from '../src/config.js';
+import { clockTicksPerSecond, sampleTrees } from '../src/native.js';
 import { runPreflight } from '../src/preflight/index.js';
 import { inspectCgroups, type CgroupSupport } from '../src/process/cgroup.js';
 import { detectLayout, dirOf, parseProcCgroup } from '../src/process/cgroup-hierarchy.js';
@@ -84,7 +85,7 @@ function other(cfg: Config): ProcessBackend {
 
 interface WorkerView {
   uid: number;
-  sandbox: { pid: number };
+  sandbox: { pid: number; appPid: Promise<number | null> };
   cgroup: { dirs: ReadonlyMap<string, string>; memoryCharged(): number; killAll(): Promise<void> } | null;
   ring: { snapshot(): string[] };
 }
@@ -252,6 +253,37 @@ describe('per-worker limits on this kernel', () => {
       }
     } finally {
       await backend.removeResource({ id: 'sockets', kind: 'container', labels: {} });
+    }
+  });
+
+  it("usage counts what the worker's live processes do not show: its tmpfs, and the CPU of short-lived children", async (ctx) => {
+    if (skip) return ctx.skip(skip);
+    // 48 MiB in the sandbox's /tmp (tmpfs: in no process's RSS), then
+    // children that each burn a few ms and exit, one after another.
+    const script = 'head -c 48M /dev/zero > /tmp/fill; echo filled; while :; do sh -c "i=0; while [ \\$i -lt 2000 ]; do i=\\$((i+1)); done"; done';
+    await backend.spawn(appSpec('usage', 'serve', { cmd: ['/bin/sh', '-c', script], memoryLimit: '256m' }));
+    try {
+      await waitLine(backend, 'usage', 'filled');
+      const app = (await internals(backend, 'usage').sandbox.appPid)!;
+      // What the kernel charged the app's shell and the children it reaped.
+      const appTicks = () => {
+        const stat = readFileSync(`/proc/${app}/stat`, 'utf8');
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // from field 3 (state) on
+        return [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i]), 0); // utime stime cutime cstime
+      };
+      await backend.workerResourceUsage('usage');
+      const [ticks0, t0] = [appTicks(), performance.now()];
+      await new Promise((r) => setTimeout(r, 1500));
+      const usage = (await backend.workerResourceUsage('usage'))!;
+      const truth = ((appTicks() - ticks0) / clockTicksPerSecond / ((performance.now() - t0) / 1000)) * 100;
+      const [tree] = await sampleTrees([internals(backend, 'usage').sandbox.pid]);
+      console.log(`usage: ${usage.cpuPercent.toFixed(0)}% CPU (its children used ${truth.toFixed(0)}%), ${(usage.memoryUsageBytes / MiB).toFixed(0)} MiB (RSS of the live tree ${(tree!.rssBytes / MiB).toFixed(0)} MiB)`);
+      expect(truth).toBeGreaterThan(5); // the machine gave it some CPU
+      expect(usage.cpuPercent).toBeGreaterThan(truth * 0.7);
+      expect(usage.memoryUsageBytes).toBeGreaterThan(48 * MiB);
+      expect(tree!.rssBytes).toBeLessThan(48 * MiB);
+    } finally {
+      await backend.removeResource({ id: 'usage', kind: 'container', labels: {} });
     }
   });
 

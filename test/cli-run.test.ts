@@ -158,7 +158,7 @@ describe('procyard run', () => {
       expect(r.code, r.stderr).toBe(127);
       expect(r.stderr).toContain('cannot start the worker');
       expect(r.stderr).toContain(why);
-      expect(r.stdout).not.toContain('started');
+      expect(r.stderr).not.toContain('started');
       expect(existsSync(portFile)).toBe(false);
     }
   });
@@ -172,7 +172,7 @@ describe('procyard run', () => {
     expect(r.code, r.stderr).toBe(127);
     expect(r.stdout).toContain('bwrap: execvp /tmp/app/run.sh');
     expect(r.stderr).toContain('cannot start the worker');
-    expect(r.stdout).not.toContain('started');
+    expect(r.stderr).not.toContain('started');
     expect(existsSync(portFile)).toBe(false);
   });
 
@@ -184,7 +184,7 @@ describe('procyard run', () => {
     const port = await until('the port file', () => existsSync(portFile) && Number(readFileSync(portFile, 'utf8').trim()));
     // Written only once it listens: the first request already answers.
     expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toMatch(/^hello from uid/);
-    expect(run.out()).toContain(`started; address 127.0.0.1:${port}`);
+    expect(run.err()).toContain(`started; address 127.0.0.1:${port}`);
     run.child.kill('SIGINT');
     expect(await run.exited).toBe(0);
     expect(existsSync(portFile)).toBe(false);
@@ -196,8 +196,23 @@ describe('procyard run', () => {
       "const s = require('http').createServer().listen(+process.env.SHINY_PORT, process.env.SHINY_HOST, () => setTimeout(() => process.exit(5), 300))",
     ]);
     expect(r.code, r.stderr).toBe(5);
-    expect(r.stdout).toContain('started; address');
+    expect(r.stderr).toContain('started; address');
     expect(existsSync(portFile2)).toBe(false);
+  });
+
+  it("prints its own status where the app cannot: the app's forged status line stays on stdout, with its output", async () => {
+    const cfg = config([24305, 24309], [65305, 65309]);
+    const forged = 'procyard: worker procyard-run-1 started; address 127.0.0.1:1 (bundle /x at /y)';
+    const r = await cli([
+      'run', '--config', cfg, '--bundle', FIXTURES, '--', process.execPath, '-e',
+      `console.log(${JSON.stringify(forged)}); console.error(${JSON.stringify(forged)});` +
+        "require('http').createServer().listen(+process.env.SHINY_PORT, process.env.SHINY_HOST, () => setTimeout(() => process.exit(3), 300))",
+    ]);
+    expect(r.code, r.stderr).toBe(3);
+    const status = r.stderr.split('\n').filter((l) => l.includes('started; address'));
+    expect(status).toHaveLength(1);
+    expect(status[0]).toMatch(/^procyard: worker procyard-run-\d+ started; address 127\.0\.0\.1:2430[5-9] /);
+    expect(r.stdout.split('\n').filter((l) => l === forged)).toHaveLength(2);
   });
 
   it('stops the worker gracefully when the reader of its output goes away (`| head`)', async () => {

@@ -196,7 +196,9 @@ describe('procyard run', () => {
     const port = await until(() => existsSync(portFile) && Number(readFileSync(portFile, 'utf8').trim()));
     expect(port).toBeGreaterThanOrEqual(22090);
     expect(port).toBeLessThanOrEqual(22099);
-    expect(stdout).toContain(`address 127.0.0.1:${port}`);
+    // procyard's own status line is on stderr, never among the app's output.
+    await until(() => stderr.includes(`address 127.0.0.1:${port}`));
+    expect(stdout).not.toContain('started; address');
     await until(() => stdout.includes('listening'));
     const body = await (await fetch(`http://127.0.0.1:${port}/`)).text();
     expect(body).toMatch(/^hello from uid 630(9\d)/);

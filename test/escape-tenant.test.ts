@@ -3,6 +3,7 @@
 // on the code before the fix that closed it (see the commit that added it).
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,9 +11,9 @@ import type { WorkerSpec } from '../src/backend.js';
 import { killUidProcesses } from '../src/process/orphans.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { FIXTURES, NODE, appSpec, tempDir, testConfig } from './helpers/backend.js';
-import { isRoot, procEnviron, procState, procStatus as procStatusOf, waitFor } from './helpers/proc.js';
+import { isRoot, procEnviron, procState, procStatus as procStatusOf, settlesBefore, waitFor } from './helpers/proc.js';
 
-// Ports 24400-24449 and UIDs 65400-65449 belong to this file.
+// Ports 24400-24489 and UIDs 65400-65489 belong to this file.
 const MiB = 1024 * 1024;
 const backend = new ProcessBackend(testConfig([24400, 24429], [65400, 65429], { tmpSizeBytes: 64 * MiB }));
 
@@ -562,4 +563,78 @@ describe("a worker that takes over bwrap's init (same UID, /proc/1/mem)", () => 
       await peer.close();
     }
   }, 30_000);
+});
+
+describe('a worker handed sockets and pipes by another (a unix socket in a shared directory)', () => {
+  /** The first line of id's log that matches, within 20 s. */
+  async function lineOf(b: ProcessBackend, id: string, match: RegExp): Promise<string | null> {
+    const stream = await b.logs(id);
+    const timer = setTimeout(() => stream.close(), 20_000);
+    try {
+      for await (const line of stream) if (match.test(line)) return line;
+      return null;
+    } finally {
+      clearTimeout(timer);
+      stream.close();
+    }
+  }
+
+  const reply = (port: number) =>
+    new Promise<string>((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port });
+      let text = '';
+      socket.on('data', (d) => (text += d.toString()));
+      socket.on('close', () => resolve(text.trim()));
+      socket.on('error', () => resolve(''));
+      socket.setTimeout(5000, () => socket.destroy());
+    });
+
+  it("cannot answer for a neighbour with a socket made under the neighbour's UID; the giver's end waits on no pipe", async () => {
+    const shared = path.join(work.dir, 'handoff');
+    mkdirSync(shared);
+    chmodSync(shared, 0o777);
+    const errors: unknown[][] = [];
+    const logger = { debug() {}, info() {}, warn() {}, error: (...args: unknown[]) => errors.push(args) };
+    // Two UIDs: once the giver is gone, its UID is the only one free, so the
+    // victim gets it. No network policy: nothing refuses the taker's bind of
+    // the victim's port, so readiness alone must see through it.
+    const b = new ProcessBackend(testConfig([24470, 24472], [65470, 65471], { networkPolicy: 'off', stopGraceMs: 1000 }), { logger });
+    const uidOf = (id: string) => (b as unknown as { workers: Map<string, { uid: number }> }).workers.get(id)!.uid;
+    const handoff = (id: string, mode: string) =>
+      appSpec(id, 'serve', {
+        cmd: ['/usr/bin/python3', '/tmp/app/socket-handoff.py', mode, '/shared'],
+        dataMounts: [{ source: shared, target: '/shared' }],
+      });
+    try {
+      await b.spawn(handoff('taker', 'take'));
+      expect(await lineOf(b, 'taker', /^waiting$/)).not.toBeNull();
+      const exited = new Promise<number>((resolve) => b.on('exit', (e) => e.workerId === 'giver' && resolve(Date.now())));
+      const spawned = Date.now();
+      await b.spawn(handoff('giver', 'give'));
+      const giverUid = uidOf('giver');
+      expect(await lineOf(b, 'taker', /^got \d+ fds$/)).toBe('got 3 fds');
+      // It exited 0 with its pipes held by the taker: the exit event comes
+      // anyway, without waiting out the leftover grace (a second) for them.
+      expect(await settlesBefore(exited, 2000)).toBe(true);
+      console.log(`giver: spawn to exit event ${(await exited) - spawned} ms`);
+      const stopping = Date.now();
+      await b.stop('giver');
+      expect(Date.now() - stopping).toBeLessThan(1000);
+
+      await b.spawn(appSpec('victim', 'serve', { cmd: ['/bin/sleep', '60'] }));
+      if (isRoot) expect(uidOf('victim')).toBe(giverUid);
+      const port = Number((await b.addr('victim')).split(':')[1]);
+      writeFileSync(path.join(shared, 'port.tmp'), String(port));
+      renameSync(path.join(shared, 'port.tmp'), path.join(shared, 'port'));
+      expect(await lineOf(b, 'taker', /^(listening|bind)/)).toBe(`listening ${port}`);
+      // The attack is in place: the victim's clients reach the taker ...
+      expect(await reply(port)).toBe('thief');
+      // ... through a socket stamped with the victim's UID, held outside its sandbox.
+      expect(await b.healthCheck('victim')).toBe(false);
+      await expect(b.waitReady('victim', { timeoutMs: 1000 })).rejects.toThrow(/held by no process of the worker's sandbox/);
+      expect(errors).toEqual([]);
+    } finally {
+      await b.close();
+    }
+  }, 60_000);
 });

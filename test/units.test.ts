@@ -1,6 +1,7 @@
 // The pure parts: bwrap argv, the worker environment, line splitting and the
 // ring, R version resolution, /proc/net/tcp parsing, command lookup. No
 // sandbox needed.
+import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -8,8 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { bwrapArgs, buildEnv, envArgs, workerEnv, workerMounts } from '../src/process/bwrap.js';
 import { commandProblem, hostPathOf } from '../src/process/command.js';
-import { loopbackListenerUids as sockDiagListenerUids } from '../src/native.js';
-import { listenerUids, procListenerUids } from '../src/process/listeners.js';
+import { loopbackListeners as sockDiagListeners, socketsHeldInTree } from '../src/native.js';
+import { listenerOwnership, parseListeners, procListeners } from '../src/process/listeners.js';
 import { LineSplitter, LogRing, MAX_LINE, printable, retainedBytes } from '../src/process/logs.js';
 import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
 import { tempDir } from './helpers/backend.js';
@@ -339,7 +340,7 @@ describe('R versions', () => {
   });
 });
 
-describe('listenerUids (/proc/net/tcp parsing)', () => {
+describe('parseListeners (/proc/net/tcp)', () => {
   const v4 = [
     '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
     '   0: 0100007F:2710 00000000:0000 0A 00000000:00000000 00:00000000 00000000 61000        0 1681 1 0 100 0 0 10 0',
@@ -359,16 +360,22 @@ describe('listenerUids (/proc/net/tcp parsing)', () => {
     '   2: 00000000000000000000000001000000:2710 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 61007        0 3 1 0',
   ].join('\n');
 
-  it('gives the owners of LISTEN sockets on the port that a connect to 127.0.0.1 reaches', () => {
-    expect(listenerUids(v4, 10000)).toEqual([61000, 61001]);
-    expect(listenerUids(v6, 10000)).toEqual([61005, 61006]);
-    expect(listenerUids(v4, 10001)).toEqual([61004]);
-    expect(listenerUids(v4, 10002)).toEqual([]);
-    expect(listenerUids('', 10000)).toEqual([]);
+  it('gives the owners and inodes of LISTEN sockets on the port that a connect to 127.0.0.1 reaches', () => {
+    expect(parseListeners(v4, 10000)).toEqual([
+      { uid: 61000, inode: 1681 },
+      { uid: 61001, inode: 1682 },
+    ]);
+    expect(parseListeners(v6, 10000)).toEqual([
+      { uid: 61005, inode: 1 },
+      { uid: 61006, inode: 2 },
+    ]);
+    expect(parseListeners(v4, 10001)).toEqual([{ uid: 61004, inode: 1685 }]);
+    expect(parseListeners(v4, 10002)).toEqual([]);
+    expect(parseListeners('', 10000)).toEqual([]);
   });
 });
 
-describe('listener owners from sock_diag', () => {
+describe('listeners from sock_diag, and who holds them', () => {
   // Ports 34250-34254: real listeners on each kind of address.
   const listen = (port: number, host: string) =>
     new Promise<net.Server | null>((resolve) => {
@@ -393,14 +400,45 @@ describe('listener owners from sock_diag', () => {
     try {
       for (const [i, [port, host, want]] of cases.entries()) {
         if (!servers[i]) continue;
-        const fromDiag = await sockDiagListenerUids(port);
-        expect(fromDiag, `${host}:${port}`).toEqual(want);
-        expect(fromDiag, `${host}:${port}`).toEqual(await procListenerUids(port));
+        const fromDiag = await sockDiagListeners(port);
+        expect(fromDiag.map((l) => l.uid), `${host}:${port}`).toEqual(want);
+        expect(fromDiag, `${host}:${port}`).toEqual(await procListeners(port));
       }
-      expect(await sockDiagListenerUids(34249)).toEqual([]);
+      expect(await sockDiagListeners(34249)).toEqual([]);
     } finally {
       client.destroy();
       await Promise.all(servers.map((s) => new Promise((resolve) => (s ? s.close(resolve) : resolve(null)))));
+    }
+  });
+  it("are found in the fd tables of the tree that holds them, and only there", async () => {
+    // Port 34255: a listener of a child process (python3), which the test process's tree holds.
+    const child = spawn('/usr/bin/python3', ['-c', 'import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(("127.0.0.1",34255))\ns.listen()\nprint("up",flush=True)\ntime.sleep(30)']);
+    try {
+      await new Promise((resolve, reject) => child.stdout.once('data', resolve).once('error', reject));
+      const [listener] = await sockDiagListeners(34255);
+      expect(listener).toBeDefined();
+      const { inode } = listener!;
+      expect(await socketsHeldInTree(process.pid, [inode, 1], 65536)).toEqual([inode]);
+      expect(await socketsHeldInTree(child.pid!, [inode], 65536)).toEqual([inode]);
+      // A tree that does not hold it: a sibling with no sockets.
+      const other = spawn('/bin/sleep', ['30']);
+      try {
+        expect(await socketsHeldInTree(other.pid!, [inode], 65536)).toEqual([]);
+      } finally {
+        other.kill('SIGKILL');
+      }
+      // The search is bounded: with no fd link to read, nothing is found.
+      expect(await socketsHeldInTree(child.pid!, [inode], 1)).toEqual([]); // its fd 0, not its socket (fd 3)
+      // Ownership as readiness asks it: right UID, held by the tree.
+      const uid = process.getuid!();
+      const held = new Set<number>();
+      expect(await listenerOwnership(34255, { uid, root: child.pid!, held })).toBe('own');
+      expect([...held]).toEqual([inode]);
+      expect(await listenerOwnership(34255, { uid, root: other.pid!, held: new Set() })).toBe('elsewhere');
+      expect(await listenerOwnership(34255, { uid: uid + 1, root: child.pid!, held: new Set() })).toEqual({ foreign: uid });
+      expect(await listenerOwnership(34249, { uid, root: child.pid!, held })).toBe('none');
+    } finally {
+      child.kill('SIGKILL');
     }
   });
 });

@@ -222,7 +222,37 @@ export class WorkerCgroup {
     private readonly recycleCpu?: (dir: string) => Promise<void>,
     /** v1: socket buffers capped with the memory limit (limitWrite). */
     private readonly tcp = false,
-  ) {}
+  ) {
+    // A recycled v1 cpu directory's counter carries its earlier tenants' time.
+    this.cpuBaseline = this.cpuMicros() ?? 0;
+  }
+
+  /** cpuMicros() when it was made: cpuSeconds counts from here. */
+  private readonly cpuBaseline: number;
+
+  /**
+   * CPU time the cgroup's processes have used since it was made, in seconds,
+   * dead ones included, where the kernel counts it per cgroup (v2: cpu.stat,
+   * in every cgroup; v1: cpuacct mounted with cpu); else null.
+   */
+  cpuSeconds(): number | null {
+    const micros = this.cpuMicros();
+    return micros === null ? null : Math.max(0, micros - this.cpuBaseline) / 1e6;
+  }
+
+  private cpuMicros(): number | null {
+    try {
+      if (this.version === 2) {
+        const stat = readFileSync(`${this.allDirs[0]}/cpu.stat`, 'utf8');
+        const usage = /^usage_usec (\d+)$/m.exec(stat);
+        return usage ? Number(usage[1]) : null;
+      }
+      const cpu = this.dirs.get('cpu');
+      return cpu ? readNumber(`${cpu}/cpuacct.usage`, () => false) / 1000 : null;
+    } catch {
+      return null; // no cpuacct beside cpu here (or the cgroup is gone)
+    }
+  }
 
   has(controller: Controller): boolean {
     return this.dirs.has(controller);
@@ -253,10 +283,10 @@ export class WorkerCgroup {
       : readNumber(`${dir}/memory.max`, (t) => t === 'max');
   }
 
-  /** Memory charged to the cgroup: what its limit counts (anonymous memory, page cache and tmpfs it touched first, kernel memory). */
-  memoryCharged(): number {
+  /** Memory charged to the cgroup: what its limit counts (anonymous memory, page cache and tmpfs it touched first, kernel memory); null without a memory controller. */
+  memoryCharged(): number | null {
     const dir = this.dirs.get('memory');
-    if (!dir) return 0;
+    if (!dir) return null;
     return readNumber(`${dir}/${this.version === 1 ? 'memory.usage_in_bytes' : 'memory.current'}`, () => false);
   }
 
@@ -297,6 +327,17 @@ export class WorkerCgroup {
   /** SIGKILLs every process still in the cgroup (v2: cgroup.kill); resolves once they have ended. */
   async killAll(): Promise<void> {
     await Promise.all(this.allDirs.map(killAll));
+  }
+
+  /** Whether no process is left in the cgroup (a directory already removed holds none). */
+  isEmpty(): boolean {
+    return this.allDirs.every((dir) => {
+      try {
+        return readFileSync(`${dir}/cgroup.procs`, 'utf8').trim() === '';
+      } catch {
+        return true;
+      }
+    });
   }
 
   /** Removes the cgroup (once its processes are gone), or hands its cpu directory back; safe to call more than once. */

@@ -1,13 +1,19 @@
-// Who listens on a port: the owner UIDs of the LISTEN sockets that accept
-// connections to 127.0.0.1:<port>, from the kernel's sock_diag, or where that
-// cannot answer, /proc/net/tcp and /proc/net/tcp6. Workers share the host's
-// network namespace, so the server's view is theirs.
+// Who listens on a port: the TCP listeners that accept connections to
+// 127.0.0.1:<port>, each with its owner UID and socket inode, from the
+// kernel's sock_diag, or where that cannot answer, /proc/net/tcp and
+// /proc/net/tcp6. Workers share the host's network namespace, so the
+// server's view is theirs.
 //
 // sock_diag first: it walks the listening sockets only. /proc/net/tcp lists
 // every socket of the host, and a tenant holding tens of thousands of
 // connections made each health check cost the server ~0.5 s of CPU.
+//
+// A socket's UID is its creator's, whoever holds it now: a worker can be
+// handed a socket made by an earlier holder of another tenant's UID, or by
+// a worker of the same UID (all of them, without root). So a listener counts
+// as a worker's only once a process of its sandbox is seen holding it.
 import { readFile } from 'node:fs/promises';
-import { loopbackListenerUids as sockDiagListenerUids } from '../native.js';
+import { loopbackListeners as sockDiagListeners, socketsHeldInTree, type Listener } from '../native.js';
 
 /** /proc/net/tcp* state of a listening socket. */
 const LISTEN = '0A';
@@ -24,13 +30,13 @@ const LOOPBACK_REACHABLE = new Set([
 ]);
 
 /**
- * Owner UIDs of the LISTEN sockets on `port` in one /proc/net/tcp or tcp6
- * text that a connect to 127.0.0.1:port could reach. Pure.
+ * The LISTEN sockets on `port` in one /proc/net/tcp or tcp6 text that a
+ * connect to 127.0.0.1:port could reach. Pure.
  */
-export function listenerUids(text: string, port: number): number[] {
+export function parseListeners(text: string, port: number): Listener[] {
   const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
   const needle = `:${hexPort} `;
-  const uids: number[] = [];
+  const found: Listener[] = [];
   // Only the lines that mention the port are split: with thousands of
   // sockets on the host, splitting every line on every health check would
   // dominate its cost.
@@ -41,11 +47,11 @@ export function listenerUids(text: string, port: number): number[] {
     // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
     const f = text.slice(start, end).trim().split(/\s+/);
     const colon = f[1]?.lastIndexOf(':') ?? -1;
-    if (f.length >= 8 && f[3] === LISTEN && f[1]!.slice(colon + 1) === hexPort && LOOPBACK_REACHABLE.has(f[1]!.slice(0, colon)))
-      uids.push(Number(f[7]));
+    if (f.length >= 10 && f[3] === LISTEN && f[1]!.slice(colon + 1) === hexPort && LOOPBACK_REACHABLE.has(f[1]!.slice(0, colon)))
+      found.push({ uid: Number(f[7]), inode: Number(f[9]) });
     at = text.indexOf(needle, end);
   }
-  return uids;
+  return found;
 }
 
 async function readOrEmpty(file: string): Promise<string> {
@@ -56,33 +62,70 @@ async function readOrEmpty(file: string): Promise<string> {
   }
 }
 
+/**
+ * sock_diag errors that mean it is not there at all (inet_diag neither built
+ * in nor loadable): /proc from then on. Any other failure (out of memory or
+ * fds for a moment) falls back for that one call.
+ */
+const NO_SOCK_DIAG = new Set(['ENOENT', 'EPROTONOSUPPORT', 'EAFNOSUPPORT', 'EOPNOTSUPP']);
 let sockDiag = true;
 
-/** Owner UIDs of every listener on 127.0.0.1:port (IPv4 and IPv6 sockets). */
-export async function loopbackListenerUids(port: number): Promise<number[]> {
+/** Every listener on 127.0.0.1:port (IPv4 and IPv6 sockets). */
+export async function loopbackListeners(port: number): Promise<Listener[]> {
   if (sockDiag) {
     try {
-      return await sockDiagListenerUids(port);
-    } catch {
-      sockDiag = false; // no sock_diag for TCP here (inet_diag not built or loaded): /proc from now on
+      return await sockDiagListeners(port);
+    } catch (err) {
+      if (NO_SOCK_DIAG.has((err as NodeJS.ErrnoException).code ?? '')) sockDiag = false;
     }
   }
-  return procListenerUids(port);
+  return procListeners(port);
 }
 
 /** The same from /proc/net/tcp and tcp6. */
-export async function procListenerUids(port: number): Promise<number[]> {
+export async function procListeners(port: number): Promise<Listener[]> {
   const [v4, v6] = await Promise.all([readOrEmpty('/proc/net/tcp'), readOrEmpty('/proc/net/tcp6')]);
-  return [...listenerUids(v4, port), ...listenerUids(v6, port)];
+  return [...parseListeners(v4, port), ...parseListeners(v6, port)];
 }
 
 /**
- * 'own' when something listens on 127.0.0.1:port and every such listener
- * belongs to uid; 'none' when nothing listens; else the first foreign uid.
+ * fd links read at most per search of a sandbox's fd tables. A listener is
+ * normally among the app's first fds; a tenant that opens a million fds
+ * makes its own check fail, not the server's loop slow (the search runs on
+ * a pool thread, ~1 µs a link).
  */
-export async function listenerOwnership(port: number, uid: number): Promise<'own' | 'none' | { foreign: number }> {
-  const uids = await loopbackListenerUids(port);
-  if (uids.length === 0) return 'none';
-  const foreign = uids.find((u) => u !== uid);
-  return foreign === undefined ? 'own' : { foreign };
+const MAX_FDS_SEARCHED = 65536;
+
+/** A worker's sandbox, as its listeners are checked against it. */
+export interface ListenerOwner {
+  /** The UID its processes run as. */
+  uid: number;
+  /** Host pid of the sandbox's monitor: every process of the sandbox descends from it (its pid namespace). */
+  root: number;
+  /** Listener inodes already seen held in the sandbox; kept by the caller across checks, pruned here. */
+  held: Set<number>;
+}
+
+export type Ownership = 'own' | 'none' | 'elsewhere' | { foreign: number };
+
+/**
+ * 'own' when something listens on 127.0.0.1:port and every such listener
+ * belongs to the owner's UID and is held by a process of its sandbox;
+ * 'none' when nothing listens; the first foreign UID; or 'elsewhere' for a
+ * listener of the right UID that no process of the sandbox holds (made by an
+ * earlier holder of the UID, or passed in from another worker).
+ */
+export async function listenerOwnership(port: number, owner: ListenerOwner): Promise<Ownership> {
+  const listeners = await loopbackListeners(port);
+  if (listeners.length === 0) return 'none';
+  const foreign = listeners.find((l) => l.uid !== owner.uid);
+  if (foreign) return { foreign: foreign.uid };
+  // Sockets seen held once are not searched for again: a healthy worker's
+  // check stays one netlink dump. A socket inode is not reused while it exists.
+  const current = new Set(listeners.map((l) => l.inode));
+  for (const inode of owner.held) if (!current.has(inode)) owner.held.delete(inode);
+  const unseen = [...current].filter((inode) => !owner.held.has(inode));
+  if (unseen.length === 0) return 'own';
+  for (const inode of await socketsHeldInTree(owner.root, unseen, MAX_FDS_SEARCHED)) owner.held.add(inode);
+  return unseen.every((inode) => owner.held.has(inode)) ? 'own' : 'elsewhere';
 }

@@ -74,6 +74,20 @@ async function processes(): Promise<{ pid: number; status: ProcStatus }[]> {
 }
 
 /**
+ * Whether pid is, right now, a live (not zombie) init of a pid namespace.
+ * Once a sandbox's init pid is not, that init has ended, and the kernel ends
+ * every process of its namespace before its init becomes a zombie.
+ */
+export function isLiveNamespaceInit(pid: number): boolean {
+  try {
+    const status = parseStatus(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return status.innerPid === 1 && !status.ended;
+  } catch {
+    return false; // gone
+  }
+}
+
+/**
  * Whether pid (pinned by the caller's pidfd) is an orphaned sandbox init of
  * `bwrap` (its real path): pid 1 of its own pid namespace, running as `uid`
  * when given, and no longer the child of a bwrap monitor. Synchronous: a few

@@ -34,6 +34,7 @@ import { redisAllocators } from './allocators/redis.js';
 import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
+import type { ListenerOwner } from './listeners.js';
 import { probeOwnListener, waitForListener } from './readiness.js';
 import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mounts.js';
 import { NetworkPolicy } from './landlock.js';
@@ -71,7 +72,11 @@ interface Worker {
   /** Settles once the port and UID are back in their pools (and its cgroup and mount targets gone) after exit. */
   released: Promise<void>;
   stopping?: Promise<void>;
-  lastSample?: { ticks: number; at: number };
+  /** performance.now() when its spawn started it. */
+  readonly startedAt: number;
+  lastSample?: { cpuSeconds: number; at: number };
+  /** Its listeners' socket inodes once seen held in its sandbox (listeners.ts). */
+  readonly heldListeners: Set<number>;
   /** A spawn that failed after the clone: no 'exit' event for it. */
   quiet: boolean;
 }
@@ -117,6 +122,8 @@ function exitCodeOf(status: ExitStatus): number {
 const LEFTOVER_GRACE_MS = 1000;
 /** Kill rounds (100 ms apart) before sandboxEnd gives up and says so. */
 const LEFTOVER_ROUNDS = 30;
+/** How long the output pipes of a sandbox with nothing left running are read before they are let go of. */
+const PIPE_DRAIN_MS = 50;
 
 function delay(ms: number): { promise: Promise<void>; cancel(): void } {
   let timer: NodeJS.Timeout | undefined;
@@ -286,6 +293,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     }
     const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
     let sandbox: Sandbox;
+    const startedAt = performance.now();
     try {
       sandbox = await startSandbox({
         bwrapPath: this.proc.bwrapPath,
@@ -313,6 +321,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
       sandbox,
       ring,
       cgroup,
+      heldListeners: new Set(),
+      startedAt,
       quiet: false,
       released: this.sandboxEnd(sandbox, cgroup, uid).then(async (status) => {
         ring.close();
@@ -362,7 +372,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   async healthCheck(id: string, opts: { timeoutMs?: number } = {}): Promise<boolean> {
     const worker = this.workers.get(id);
     if (!worker || !worker.sandbox.running) return false;
-    const probe = await probeOwnListener(worker.port, this.listenerUid(worker), opts.timeoutMs ?? 2000);
+    const probe = await probeOwnListener(worker.port, this.listenerOwner(worker), opts.timeoutMs ?? 2000);
     return probe.ready && worker.sandbox.running;
   }
 
@@ -381,7 +391,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
       {
         workerId: id,
         port: worker.port,
-        uid: this.listenerUid(worker),
+        owner: this.listenerOwner(worker),
         running: () => worker.sandbox.running,
         // The monitor's exit: it carries the status the moment running() turns false.
         exited: worker.sandbox.monitorExit,
@@ -391,9 +401,12 @@ export class ProcessBackend extends EventEmitter implements Backend {
     );
   }
 
-  /** The UID the worker's listener must have: its own as root, else the server's (all workers share it). */
-  private listenerUid(worker: Worker): number {
-    return this.asRoot ? worker.uid : (process.geteuid?.() ?? 0);
+  /**
+   * Whose the worker's listener must be: its UID (its own as root, else the
+   * server's, which all workers share) and a process of its sandbox.
+   */
+  private listenerOwner(worker: Worker): ListenerOwner {
+    return { uid: this.asRoot ? worker.uid : (process.geteuid?.() ?? 0), root: worker.sandbox.pid, held: worker.heldListeners };
   }
 
   async logs(id: string): Promise<LogStream> {
@@ -509,23 +522,25 @@ export class ProcessBackend extends EventEmitter implements Backend {
   async workerResourceUsage(id: string): Promise<WorkerResourceUsage | null> {
     const worker = this.workers.get(id);
     if (!worker || !worker.sandbox.running) return null;
-    const [sample] = await sampleTrees([worker.sandbox.pid]);
-    if (!sample.alive || !worker.sandbox.running) return null;
-    let memoryLimitBytes = 0;
+    const [tree] = await sampleTrees([worker.sandbox.pid]);
+    if (!tree.alive || !worker.sandbox.running) return null;
+    // The cgroup where it has one: it counts what the tree's live processes
+    // do not show (tmpfs, page cache, children never waited for).
+    let cgroup: { memoryLimit: number; memory: number | null; cpu: number | null } = { memoryLimit: 0, memory: null, cpu: null };
     try {
-      memoryLimitBytes = worker.cgroup?.memoryLimit() ?? 0;
+      if (worker.cgroup)
+        cgroup = { memoryLimit: worker.cgroup.memoryLimit(), memory: worker.cgroup.memoryCharged(), cpu: worker.cgroup.cpuSeconds() };
     } catch {
       // the cgroup went with the worker meanwhile
     }
     const now = performance.now();
-    let cpuPercent = 0;
-    if (worker.lastSample) {
-      const seconds = (now - worker.lastSample.at) / 1000;
-      const ticks = sample.ticks - worker.lastSample.ticks;
-      if (seconds > 0) cpuPercent = Math.max(0, (ticks / clockTicksPerSecond / seconds) * 100);
-    }
-    worker.lastSample = { ticks: sample.ticks, at: now };
-    return { cpuPercent, memoryUsageBytes: sample.rssBytes, memoryLimitBytes };
+    const cpuSeconds = cgroup.cpu ?? tree.ticks / clockTicksPerSecond;
+    // The first call counts from the spawn (the cgroup and the tree both start from nothing there).
+    const last = worker.lastSample ?? { cpuSeconds: 0, at: worker.startedAt };
+    const seconds = (now - last.at) / 1000;
+    const cpuPercent = seconds > 0 ? Math.max(0, ((cpuSeconds - last.cpuSeconds) / seconds) * 100) : 0;
+    worker.lastSample = { cpuSeconds, at: now };
+    return { cpuPercent, memoryUsageBytes: cgroup.memory ?? tree.rssBytes, memoryLimitBytes: cgroup.memoryLimit };
   }
 
   /**
@@ -578,15 +593,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
   /**
    * The sandbox's exit once nothing of it is left. Its monitor's exit ends
    * the sandbox, and its init and pipes normally follow within milliseconds.
-   * An app can keep them, though: it runs as its init's UID, so it can
-   * rewrite the init through /proc/1/mem and exec another program in it,
-   * which no parent-death signal and no check for a bwrap init then catch.
-   * So whatever still runs LEFTOVER_GRACE_MS after the monitor's exit is
-   * killed: the processes in the sandbox's cgroup, or without one (as root,
-   * where each sandbox has a UID of its own) those of its UID.
+   * When the init has ended, so has every process of its pid namespace: what
+   * may be left is only the output pipes, held by another worker they were
+   * passed to, and those are let go of at once. But an app can keep its init:
+   * it runs as the init's UID, so it can rewrite it through /proc/1/mem and
+   * exec another program in it, which no parent-death signal and no check for
+   * a bwrap init then catch. So whatever still runs LEFTOVER_GRACE_MS after
+   * the monitor's exit is killed: the processes in the sandbox's cgroup, or
+   * without one (as root, where each sandbox has a UID of its own) those of
+   * its UID.
    */
   private async sandboxEnd(sandbox: Sandbox, cgroup: WorkerCgroup | null, uid: number): Promise<ExitStatus> {
     const status = await sandbox.monitorExit;
+    if (await sandbox.initEnded) return this.pipesEnd(sandbox, status);
     let byUid = false;
     for (let round = 0; round < LEFTOVER_ROUNDS; round++) {
       const wait = delay(round === 0 ? LEFTOVER_GRACE_MS : 100);
@@ -595,13 +614,30 @@ export class ProcessBackend extends EventEmitter implements Backend {
       // Killed by UID: the UID goes back to the pool only once none of them runs.
       if (gone && (!byUid || (await killUidProcesses(uid)) === 0)) return status;
       if (gone) continue;
-      if (cgroup) await cgroup.killAll();
-      else if (this.asRoot) byUid = (await killUidProcesses(uid)) > 0 || byUid;
+      if (cgroup) {
+        await cgroup.killAll();
+        if (cgroup.isEmpty()) return this.pipesEnd(sandbox, status);
+      } else if (this.asRoot) {
+        if ((await killUidProcesses(uid)) === 0) return this.pipesEnd(sandbox, status);
+        byUid = true;
+      }
       // Else every worker has the server's UID: nothing tells this one's
       // processes apart, so only wait (bounded) for them to go.
     }
     this.log.error({ pid: sandbox.pid, uid }, 'procyard: processes of a finished sandbox could not be ended; its output pipes stay open');
     return status;
+  }
+
+  /**
+   * Nothing of the sandbox runs: its output pipes close now, or when what is
+   * in them has been read (PIPE_DRAIN_MS at most), whoever else holds them.
+   */
+  private async pipesEnd(sandbox: Sandbox, status: ExitStatus): Promise<ExitStatus> {
+    const wait = delay(PIPE_DRAIN_MS);
+    const closed = await Promise.race([sandbox.exited.then(() => true), wait.promise.then(() => false)]);
+    wait.cancel();
+    if (!closed) sandbox.letGoOfPipes();
+    return sandbox.exited;
   }
 
   /** Whether the OOM killer ended the sandbox (read first), then its cgroup removed. */

@@ -3,15 +3,15 @@
 // A connect alone is not enough: workers share the host's network, so once
 // the held placeholder listener is closed at spawn, another worker could bind
 // the port first and answer for it. The listener must belong to the worker's
-// UID. Without root every worker runs as the server's UID, so this check
-// cannot tell workers apart (only other users' listeners are refused).
+// UID and be held by a process of the worker's own sandbox (listeners.ts):
+// a socket passed in from elsewhere does not count.
 import net from 'node:net';
 import type { ExitStatus } from '../native.js';
-import { listenerOwnership } from './listeners.js';
+import { listenerOwnership, type ListenerOwner, type Ownership } from './listeners.js';
 
 export type ListenerProbe =
   | { ready: true }
-  | { ready: false; reason: 'none' | 'refused' }
+  | { ready: false; reason: 'none' | 'refused' | 'elsewhere' }
   | { ready: false; reason: 'foreign'; uid: number };
 
 /** Resolves true when a TCP connect to 127.0.0.1:port succeeds within timeoutMs. */
@@ -28,19 +28,21 @@ export function canConnect(port: number, timeoutMs: number): Promise<boolean> {
   });
 }
 
+function notReady(ownership: Exclude<Ownership, 'own'>): ListenerProbe {
+  return typeof ownership === 'string' ? { ready: false, reason: ownership } : { ready: false, reason: 'foreign', uid: ownership.foreign };
+}
+
 /**
- * Ready when every listener on 127.0.0.1:port belongs to uid, before and
- * after a connect that succeeds: the connect then reached a socket of that
- * UID (another UID cannot bind the port while one of them listens).
+ * Ready when every listener on 127.0.0.1:port is the owner's, before and
+ * after a connect that succeeds: the connect then reached one of them
+ * (another UID cannot bind the port while one of them listens).
  */
-export async function probeOwnListener(port: number, uid: number, timeoutMs: number): Promise<ListenerProbe> {
-  const before = await listenerOwnership(port, uid);
-  if (before === 'none') return { ready: false, reason: 'none' };
-  if (before !== 'own') return { ready: false, reason: 'foreign', uid: before.foreign };
+export async function probeOwnListener(port: number, owner: ListenerOwner, timeoutMs: number): Promise<ListenerProbe> {
+  const before = await listenerOwnership(port, owner);
+  if (before !== 'own') return notReady(before);
   if (!(await canConnect(port, timeoutMs))) return { ready: false, reason: 'refused' };
-  const after = await listenerOwnership(port, uid);
-  if (after === 'own') return { ready: true };
-  return after === 'none' ? { ready: false, reason: 'none' } : { ready: false, reason: 'foreign', uid: after.foreign };
+  const after = await listenerOwnership(port, owner);
+  return after === 'own' ? { ready: true } : notReady(after);
 }
 
 /** Why waitReady gave up: the worker exited first, or the time ran out. */
@@ -60,22 +62,28 @@ export class WorkerNotReadyError extends Error {
 export interface WaitTarget {
   workerId: string;
   port: number;
-  uid: number;
+  owner: ListenerOwner;
   running(): boolean;
   /** Settles with the worker's exit status as soon as it has exited. */
   exited: Promise<ExitStatus>;
 }
 
-/** Poll intervals: fast while a freshly spawned app is binding, then at most every 100 ms. */
+/**
+ * Poll intervals: from 2 ms up to 10 ms for the first 5 s (an R app starts
+ * in about one; a check is one netlink dump filtered by port, ~0.1 ms, so a
+ * listener is seen within ~10 ms of its start), then at most every 100 ms.
+ */
 const FIRST_WAIT_MS = 2;
+const FAST_WAIT_MS = 10;
+const FAST_PHASE_MS = 5000;
 const MAX_WAIT_MS = 100;
 
 /**
  * Resolves once the worker's own listener accepts; rejects when it exits
  * first (WorkerNotReadyError 'exited'), after timeoutMs ('timeout'; Infinity
  * = none) or when signal aborts (its reason). The caller does not poll:
- * there is no event for "a socket started listening", so this checks
- * /proc/net/tcp with a short backoff, and wakes at once on exit or abort.
+ * there is no event for "a socket started listening", so this asks
+ * sock_diag with a short backoff, and wakes at once on exit or abort.
  */
 export async function waitForListener(target: WaitTarget, timeoutMs: number, signal?: AbortSignal): Promise<void> {
   signal?.throwIfAborted();
@@ -91,7 +99,8 @@ export async function waitForListener(target: WaitTarget, timeoutMs: number, sig
   });
   let last: ListenerProbe = { ready: false, reason: 'none' };
   try {
-    for (let wait = FIRST_WAIT_MS; ; wait = Math.min(wait * 2, MAX_WAIT_MS)) {
+    const fastUntil = performance.now() + FAST_PHASE_MS;
+    for (let wait = FIRST_WAIT_MS; ; wait = Math.min(wait * 2, performance.now() < fastUntil ? FAST_WAIT_MS : MAX_WAIT_MS)) {
       signal?.throwIfAborted();
       if (exit !== undefined || !target.running()) {
         const how = exit ? (exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`) : 'exit';
@@ -106,10 +115,12 @@ export async function waitForListener(target: WaitTarget, timeoutMs: number, sig
       if (left <= 0) {
         const why =
           last.reason === 'foreign'
-            ? `port ${target.port} is held by uid ${last.uid}, not the worker's uid ${target.uid}`
-            : last.reason === 'refused'
-              ? 'connections are refused'
-              : 'nothing listens there';
+            ? `port ${target.port} is held by uid ${last.uid}, not the worker's uid ${target.owner.uid}`
+            : last.reason === 'elsewhere'
+              ? "its listener is held by no process of the worker's sandbox"
+              : last.reason === 'refused'
+                ? 'connections are refused'
+                : 'nothing listens there';
         throw new WorkerNotReadyError(
           `worker "${target.workerId}" is not listening on ${addr} after ${timeoutMs} ms (${why}); ` +
             'the app must listen on $SHINY_HOST:$SHINY_PORT',
@@ -117,7 +128,7 @@ export async function waitForListener(target: WaitTarget, timeoutMs: number, sig
           'timeout',
         );
       }
-      last = await probeOwnListener(target.port, target.uid, Math.min(left, 2000));
+      last = await probeOwnListener(target.port, target.owner, Math.min(left, 2000));
       if (last.ready) return;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, Math.min(wait, Math.max(0, deadline - performance.now())));

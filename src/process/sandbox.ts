@@ -22,7 +22,7 @@ import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, SECCOMP_FD, STATUS_FD, type San
 import { killAndAwait, parentOf } from './ending.js';
 import { logBudget } from './log-budget.js';
 import { LineSplitter } from './logs.js';
-import { isOrphanedInit } from './orphans.js';
+import { isLiveNamespaceInit, isOrphanedInit } from './orphans.js';
 import { hasHostCgroups, hostRunPlan } from './run-dir.js';
 import { spawnStep } from './trace.js';
 
@@ -100,6 +100,13 @@ export class Sandbox {
    * (the owner ends those: ProcessBackend kills what is left).
    */
   readonly monitorExit: Promise<ExitStatus>;
+  /**
+   * Settles after monitorExit: true once bwrap's init is seen to have ended,
+   * and with it, by the kernel's rule for a pid namespace, every process of
+   * the sandbox; false when that cannot be told (its init was never named,
+   * or was turned into another program).
+   */
+  readonly initEnded: Promise<boolean>;
   private exitStatus: ExitStatus | null = null;
   private readonly watcher: PidWatcher;
   /**
@@ -114,6 +121,8 @@ export class Sandbox {
   /** bwrap's init (pid 1 inside): SIGKILL to it ends the whole pid namespace. */
   private initPidfd = -1;
   private appPidfd = -1;
+  private readonly readers: LineReader[] = [];
+  private pipesLetGo = false;
 
   /** @internal use startSandbox() */
   constructor(
@@ -130,11 +139,15 @@ export class Sandbox {
     // The readers start on the next turn of the loop, so spawn() resolves
     // without waiting for them; the pipes buffer 64 KiB meanwhile.
     const streams = new Promise<void>((resolve) =>
-      setImmediate(() => void Promise.all([stdoutFd, stderrFd].map((fd) => readLines(fd, onLine))).then(() => resolve())),
+      setImmediate(() => {
+        if (this.pipesLetGo) for (const fd of [stdoutFd, stderrFd]) closeFd(fd);
+        else this.readers.push(...[stdoutFd, stderrFd].map((fd) => readLines(fd, onLine)));
+        void Promise.all(this.readers.map((r) => r.closed)).then(() => resolve());
+      }),
     );
     let onExit: (status: ExitStatus) => void = () => {};
     this.monitorExit = new Promise<ExitStatus>((resolve) => (onExit = resolve));
-    let initGone: Promise<void> = Promise.resolve();
+    let initGone: Promise<boolean> = Promise.resolve(false);
     this.watcher = new PidWatcherNative(
       pidfd,
       (status) => {
@@ -146,14 +159,14 @@ export class Sandbox {
         // on, orphaned, with the app: the sandbox is over, it must go. When we
         // are PID 1 or a subreaper it is our child now (its pid is held until
         // we reap it); else it is checked to be this sandbox's init.
-        if (this.initPidfd < 0) {
-          const init = this.readStatus();
-          if (init !== null) this.initPidfd = adoptsOrphans() ? openChild(init, process.pid) : openOrphanedInit(init, identity);
-        }
+        const init = this.readStatus();
+        if (this.initPidfd < 0 && init !== null)
+          this.initPidfd = adoptsOrphans() ? openChild(init, process.pid) : openOrphanedInit(init, identity);
         for (const fd of [this.pidfd, this.appPidfd, this.statusFd]) if (fd >= 0) closeFd(fd);
         // SIGKILLed first: an init killed before it armed its parent-death signal would live on.
         // Reaped if it has become ours: nobody here spawned it (our child is its monitor).
-        if (this.initPidfd >= 0) initGone = killAndAwait(this.initPidfd, true).then(() => {});
+        if (this.initPidfd >= 0) initGone = killAndAwait(this.initPidfd, true);
+        else if (init !== null) initGone = Promise.resolve(!isLiveNamespaceInit(init));
         this.appPidfd = this.initPidfd = this.statusFd = -1;
         onExit(status);
       },
@@ -164,9 +177,21 @@ export class Sandbox {
     // sandbox has exited (ports closed, UIDs unused) only once the init has.
     // With the pid namespace gone every writer of the pipes is dead, so they
     // close promptly; the exit waits for them too so no line is lost.
+    this.initEnded = this.monitorExit.then(() => initGone);
     this.exited = Promise.all([this.monitorExit.then((status) => initGone.then(() => status)), streams]).then(
       ([status]) => status,
     );
+  }
+
+  /**
+   * Stops reading the output pipes and lets exited settle: for a sandbox
+   * whose processes have all ended while something outside it (another
+   * worker it passed them to) still holds the pipes' write ends. What was
+   * read is kept; what waits in the pipes is not.
+   */
+  letGoOfPipes(): void {
+    this.pipesLetGo = true;
+    for (const reader of this.readers) reader.close();
   }
 
   get running(): boolean {
@@ -288,19 +313,27 @@ async function findApp(initPid: number, gone: () => boolean): Promise<{ pid: num
   return null;
 }
 
-/** Reads a pipe on the event loop into lines; resolves when the pipe closes. */
-function readLines(fd: number, onLine: (line: string, utf8Bytes: number) => void): Promise<void> {
+interface LineReader {
+  /** Settles when the pipe has closed (or was let go), its last line delivered. */
+  closed: Promise<void>;
+  /** Stops reading: the pipe's read end is closed. */
+  close(): void;
+}
+
+/** Reads a pipe on the event loop into lines. */
+function readLines(fd: number, onLine: (line: string, utf8Bytes: number) => void): LineReader {
   const socket = new net.Socket({ fd, readable: true, writable: false });
   const splitter = new LineSplitter(onLine);
   // Metered: past its share of the loop the worker's pipe waits (log-budget.ts).
   logBudget.attach(socket, (chunk) => splitter.push(chunk));
   socket.on('error', () => socket.destroy());
-  return new Promise<void>((resolve) =>
+  const closed = new Promise<void>((resolve) =>
     socket.once('close', () => {
       splitter.end();
       resolve();
     }),
   );
+  return { closed, close: () => socket.destroy() };
 }
 
 /** What a sandbox's init is known by: bwrap's real path, and its host UID when workers get their own. */
