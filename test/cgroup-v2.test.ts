@@ -12,6 +12,7 @@ const CASES = [
   'v2: preflight says where, and the server moves into a leaf to hand controllers down',
   'v2: a memory limit kills the hog, and the exit event says oomKilled',
   'v2: updateResources raises the limit live, and the same allocation then succeeds',
+  'v2: socket buffers count against memory.max (no separate counter to cap, unlike v1)',
   'v2: a fork bomb stays at or under pidsLimit',
   "v2: killing a worker's cgroup resolves once its processes have ended",
   "v2: no cgroup is left after stop, SIGKILL, exit and close; a dead server's are removed",
