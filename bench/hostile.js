@@ -20,6 +20,7 @@ import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ProcessBackend } from '../dist/index.js';
+import { procListeners } from '../dist/process/listeners.js';
 import { backendConfig, exitWaiter, sleep, summary, withTimeout, workerSpec } from './lib.js';
 import { SERVER, firstAccept } from './ready.js';
 
@@ -161,26 +162,17 @@ async function makeTimeWait(target, sinks, signal) {
   return { made, failed, ms: performance.now() - t0 };
 }
 
-/** LISTEN lines for 127.0.0.1-reachable sockets on port, as the check before sock_diag scanned for them. */
-function listenersIn(text, port) {
-  const needle = `:${port.toString(16).toUpperCase().padStart(4, '0')} `;
-  let n = 0;
-  for (let at = text.indexOf(needle); at >= 0; ) {
-    const start = text.lastIndexOf('\n', at) + 1;
-    const end = text.indexOf('\n', at) < 0 ? text.length : text.indexOf('\n', at);
-    const f = text.slice(start, end).trim().split(/\s+/);
-    if (f[3] === '0A' && f[1]?.endsWith(needle.trim())) n++;
-    at = text.indexOf(needle, end);
-  }
-  return n;
-}
-
-/** The peer: one read and scan of /proc/net/tcp + tcp6, as each health check did before sock_diag. */
+/**
+ * The peer: one read and scan of /proc/net/tcp + tcp6 (procyard's own
+ * fallback, what each health check did before sock_diag), then, untimed, the
+ * files' size and TIME_WAIT count.
+ */
 async function procScan(port) {
   const t = performance.now();
+  const listeners = (await procListeners(port)).length;
+  const ms = performance.now() - t;
   const [v4, v6] = await Promise.all([readFile('/proc/net/tcp', 'utf8'), readFile('/proc/net/tcp6', 'utf8').catch(() => '')]);
-  const listeners = listenersIn(v4, port) + listenersIn(v6, port);
-  return { ms: performance.now() - t, listeners, bytes: v4.length + v6.length, timeWait: countTimeWait(v4) + countTimeWait(v6) };
+  return { ms, listeners, bytes: v4.length + v6.length, timeWait: countTimeWait(v4) + countTimeWait(v6) };
 }
 
 function countTimeWait(text) {

@@ -147,15 +147,21 @@ bool ParseStat(const std::string& line, StatFields* out) {
   return true;
 }
 
+std::vector<pid_t> TreePids(pid_t root, size_t limit) {
+  std::vector<pid_t> pids(1, root);
+  for (size_t q = 0; q < pids.size() && pids.size() < limit; q++) AppendChildren(pids[q], &pids);
+  if (pids.size() > limit) pids.resize(limit);
+  return pids;
+}
+
 std::vector<TreeSample> SampleTrees(const std::vector<pid_t>& roots) {
   static const long pageSize = sysconf(_SC_PAGESIZE);
   std::vector<TreeSample> samples(roots.size());
-  std::vector<pid_t> queue;
   for (size_t i = 0; i < roots.size(); i++) {
     TreeSample& sample = samples[i];
-    queue.assign(1, roots[i]);
-    for (size_t q = 0; q < queue.size() && q < 100000; q++) {
-      pid_t pid = queue[q];
+    std::vector<pid_t> tree = TreePids(roots[i], 100000);
+    for (size_t q = 0; q < tree.size(); q++) {
+      pid_t pid = tree[q];
       char path[64];
       snprintf(path, sizeof path, "/proc/%d/stat", pid);
       StatFields stat;
@@ -166,17 +172,9 @@ std::vector<TreeSample> SampleTrees(const std::vector<pid_t>& roots) {
       // Its own time and its reaped children's (counted once: a child's goes to its parent when reaped).
       sample.ticks += stat.utime + stat.stime + stat.cutime + stat.cstime;
       sample.pids.push_back(pid);
-      AppendChildren(pid, &queue);
     }
   }
   return samples;
-}
-
-std::vector<pid_t> TreePids(pid_t root, size_t limit) {
-  std::vector<pid_t> pids(1, root);
-  for (size_t q = 0; q < pids.size() && pids.size() < limit; q++) AppendChildren(pids[q], &pids);
-  if (pids.size() > limit) pids.resize(limit);
-  return pids;
 }
 
 long ClockTicksPerSecond() { return sysconf(_SC_CLK_TCK); }

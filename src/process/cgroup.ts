@@ -330,14 +330,8 @@ export class WorkerCgroup {
   }
 
   /** Whether no process is left in the cgroup (a directory already removed holds none). */
-  isEmpty(): boolean {
-    return this.allDirs.every((dir) => {
-      try {
-        return readFileSync(`${dir}/cgroup.procs`, 'utf8').trim() === '';
-      } catch {
-        return true;
-      }
-    });
+  async isEmpty(): Promise<boolean> {
+    return (await Promise.all(this.allDirs.map(procsOf))).every((procs) => procs.length === 0);
   }
 
   /** Removes the cgroup (once its processes are gone), or hands its cpu directory back; safe to call more than once. */

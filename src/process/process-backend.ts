@@ -616,7 +616,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
       if (gone) continue;
       if (cgroup) {
         await cgroup.killAll();
-        if (cgroup.isEmpty()) return this.pipesEnd(sandbox, status);
+        if (await cgroup.isEmpty()) return this.pipesEnd(sandbox, status);
       } else if (this.asRoot) {
         if ((await killUidProcesses(uid)) === 0) return this.pipesEnd(sandbox, status);
         byUid = true;
