@@ -20,7 +20,9 @@
         "native/binding_lockfile.cc",
         "native/cgroup.cc",
         "native/binding_cgroup.cc",
-        "native/sockdiag.cc"
+        "native/sockdiag.cc",
+        "native/sockhooks.cc",
+        "native/binding_sockhooks.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

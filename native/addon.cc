@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   procyard::InitLandlock(env, exports);
   procyard::InitLockfile(env, exports);
   procyard::InitCgroup(env, exports);
+  procyard::InitSockHooks(env, exports);
   return exports;
 }
 }  // namespace

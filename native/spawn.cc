@@ -204,9 +204,11 @@ int ChildMain(void* arg) {
   // before exec: every process of the sandbox is born inside it, none ever
   // runs unlimited. Writing "0" moves the writer (v1: to `tasks`, which moves
   // just this thread without the global lock that cgroup.procs waits on).
+  // Born in the cgroup2 directory (clone3), the first file, its cgroup.procs,
+  // is already done; a hybrid host's v1 hierarchies follow it.
   for (size_t i = 0; i < a->nCgroupFds; i++) {
     long fd = a->cgroupFdBase + static_cast<long>(i);
-    if (!a->bornInCgroup && Failed(r = Sys(SYS_write, fd, reinterpret_cast<long>("0"), 1)))
+    if (!(a->bornInCgroup && i == 0) && Failed(r = Sys(SYS_write, fd, reinterpret_cast<long>("0"), 1)))
       ChildFail(report, kCgroup, r, static_cast<int>(i));
     Sys(SYS_close, fd);
   }

@@ -64,7 +64,7 @@ struct SpawnRequest {
   // cgroup entered by the child before its UID switch.
   std::vector<CgroupWrite> cgroupWrites;  // limits that differ from the prepared cgroup's
   std::vector<std::string> cgroupEnter;   // v1 `tasks` (one per hierarchy) or v2 cgroup.procs: the child writes "0"
-  std::string cgroupDir;                  // v2: the cgroup itself, to be born in (clone3)
+  std::string cgroupDir;                  // cgroup2: to be born in (clone3); cgroupEnter[0] is its cgroup.procs
   long long nprocLimit = -1;              // RLIMIT_NPROC for the child when >= 0 (no pids cgroup)
   std::vector<PathCheck> checkPaths;
   std::vector<OpenAt> openFds;

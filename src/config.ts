@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
+import { parseAddressRules } from './process/address-rules.js';
 import { networkConfigProblem, type NetworkPolicyMode } from './process/network-policy.js';
 
 export interface ProcessConfig {
@@ -50,6 +51,19 @@ export interface ProcessConfig {
   /** TCP ports workers and builds may connect to (1-65535). Absent (default) = any; [] = none. */
   allowedConnectPorts?: number[];
   /**
+   * Destinations workers and builds may not connect or send to (SPEC §11):
+   * "ip", "ip:port", "cidr", "cidr:port", "[v6]:port" or "[v6/len]:port", a
+   * port being 1-65535 or a range a-b. Always added: the cloud metadata
+   * addresses and the server's own Redis, OpenBao and database. Default [].
+   */
+  deniedConnect?: string[];
+  /**
+   * When set, the only destinations workers and builds may connect or send
+   * to (same forms as deniedConnect, which still applies). Absent (default) =
+   * any. allowedConnectPorts narrows TCP further.
+   */
+  allowedConnect?: string[];
+  /**
    * Without Redis: 'host' claims ports and UIDs through kernel-held locks on
    * files in runtimeDir, shared by every backend and CLI on the host; 'memory'
    * keeps them in this process only (two servers on one host would share
@@ -91,9 +105,9 @@ export interface Config {
   storage?: { bundleWorkerPath?: string };
 }
 
-/** Every field filled in, except allowedConnectPorts, whose absence means "any port". */
-export type ResolvedProcessConfig = Required<Omit<ProcessConfig, 'allowedConnectPorts'>> &
-  Pick<ProcessConfig, 'allowedConnectPorts'>;
+/** Every field filled in, except allowedConnectPorts and allowedConnect, whose absence means "any". */
+export type ResolvedProcessConfig = Required<Omit<ProcessConfig, 'allowedConnectPorts' | 'allowedConnect'>> &
+  Pick<ProcessConfig, 'allowedConnectPorts' | 'allowedConnect'>;
 
 /** The host-wide allocator's default directory for this user. */
 export function defaultRuntimeDir(): string {
@@ -121,6 +135,7 @@ export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   logBytes: 16 * 1024 * 1024,
   tmpSizeBytes: 1024 ** 3,
   networkPolicy: 'auto',
+  deniedConnect: [],
   allocator: 'host',
   runtimeDir: defaultRuntimeDir(),
   resourceLimits: 'auto',
@@ -163,7 +178,7 @@ export class ConfigError extends Error {
   }
 }
 
-type FieldType = 'string' | 'integer' | 'number' | 'boolean' | 'ports';
+type FieldType = 'string' | 'integer' | 'number' | 'boolean' | 'ports' | 'strings';
 
 /** [process] key → ProcessConfig field, and the TOML type it must have. */
 const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
@@ -184,6 +199,8 @@ const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
   tmp_size_bytes: ['tmpSizeBytes', 'integer'],
   network_policy: ['networkPolicy', 'string'],
   allowed_connect_ports: ['allowedConnectPorts', 'ports'],
+  denied_connect: ['deniedConnect', 'strings'],
+  allowed_connect: ['allowedConnect', 'strings'],
   allocator: ['allocator', 'string'],
   runtime_dir: ['runtimeDir', 'string'],
   resource_limits: ['resourceLimits', 'string'],
@@ -301,6 +318,18 @@ export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', f
     fail('process.allocator', `${n('process.allocator')}${where} must be "host" or "memory", got ${JSON.stringify(p.allocator)}`);
   if (typeof p.runtimeDir !== 'string' || !path.isAbsolute(p.runtimeDir))
     fail('process.runtimeDir', `${n('process.runtimeDir')}${where} must be an absolute path, got ${JSON.stringify(p.runtimeDir)}`);
+  for (const key of ['deniedConnect', 'allowedConnect'] as const) {
+    if (key === 'allowedConnect' && p[key] === undefined) continue;
+    try {
+      parseAddressRules(p[key], n(`process.${key}`));
+    } catch (err) {
+      // `process.denied_connect[2] "…" …`: the file goes after the name and index.
+      const message = (err as Error).message;
+      const head = /^\S+/.exec(message)![0];
+      const rest = message.slice(head.length);
+      fail(`process.${key}`, where ? `${head}${where}${head.endsWith(']') ? ':' : ''}${rest}` : message);
+    }
+  }
   const memory = config.server?.defaultMemoryLimit;
   if (memory !== undefined && (typeof memory !== 'string' || parseMemorySize(memory) === null))
     fail(
@@ -334,6 +363,8 @@ function typeOk(value: unknown, type: FieldType): boolean {
       return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
     case 'ports':
       return Array.isArray(value) && value.every((v) => Number.isInteger(v) && v >= 1 && v <= 65535);
+    case 'strings':
+      return Array.isArray(value) && value.every((v) => typeof v === 'string');
   }
 }
 
@@ -343,6 +374,7 @@ const TYPE_NAMES: Record<FieldType, string> = {
   number: 'a number',
   boolean: 'true or false',
   ports: 'an array of TCP ports 1-65535 (absent = any port, [] = none)',
+  strings: 'an array of strings',
 };
 
 function describe(value: unknown): string {

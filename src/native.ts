@@ -53,7 +53,11 @@ export interface NativeSpawnOptions {
    * cgroup.procs).
    */
   cgroupEnter?: string[];
-  /** cgroup v2: the cgroup directory to be born in (clone3 CLONE_INTO_CGROUP); cgroupEnter where the kernel refuses. */
+  /**
+   * A cgroup2 directory to be born in (clone3 CLONE_INTO_CGROUP): the worker's
+   * own on v2, or the socket hooks' on a hybrid host. cgroupEnter[0] must be
+   * its cgroup.procs, written instead where the kernel refuses clone3.
+   */
   cgroupDir?: string;
   /** Written before the clone: limits that differ from those the cgroup was made with. */
   cgroupWrites?: CgroupWrite[];
@@ -158,6 +162,38 @@ export interface Listener {
   inode: number;
 }
 
+/** A destination of the socket hooks (native/sockhooks.h AddrRule). */
+export interface NativeAddrRule {
+  /** Any address of this host (loopback, unspecified, the local-address map); else address/prefix. */
+  local: boolean;
+  family?: 4 | 6;
+  /** 4 or 16 bytes, host bits zero. */
+  address?: Uint8Array;
+  prefix?: number;
+  /** Inclusive; absent = every port. */
+  ports?: readonly [number, number];
+}
+
+/** The rule table the socket hooks are assembled from. */
+export interface NativeSockHookRules {
+  /** Refused on local addresses: the workers' ports. */
+  workerPorts: readonly [number, number];
+  deny: NativeAddrRule[];
+  /** When given, the only destinations allowed. */
+  allow?: NativeAddrRule[];
+  /** When given, TCP connects go only to these port spans. */
+  tcpPorts?: (readonly [number, number])[];
+  /** Capacity of the UID → port map. */
+  uidEntries: number;
+}
+
+/** Loaded hooks: the maps and each program's fd (connect4, connect6, sendmsg4, sendmsg6, bind4, bind6, ingress). */
+export interface NativeSockHooks {
+  uidPorts: number;
+  localAddrs: number;
+  programs: { name: string; fd: number }[];
+}
+
 interface Addon {
   spawn(options: NativeSpawnOptions | JoinedArgv): Promise<NativeChild>;
   spawnStart(options: NativeSpawnOptions | JoinedArgv): NativeStartedChild;
@@ -190,6 +226,11 @@ interface Addon {
   cgroupCreate(options: { dirs: string[]; writes: CgroupWrite[] }): Promise<void>;
   cgroupWrite(writes: CgroupWrite[]): Promise<void>;
   cgroupRemove(dirs: string[]): Promise<string[]>;
+  sockHooksLoad(rules: NativeSockHookRules): Promise<NativeSockHooks>;
+  sockHooksAttach(programs: number[], dir: string): void;
+  bpfMapSet(map: number, key: Uint8Array, value: Uint8Array): void;
+  bpfMapDelete(map: number, key: Uint8Array): boolean;
+  bpfMapKeys(map: number, keySize: number): Uint8Array[];
 }
 
 /** No addon binary this host can load: neither a local build nor a shipped prebuild. */
@@ -408,3 +449,17 @@ export const cgroupCreate = addon.cgroupCreate;
 export const cgroupWrite = addon.cgroupWrite;
 /** On a pool thread: rmdir of each dir (gone already is fine); resolves with those still busy (EBUSY). */
 export const cgroupRemove = addon.cgroupRemove;
+/**
+ * On a pool thread: makes the hooks' maps and loads their programs (the
+ * kernel's verifier checks each). Rejects naming the step (`bpf(BPF_PROG_LOAD
+ * connect4)`), with the verifier's log as `verifierLog` when it refused one.
+ */
+export const sockHooksLoad = addon.sockHooksLoad;
+/** Attaches the programs (fds, in sockHooksLoad's order) to a cgroup2 directory, alongside any already there. */
+export const sockHooksAttach = addon.sockHooksAttach;
+/** Sets a key of a BPF map (sizes as the map was made with). */
+export const bpfMapSet = addon.bpfMapSet;
+/** Deletes a key of a BPF map; false when it was not there. */
+export const bpfMapDelete = addon.bpfMapDelete;
+/** Every key of a BPF map. */
+export const bpfMapKeys = addon.bpfMapKeys;

@@ -13,7 +13,7 @@ import type { BuildSpec, WorkerSpec } from '../src/backend.js';
 import { ConfigError, type Config } from '../src/config.js';
 import * as native from '../src/native.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
-import { FIXTURES, tempDir, testConfig } from './helpers/backend.js';
+import { FIXTURES, appSpec, tempDir, testConfig } from './helpers/backend.js';
 import { childrenOf, isDead, openFds, waitFor } from './helpers/proc.js';
 
 const STRESS = Boolean(process.env.PROCYARD_STRESS);
@@ -43,7 +43,7 @@ const P = {
   dotdotDir: '',
 };
 
-beforeAll(() => {
+beforeAll(async () => {
   process.on('unhandledRejection', onUnhandled);
   chmodSync(scratch.dir, 0o755);
   P.dir = path.join(scratch.dir, 'dir');
@@ -62,6 +62,9 @@ beforeAll(() => {
   symlinkSync(P.loop, P.loop);
   P.dotdotDir = path.join(scratch.dir, 'dir', '..', 'dir2', '..', 'dir');
   backend = new ProcessBackend(testConfig(PORTS, UIDS, { stopGraceMs: 1000, logLines: 50 }));
+  // The first spawn loads what a backend keeps for its life (the socket hooks' programs and maps).
+  await backend.spawn(appSpec('warm-up', 'serve', { cmd: ['/bin/true'] }));
+  await backend.stop('warm-up');
   fdsAtStart = openFds().length;
 });
 

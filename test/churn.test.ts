@@ -347,12 +347,15 @@ function liveProcessesOf(range: [number, number]): number[] {
   return out;
 }
 
-beforeAll(() => {
+beforeAll(async () => {
   process.on('unhandledRejection', onUnhandled);
   backend = new ProcessBackend({
     ...testConfig(PORTS, UIDS, { stopGraceMs: GRACE_MS, logLines: 100 }),
     server: { defaultMemoryLimit: '256m', defaultCpuLimit: 1 },
   });
+  // The first spawn loads what a backend keeps for its life (the socket hooks' programs and maps).
+  await backend.spawn(sh('warm-up', 'exit 0'));
+  await backend.stop('warm-up');
   backend.on('exit', onExit);
 });
 

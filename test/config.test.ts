@@ -3,7 +3,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, parseMemorySize, PROCESS_DEFAULTS, resolveProcessConfig, withTomlNames } from '../src/config.js';
+import {
+  checkConfig,
+  ConfigError,
+  loadConfig,
+  parseMemorySize,
+  PROCESS_DEFAULTS,
+  resolveProcessConfig,
+  withTomlNames,
+} from '../src/config.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'procyard-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -62,6 +70,8 @@ log_bytes = 4194304
 tmp_size_bytes = 1048576
 network_policy = "required"
 allowed_connect_ports = [443, 5432]
+denied_connect = ["10.9.0.0/16"]
+allowed_connect = ["10.0.0.0/8:443"]
 allocator = "memory"
 runtime_dir = "/run/procyard-test"
 resource_limits = "required"
@@ -101,6 +111,8 @@ bundle_server_path = "/data/bundles"
         tmpSizeBytes: 1048576,
         networkPolicy: 'required',
         allowedConnectPorts: [443, 5432],
+        deniedConnect: ['10.9.0.0/16'],
+        allowedConnect: ['10.0.0.0/8:443'],
         allocator: 'memory',
         runtimeDir: '/run/procyard-test',
         resourceLimits: 'required',
@@ -252,7 +264,62 @@ bundle_server_path = "/data/bundles"
   });
 });
 
+describe('deniedConnect and allowedConnect', () => {
+  it('maps denied_connect and allowed_connect', () => {
+    const config = loadConfig(
+      file('[process]\ndenied_connect = ["10.0.0.0/8:5432", "[::1]:6379"]\nallowed_connect = ["192.168.0.0/16", "fd00::/8"]\n'),
+    );
+    expect(config.process).toEqual({
+      ...PROCESS_DEFAULTS,
+      deniedConnect: ['10.0.0.0/8:5432', '[::1]:6379'],
+      allowedConnect: ['192.168.0.0/16', 'fd00::/8'],
+    });
+  });
+
+  it('denies nothing more and allows any destination by default', () => {
+    expect(PROCESS_DEFAULTS.deniedConnect).toEqual([]);
+    expect(loadConfig(file('')).process?.allowedConnect).toBeUndefined();
+    expect(loadConfig(file('[process]\nallowed_connect = []\n')).process?.allowedConnect).toEqual([]);
+  });
+
+  it.each([
+    ['[process]\ndenied_connect = ["10.0.0.0/8", "10.0.0.1/8"]\n', 'process.denied_connect', 'process.denied_connect[1]', 'the network is 10.0.0.0/8'],
+    ['[process]\ndenied_connect = ["db.example:5432"]\n', 'process.denied_connect', 'process.denied_connect[0]', 'hostnames are not accepted'],
+    ['[process]\nallowed_connect = ["fd00::/8:443"]\n', 'process.allowed_connect', 'process.allowed_connect[0]', 'write [fd00::/8]:443'],
+    ['[process]\nallowed_connect = ["10.0.0.1:0"]\n', 'process.allowed_connect', 'process.allowed_connect[0]', 'outside 1-65535'],
+  ])('rejects a bad entry naming the TOML key and the file: %s', (text, key, indexed, expected) => {
+    const err = tomlError(text, key, expected);
+    expect(err.message).toContain(indexed);
+    expect(err.file).toBeDefined();
+    expect(err.message).not.toMatch(/deniedConnect|allowedConnect/);
+  });
+
+  it.each([
+    ['[process]\ndenied_connect = "10.0.0.0/8"\n', 'process.denied_connect', 'an array of strings'],
+    ['[process]\nallowed_connect = [10]\n', 'process.allowed_connect', 'an array of strings'],
+  ])('rejects a wrong type: %s', (text, key, expected) => {
+    tomlError(text, key, expected);
+  });
+
+  it('names the field of a Config given in code', () => {
+    const err = configError(() => checkConfig({ process: { deniedConnect: ['x'] } }));
+    expect(err.key).toBe('process.deniedConnect');
+    expect(err.file).toBeUndefined();
+    expect(err.message).toMatch(/^process\.deniedConnect\[0\] "x" /);
+    const allowed = configError(() => checkConfig({ process: { allowedConnect: '10.0.0.0/8' as unknown as string[] } }));
+    expect(allowed.key).toBe('process.allowedConnect');
+    expect(allowed.message).toContain('process.allowedConnect must be an array of strings');
+    expect(() => checkConfig({ process: { deniedConnect: ['10.0.0.0/8'], allowedConnect: ['[fd00::/8]:443'] } })).not.toThrow();
+  });
+});
+
 describe('withTomlNames', () => {
+  it('maps the connect lists', () => {
+    expect(withTomlNames('process.deniedConnect[2] and process.allowedConnect')).toBe(
+      'process.denied_connect[2] and process.allowed_connect',
+    );
+  });
+
   it('rewrites the Config field names procyard reads to their TOML names, and nothing else', () => {
     expect(withTomlNames('widen process.portRangeStart/process.portRangeEnd or set process.bwrapPath')).toBe(
       'widen process.port_range_start/process.port_range_end or set process.bwrap_path',

@@ -22,6 +22,8 @@ interface Report {
   ports: number[];
   /** The dead server's cgroup instance directories (none where the host has no usable cgroup). */
   cgroups: string[];
+  /** The cgroup2 directories its workers were in (the socket hooks' own, on a hybrid host). */
+  unifiedDirs: string[];
 }
 
 /** Live (not zombie) processes on the host whose real uid is in uids. */
@@ -66,7 +68,10 @@ describe.runIf(isRoot)('parent crash', () => {
       new Promise<string>((_, reject) => child.once('exit', () => reject(new Error(`server exited: ${stderr}`)))),
       new Promise<string>((_, reject) => setTimeout(() => reject(new Error(`server not ready: ${stderr}`)), 45000).unref()),
     ]);
-    const { trees, ports, cgroups } = JSON.parse(first) as Report;
+    const { trees, ports, cgroups, unifiedDirs } = JSON.parse(first) as Report;
+    // The socket hooks' directories are the dead server's too (named for it), or inside its instance directories.
+    const hookDirs = unifiedDirs.filter((dir) => path.basename(dir).startsWith('procyard-net-'));
+    if (unifiedDirs.length > 0 && !cgroups.some((c) => unifiedDirs[0]!.startsWith(`${c}/`))) expect(hookDirs.length).toBe(1);
 
     // 20 trees of bwrap monitor -> bwrap init -> app, each its own UID, every process running as it.
     expect(trees.length).toBe(COUNT);
@@ -108,6 +113,8 @@ describe.runIf(isRoot)('parent crash', () => {
     // ports are free to bind, the UIDs unused.
     backend = new ProcessBackend(testConfig(PORTS, UIDS));
     expect(await waitFor(() => cgroups.every((dir) => !existsSync(dir)), 5000), `left: ${cgroups.filter(existsSync)}`).toBe(true);
+    // And its socket hooks' directory (the programs go with it).
+    expect(await waitFor(() => hookDirs.every((dir) => !existsSync(dir)), 5000), `left: ${hookDirs.filter(existsSync)}`).toBe(true);
     const ids = Array.from({ length: COUNT }, (_, i) => `again-${i}`);
     await Promise.all(ids.map((id) => backend!.spawn(appSpec(id))));
     const newPorts = await Promise.all(ids.map(async (id) => Number((await backend!.addr(id)).split(':')[1])));

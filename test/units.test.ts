@@ -13,6 +13,8 @@ import { loopbackListeners as sockDiagListeners, socketsHeldInTree } from '../sr
 import { listenerOwnership, parseListeners, procListeners } from '../src/process/listeners.js';
 import { LineSplitter, LogRing, MAX_LINE, printable, retainedBytes } from '../src/process/logs.js';
 import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
+import { parseAddressRule, parseAddressRules, ruleForTarget } from '../src/process/address-rules.js';
+import { hookRules, hostAddressKeys, loadProblem, portSpans, type SocketHooksConfig } from '../src/process/socket-hooks.js';
 import { tempDir } from './helpers/backend.js';
 
 describe('bwrapArgs', () => {
@@ -473,5 +475,55 @@ describe('commandProblem (can the sandbox exec it?)', () => {
     expect(hostPathOf('/usr/bin/env', v)).toBe('/usr/bin/env');
     expect(hostPathOf('/application', v)).toBe('/application');
     expect(hostPathOf('/tmp/x', v)).toBeNull();
+  });
+});
+
+describe('socket hook rules (the table the programs are built from)', () => {
+  const config = (extra: Partial<SocketHooksConfig> = {}): SocketHooksConfig => ({
+    mode: 'auto',
+    workerPorts: [10000, 10999],
+    uids: [60000, 60999],
+    denied: [],
+    services: [],
+    ...extra,
+  });
+
+  it('always denies the metadata addresses; a loopback entry becomes every local address', () => {
+    const rules = hookRules(config({ denied: parseAddressRules(['127.0.0.1:5432', '10.0.0.0/8'], 'd') }), []);
+    expect(rules.workerPorts).toEqual([10000, 10999]);
+    expect(rules.deny).toEqual([
+      { local: false, family: 4, address: new Uint8Array([169, 254, 169, 254]), prefix: 32 },
+      { local: false, family: 6, address: parseAddressRule('fd00:ec2::254').address, prefix: 128 },
+      { local: true, ports: [5432, 5432] },
+      { local: false, family: 4, address: new Uint8Array([10, 0, 0, 0]), prefix: 8 },
+    ]);
+    expect(rules.allow).toBeUndefined();
+    expect(rules.tcpPorts).toBeUndefined();
+    expect(rules.uidEntries).toBe(1000);
+  });
+
+  it('adds the services, the allow list and the TCP ports as spans', () => {
+    const redis = ruleForTarget('127.0.0.1', 6379, 'redis.url')!;
+    const rules = hookRules(config({ allowed: parseAddressRules(['[::1]:53'], 'a'), allowedConnectPorts: [443, 80, 81, 82, 443] }), [redis]);
+    expect(rules.deny.at(-1)).toEqual({ local: true, ports: [6379, 6379] });
+    expect(rules.allow).toEqual([{ local: false, family: 6, address: parseAddressRule('::1').address, prefix: 128, ports: [53, 53] }]);
+    expect(rules.tcpPorts).toEqual([
+      [80, 82],
+      [443, 443],
+    ]);
+    expect(portSpans([])).toEqual([]);
+  });
+
+  it('keys the host addresses as the programs look them up (IPv4 as ::ffff:a.b.c.d); loopback is left to the programs', () => {
+    const info = (address: string, family: 'IPv4' | 'IPv6') => ({ address, family, netmask: '', mac: '', internal: false, cidr: null, scopeid: 0 }) as never;
+    const keys = hostAddressKeys({ eth0: [info('10.1.2.3', 'IPv4'), info('fe80::1%eth0', 'IPv6'), info('2001:db8::5', 'IPv6')], lo: [info('127.0.0.1', 'IPv4'), info('::1', 'IPv6')] });
+    expect([...keys.keys()].sort()).toEqual(['00000000000000000000ffff0a010203', '20010db8000000000000000000000005', 'fe800000000000000000000000000001'].sort());
+  });
+
+  it('says what is missing when programs cannot be loaded', () => {
+    const eperm = Object.assign(new Error('bpf(BPF_MAP_CREATE uid ports): EPERM'), { code: 'EPERM', syscall: 'bpf(BPF_MAP_CREATE uid ports)' });
+    expect(loadProblem(eperm).message).toMatch(/not allowed to this server .* it needs root, or CAP_BPF and CAP_NET_ADMIN\).*run the server as root/);
+    const refused = Object.assign(new Error('bpf(BPF_PROG_LOAD connect4): EACCES'), { code: 'EACCES', verifierLog: 'line 1\nR0 invalid mem access\n' });
+    expect(loadProblem(refused).message).toMatch(/refused the socket hooks \(bpf\(BPF_PROG_LOAD connect4\): EACCES\); the verifier said: line 1 \| R0 invalid mem access/);
   });
 });

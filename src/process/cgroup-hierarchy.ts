@@ -121,6 +121,18 @@ export function layoutFrom(mountinfo: string, procCgroup: string): Layout {
   return { version: 2, hierarchies: [{ mountPoint: unified.mountPoint, mountRoot: unified.root, controllers: [...CONTROLLERS], ownPath: own.path }] };
 }
 
+/**
+ * The cgroup2 hierarchy, with this process's place in it, whether it holds
+ * the controllers (v2) or not (a hybrid host's, beside the v1 ones); null
+ * when cgroup2 is not mounted.
+ */
+export function unifiedFrom(mountinfo: string, procCgroup: string): Hierarchy | null {
+  const unified = parseMountinfo(mountinfo).find((m) => m.fstype === 'cgroup2');
+  const own = parseProcCgroup(procCgroup).find((l) => l.id === 0 && l.controllers.length === 0);
+  if (!unified || !own) return null;
+  return { mountPoint: unified.mountPoint, mountRoot: unified.root, controllers: [], ownPath: own.path };
+}
+
 /** The hierarchies as this process sees them now. */
 export async function detectLayout(): Promise<Layout> {
   try {

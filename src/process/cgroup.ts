@@ -80,7 +80,7 @@ interface Identity {
 let identity: Promise<Identity> | undefined;
 
 /** This process as an instance directory names it. */
-function self(): Promise<Identity> {
+export function self(): Promise<Identity> {
   identity ??= (async () => {
     const [stat, ns] = await Promise.all([readFile('/proc/self/stat', 'utf8'), readlink('/proc/self/ns/pid')]);
     return { pid: process.pid, starttime: parseStat(stat)?.starttime ?? 0, pidns: Number(/\d+/.exec(ns)?.[0] ?? 0) };
@@ -89,7 +89,7 @@ function self(): Promise<Identity> {
 }
 
 /** Whether pid is the process that started at starttime. */
-async function isAlive(pid: number, starttime: number): Promise<boolean> {
+export async function isAlive(pid: number, starttime: number): Promise<boolean> {
   try {
     const fields = parseStat(await readFile(`/proc/${pid}/stat`, 'utf8'));
     return fields !== null && fields.starttime === starttime && fields.state !== 'Z' && fields.state !== 'X';
@@ -164,7 +164,7 @@ const KILL_WAIT_MS = 2000;
  * KILL_WAIT_MS). Each is pinned by a pidfd and seen in the cgroup after, so
  * a recycled pid is never hit.
  */
-async function killAll(dir: string): Promise<void> {
+export async function killAll(dir: string): Promise<void> {
   const pinned: { pid: number; pidfd: number }[] = [];
   for (const pid of await procsOf(dir)) {
     try {
@@ -204,7 +204,7 @@ async function removeDirs(dirs: string[]): Promise<void> {
   }
 }
 
-const removeDir = (dir: string) => removeDirs([dir]);
+export const removeDir = (dir: string) => removeDirs([dir]);
 
 /** One worker's (or build's) cgroup: one directory per v1 hierarchy, or one v2 directory. */
 export class WorkerCgroup {
@@ -256,6 +256,11 @@ export class WorkerCgroup {
 
   has(controller: Controller): boolean {
     return this.dirs.has(controller);
+  }
+
+  /** v2: the cgroup's directory (a child of its backend's instance directory). */
+  get unifiedDir(): string | undefined {
+    return this.version === 2 ? this.allDirs[0] : undefined;
   }
 
   /**

@@ -39,6 +39,7 @@ import { probeOwnListener, waitForListener } from './readiness.js';
 import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mounts.js';
 import { NetworkPolicy } from './landlock.js';
 import { CgroupManager, type WorkerCgroup } from './cgroup.js';
+import { SocketHooks, socketHooksConfig } from './socket-hooks.js';
 import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
 import { killOrphanSandboxes, killUidProcesses } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
@@ -147,6 +148,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private readonly targetGuard: WorkerIdentities | null;
   /** Landlock rules for every worker and build (networkPolicy, allowedConnectPorts). */
   private readonly network: NetworkPolicy;
+  /** The tenant network's cgroup socket hooks (SPEC §11). */
+  private readonly hooks: SocketHooks;
   private readonly sweepTimer?: NodeJS.Timeout;
   private closed = false;
   /** Spawns and builds in flight, and what to call when none is left (close() waits on it). */
@@ -172,6 +175,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     this.network = new NetworkPolicy(p.networkPolicy, p.allowedConnectPorts);
     this.limits = resolveLimitsConfig(config);
     this.cgroups = new CgroupManager(this.limits, this.log);
+    this.hooks = new SocketHooks(socketHooksConfig(config, p), this.log);
 
     // checkConfig has made sure it is absolute.
     const bundleWorkerPath = config.storage?.bundleWorkerPath ?? DEFAULT_BUNDLE_WORKER_PATH;
@@ -216,6 +220,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     // A previous server on this host may have died mid-spawn.
     this.killOrphanSandboxes().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan sandbox scan failed'));
     this.cgroups.cleanupOrphans().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan cgroup scan failed'));
+    this.hooks.cleanupOrphans().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan socket hooks scan failed'));
   }
 
   /** Ports and UIDs this instance holds (for tests and metrics). */
@@ -295,6 +300,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     let sandbox: Sandbox;
     const startedAt = performance.now();
     try {
+      const limits = this.cgroups.spawnOptions(cgroup, workerLimits(spec, this.limits), this.asRoot);
       sandbox = await startSandbox({
         bwrapPath: this.proc.bwrapPath,
         plan: { uid, gid: this.proc.workerGid, tmpSizeBytes: this.proc.tmpSizeBytes, mounts, cmd },
@@ -306,9 +312,10 @@ export class ProcessBackend extends EventEmitter implements Backend {
         checkPaths: checks,
         traceId: spec.workerId,
         onLine: (line, bytes) => ring.push(line, bytes),
-        limits: this.cgroups.spawnOptions(cgroup, workerLimits(spec, this.limits), this.asRoot),
+        limits: await this.hooks.place(uid, lease.port, limits, cgroup),
       });
     } catch (err) {
+      this.hooks.release(uid);
       await Promise.all([ports.release(lease), uids.release(uid), cgroup?.remove()]);
       throw this.cgroups.explain(err, cgroup);
     } finally {
@@ -328,6 +335,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         ring.close();
         // The cgroup first: its port and UID go back only once nothing of it is left.
         const oomKilled = await this.endCgroup(cgroup, status, spec.workerId);
+        this.hooks.release(uid);
         await Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
           this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
         );
@@ -458,6 +466,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     }
     const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
     try {
+      const limits = await this.hooks.place(uid, undefined, this.cgroups.spawnOptions(cgroup, defaultLimits(this.limits), this.asRoot), cgroup);
       const sandbox = await startSandbox({
         bwrapPath: this.proc.bwrapPath,
         plan: { uid, gid: this.proc.workerGid, tmpSizeBytes: this.proc.tmpSizeBytes, mounts, cmd },
@@ -474,7 +483,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
             this.log.warn({ err, bundleId: spec.bundleId }, 'procyard: build logWriter threw');
           }
         },
-        limits: this.cgroups.spawnOptions(cgroup, defaultLimits(this.limits), this.asRoot),
+        limits,
       })
         .catch((err: unknown) => {
           throw this.cgroups.explain(err, cgroup);
@@ -503,6 +512,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         this.builds.delete(sandbox);
       }
     } finally {
+      this.hooks.release(uid);
       await Promise.all([targets.release(), this.allocators.uids.release(uid), cgroup?.remove()]);
     }
   }
@@ -558,7 +568,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
    * sandboxes orphaned by a server that died in the middle of a spawn.
    */
   async cleanupOrphanResources(): Promise<void> {
-    await Promise.all([this.allocators.cleanupOrphans(), this.killOrphanSandboxes(), this.cgroups.cleanupOrphans()]);
+    await Promise.all([this.allocators.cleanupOrphans(), this.killOrphanSandboxes(), this.cgroups.cleanupOrphans(), this.hooks.cleanupOrphans()]);
   }
 
   private async killOrphanSandboxes(): Promise<void> {
@@ -587,7 +597,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     // Spawns and builds in flight stop what they started once they see `closed`.
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.onIdle = resolve));
     await Promise.all([...this.workers.keys()].map((id) => this.stop(id).catch(() => {})));
-    await Promise.all([this.allocators.close(), this.cgroups.close()]);
+    await Promise.all([this.allocators.close(), this.cgroups.close(), this.hooks.close()]);
   }
 
   /**

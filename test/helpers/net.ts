@@ -22,9 +22,14 @@ export async function probeWorker(
   probeDir = '/tmp/app',
 ): Promise<Record<string, string>> {
   await b.spawn(appSpec(id, 'serve', { cmd: [PYTHON, path.posix.join(probeDir, 'net-probe.py'), ...items], ...extra }));
+  return parseProbe(await linesUntilDone(b, id));
+}
+
+/** A probe worker's log lines up to its `done` (throws when it never comes). */
+export async function linesUntilDone(b: ProcessBackend, id: string, timeoutMs = 20000): Promise<string[]> {
   const lines: string[] = [];
   const stream = await b.logs(id);
-  const timer = setTimeout(() => stream.close(), 20000);
+  const timer = setTimeout(() => stream.close(), timeoutMs);
   try {
     for await (const line of stream) {
       lines.push(line);
@@ -35,7 +40,7 @@ export async function probeWorker(
     stream.close();
   }
   if (lines.at(-1) !== 'done') throw new Error(`probe ${id} did not finish:\n${lines.join('\n')}`);
-  return parseProbe(lines);
+  return lines;
 }
 
 export function parseProbe(lines: string[]): Record<string, string> {
