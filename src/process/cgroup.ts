@@ -55,8 +55,10 @@ export class CgroupError extends Error {
   override readonly name = 'CgroupError';
 }
 
-// The token: hex now, a decimal counter before.
-const INSTANCE_DIR = /^procyard-(\d+)-(\d+)-(\d+)-([0-9a-f]+)$/;
+// The token: hex now, a decimal counter before. `kind` tells the socket
+// hooks' directories (socket-hooks.ts) from the limits' ones.
+const instanceDir = (kind: string) => new RegExp(`^procyard-${kind}(\\d+)-(\\d+)-(\\d+)-([0-9a-f]+)$`);
+const INSTANCE_DIR = instanceDir('');
 /** Cgroups kept made ahead, per backend. */
 const SPARES = 2;
 const NO_LIMITS: Limits = { memoryBytes: 0, cpus: 0, pids: 0 };
@@ -80,7 +82,7 @@ interface Identity {
 let identity: Promise<Identity> | undefined;
 
 /** This process as an instance directory names it. */
-export function self(): Promise<Identity> {
+function self(): Promise<Identity> {
   identity ??= (async () => {
     const [stat, ns] = await Promise.all([readFile('/proc/self/stat', 'utf8'), readlink('/proc/self/ns/pid')]);
     return { pid: process.pid, starttime: parseStat(stat)?.starttime ?? 0, pidns: Number(/\d+/.exec(ns)?.[0] ?? 0) };
@@ -89,13 +91,34 @@ export function self(): Promise<Identity> {
 }
 
 /** Whether pid is the process that started at starttime. */
-export async function isAlive(pid: number, starttime: number): Promise<boolean> {
+async function isAlive(pid: number, starttime: number): Promise<boolean> {
   try {
     const fields = parseStat(await readFile(`/proc/${pid}/stat`, 'utf8'));
     return fields !== null && fields.starttime === starttime && fields.state !== 'Z' && fields.state !== 'X';
   } catch {
     return false;
   }
+}
+
+/**
+ * A new instance directory's name, `procyard-<kind><pid ns>-<pid>-<starttime>-<token>`:
+ * it names the server that owns it, so a later one can tell a dead server's.
+ */
+export async function instanceName(kind = ''): Promise<string> {
+  const me = await self();
+  return `procyard-${kind}${me.pidns}-${me.pid}-${me.starttime}-${randomBytes(6).toString('hex')}`;
+}
+
+/** The instance directories of `kind` in parent whose server is gone (in this pid namespace). */
+export async function deadInstances(parent: string, kind = ''): Promise<string[]> {
+  const pattern = kind === '' ? INSTANCE_DIR : instanceDir(kind);
+  const me = await self();
+  const dead: string[] = [];
+  for (const name of await readdir(parent).catch(() => [] as string[])) {
+    const m = pattern.exec(name);
+    if (m && Number(m[1]) === me.pidns && !(await isAlive(Number(m[2]), Number(m[3])))) dead.push(path.join(parent, name));
+  }
+  return dead;
 }
 
 /**
@@ -551,17 +574,10 @@ export class CgroupManager {
     if (this.config.mode === 'off') return [];
     const layout = await detectLayout();
     if (layout.version === 0) return [];
-    const me = await self();
     const orphans: string[] = [];
     for (const h of layout.hierarchies) {
       const parent = dirOf(h, parentPath(h, this.config.cgroupParent));
-      if (parent === null) continue;
-      const entries = await readdir(parent).catch(() => [] as string[]);
-      for (const name of entries) {
-        const m = INSTANCE_DIR.exec(name);
-        if (!m || Number(m[1]) !== me.pidns) continue;
-        if (!(await isAlive(Number(m[2]), Number(m[3])))) orphans.push(path.join(parent, name));
-      }
+      if (parent !== null) orphans.push(...(await deadInstances(parent)));
     }
     await Promise.all(orphans.map((dir) => this.removeInstance(dir)));
     return orphans;
@@ -596,8 +612,7 @@ export class CgroupManager {
   private async prepare(): Promise<Setup> {
     const layout = await detectLayout();
     if (layout.version === 0) throw new CgroupProblem(layout.reason, NO_HIERARCHY_FIX);
-    const me = await self();
-    const name = `procyard-${me.pidns}-${me.pid}-${me.starttime}-${randomBytes(6).toString('hex')}`;
+    const name = await instanceName();
     const setup: Setup = { version: layout.version, bases: [], missing: [], tcpLimit: false };
     try {
       for (const h of layout.hierarchies) {

@@ -16,10 +16,9 @@
 // proxy's path to each worker, is never affected. Bind is decided per UID
 // (each worker has its own, as root): a map holds the one port each worker's
 // UID may bind; a build's UID is not in it, so a build binds nothing.
-import { randomBytes } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { networkInterfaces } from 'node:os';
-import { readdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../backend.js';
 import {
@@ -37,10 +36,11 @@ import {
 import type { Config, ResolvedProcessConfig } from '../config.js';
 import { METADATA_RULES, localized, parseAddressRules, ruleForTarget, serviceTargets, type AddressRule } from './address-rules.js';
 import { dirOf, mkdirCgroup, parentPath, unifiedFrom, type Hierarchy } from './cgroup-hierarchy.js';
-import { isAlive, killAll, removeDir, self, type WorkerCgroup } from './cgroup.js';
+import { deadInstances, instanceName, killAll, removeDir, type WorkerCgroup } from './cgroup.js';
 import { NetworkPolicyError, type NetworkPolicyMode } from './network-policy.js';
 
-const OWN_DIR = /^procyard-net-(\d+)-(\d+)-(\d+)-([0-9a-f]+)$/;
+/** Their instance directories are `procyard-net-…` (cgroup.ts instanceName). */
+const KIND = 'net-';
 /** How often, at most, a spawn has the host's addresses read again. */
 const ADDRESS_REFRESH_MS = 1000;
 /** How long a service's host name may take to resolve. */
@@ -84,11 +84,6 @@ export class SocketHooksProblem extends Error {
     super(`${problem}: ${fix}`);
   }
 }
-
-/** What the hooks hold here, for preflight and the logs. */
-export type SocketHooksStatus =
-  | { active: true; rules: NativeSockHookRules; loadMs: number; unresolved: string[] }
-  | { active: false; problem: SocketHooksProblem };
 
 /** Port numbers as inclusive spans, merged: [22, 80, 81] → [[22, 22], [80, 81]]. */
 export function portSpans(ports: readonly number[]): [number, number][] {
@@ -162,9 +157,6 @@ type LimitOptions = Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgro
 
 interface Loaded {
   hooks: NativeSockHooks;
-  rules: NativeSockHookRules;
-  loadMs: number;
-  unresolved: string[];
   unified: Hierarchy;
 }
 
@@ -184,13 +176,6 @@ export class SocketHooks {
     private readonly config: SocketHooksConfig,
     private readonly log: Logger,
   ) {}
-
-  /** What holds here: loads the programs if no spawn did yet ('off': a problem saying so). */
-  async status(): Promise<SocketHooksStatus> {
-    const loaded = await this.load();
-    if (loaded instanceof SocketHooksProblem) return { active: false, problem: loaded };
-    return { active: true, rules: loaded.rules, loadMs: loaded.loadMs, unresolved: loaded.unresolved };
-  }
 
   /**
    * The limits' spawn options, placed under the hooks, for a sandbox that
@@ -228,12 +213,7 @@ export class SocketHooks {
     const unified = await unifiedHierarchy();
     const parent = unified && dirOf(unified, parentPath(unified, ''));
     if (!parent) return [];
-    const me = await self();
-    const orphans: string[] = [];
-    for (const name of await readdir(parent).catch(() => [] as string[])) {
-      const m = OWN_DIR.exec(name);
-      if (m && Number(m[1]) === me.pidns && !(await isAlive(Number(m[2]), Number(m[3])))) orphans.push(path.join(parent, name));
-    }
+    const orphans = await deadInstances(parent, KIND);
     await Promise.all(
       orphans.map(async (dir) => {
         try {
@@ -301,11 +281,9 @@ export class SocketHooks {
     } catch (err) {
       return loadProblem(err);
     }
-    const loaded: Loaded = { hooks, rules, loadMs: 0, unresolved, unified };
     this.refreshAddresses(hooks, true);
-    loaded.loadMs = performance.now() - started;
-    this.log.info({ loadMs: Math.round(loaded.loadMs * 100) / 100 }, 'procyard: socket hooks loaded');
-    return loaded;
+    this.log.info({ loadMs: Math.round((performance.now() - started) * 100) / 100 }, 'procyard: socket hooks loaded');
+    return { hooks, unified };
   }
 
   private unavailable(problem: SocketHooksProblem, limits: LimitOptions): LimitOptions {
@@ -338,8 +316,7 @@ export class SocketHooks {
     this.ownDir ??= (async () => {
       const parent = dirOf(loaded.unified, parentPath(loaded.unified, ''));
       if (parent === null) throw new NetworkPolicyError(`the server's cgroup lies outside the cgroup2 mount at ${loaded.unified.mountPoint}`);
-      const me = await self();
-      const dir = path.join(parent, `procyard-net-${me.pidns}-${me.pid}-${me.starttime}-${randomBytes(6).toString('hex')}`);
+      const dir = path.join(parent, await instanceName(KIND));
       try {
         await mkdirCgroup(dir, false, true);
       } catch (err) {
