@@ -120,6 +120,9 @@ export interface Logger {
   error(obj: object, msg?: string): void;
 }
 
+/** A Logger that drops everything (the default). */
+export const quietLogger: Logger = Object.freeze({ debug() {}, info() {}, warn() {}, error() {} });
+
 export class NotSupportedError extends Error {
   constructor(message: string) {
     super(message);

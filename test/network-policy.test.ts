@@ -6,7 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, configFromToml, PROCESS_DEFAULTS } from '../src/config.js';
-import { judgeNetworkPolicy } from '../src/preflight/checks/network-policy.js';
+import { combineLayers, judgeNetworkPolicy, judgeSocketHooks } from '../src/preflight/checks/network-policy.js';
+import { ruleForTarget } from '../src/process/address-rules.js';
+import { SocketHooksProblem, socketHooksConfig } from '../src/process/socket-hooks.js';
 import { bwrapArgs } from '../src/process/bwrap.js';
 import { NetworkPolicy } from '../src/process/landlock.js';
 import {
@@ -189,6 +191,48 @@ describe('judgeNetworkPolicy (preflight network_policy)', () => {
         const expected = mode === 'off' ? 'info' : abi >= 6 ? 'ok' : mode === 'auto' ? 'warning' : 'error';
         expect(v.severity, `${mode} on ABI ${abi}`).toBe(expected);
       }
+  });
+});
+
+describe('judgeSocketHooks (preflight network_policy, the hooks layer)', () => {
+  const config = (mode: NetworkPolicyMode, extra: Record<string, unknown> = {}) => {
+    const cfg = { process: { networkPolicy: mode, portRangeStart: 3000, portRangeEnd: 3099, deniedConnect: ['10.9.0.0/16:5432'], ...extra } };
+    return socketHooksConfig(cfg, { ...PROCESS_DEFAULTS, ...cfg.process } as never);
+  };
+  const problem = new SocketHooksProblem('loading BPF programs is not allowed to this server (bpf: EPERM)', 'run the server as root');
+  const redis = ruleForTarget('127.0.0.1', 6379, 'redis.url')!;
+
+  it('ok where they hold, naming the range, the metadata addresses, the services and denied_connect', () => {
+    const v = judgeSocketHooks(config('auto'), { held: true, cgroup2: '/sys/fs/cgroup', services: [redis], unresolved: [] });
+    expect(v.severity).toBe('ok');
+    expect(v.message).toContain('cgroup2 at /sys/fs/cgroup');
+    expect(v.message).toContain('no port of 3000-3099 on a local address but their own');
+    expect(v.message).toContain('169.254.169.254, fd00:ec2::254, redis.url (127.0.0.1:6379), on any local address port 6379, 10.9.0.0/16 port 5432');
+    expect(v.message).toContain('bind only 127.0.0.1 and ::1 on their own port');
+    const allow = judgeSocketHooks(config('auto', { allowedConnect: ['10.1.1.1:443'] }), { held: true, cgroup2: '/x', services: [], unresolved: [] });
+    expect(allow.message).toContain('otherwise only 10.1.1.1:443 (allowed_connect)');
+  });
+
+  it('warns when a service did not resolve', () => {
+    const v = judgeSocketHooks(config('auto'), { held: true, cgroup2: '/x', services: [], unresolved: ['redis.url (redis.internal)'] });
+    expect(v.severity).toBe('warning');
+    expect(v.message).toContain('redis.url (redis.internal) did not resolve, so workers are not kept from it');
+  });
+
+  it("where they cannot hold: a warning that tenants reach each other under 'auto', an error under 'required'", () => {
+    const auto = judgeSocketHooks(config('auto'), { held: false, problem });
+    expect(auto.severity).toBe('warning');
+    expect(auto.message).toMatch(/no cgroup socket hooks: loading BPF .* so tenants can reach each other: .*\(3000-3099\).* Fix: run the server as root/);
+    const required = judgeSocketHooks(config('required'), { held: false, problem });
+    expect(required.severity).toBe('error');
+    expect(required.message).toContain('no worker or build starts');
+  });
+
+  it('both layers: the worse severity, both messages', () => {
+    const ok = { severity: 'ok', message: 'L' } as const;
+    const warn = { severity: 'warning', message: 'H' } as const;
+    expect(combineLayers(ok, warn)).toEqual({ severity: 'warning', message: '[Landlock] L. [socket hooks] H' });
+    expect(combineLayers({ severity: 'error', message: 'L' }, warn).severity).toBe('error');
   });
 });
 

@@ -386,7 +386,7 @@ describe('cloud_metadata', () => {
     expect(result(report, 'cloud_metadata').severity).toBe('info');
     const egress = result(report, 'worker_egress');
     expect(egress.severity).toBe('ok');
-    expect(egress.message).toContain('nothing to probe');
+    expect(egress.message).not.toContain('metadata');
   });
 
   it('is an error for an address that is not host:port', async () => {
@@ -424,40 +424,59 @@ describe('redis_auth', () => {
 });
 
 describe('worker_egress', () => {
-  it('is an error with the iptables recipe when the sandbox reaches the metadata address', async () => {
+  const OFF: ProcessConfig = { networkPolicy: 'off' };
+  const NEIGHBOUR_PORT = 22099; // config()'s portRangeEnd: the probe's stand-in for another worker
+
+  it('is an error with the fixes when the sandbox reaches the metadata address', async () => {
+    // A metadata_addr of its own is not among what the hooks always deny: the probe reaches it.
     const r = await check('worker_egress', config({ metadataAddr: `127.0.0.1:${listeningPort}` }));
     expect(r.severity).toBe('error');
+    expect(r.message).toContain(`add "127.0.0.1:${listeningPort}" to [process] denied_connect`);
     expect(r.message).toContain(`iptables -A OUTPUT -m owner --gid-owner ${WORKER_GID} -d 127.0.0.1`);
     expect(r.message).toContain(`--dport ${listeningPort}`);
     expect(r.message).toContain('uid 63050');
+    // deniedConnect then closes it: the probe runs under the same hooks.
+    const denied = await check('worker_egress', config({ metadataAddr: `127.0.0.1:${listeningPort}`, deniedConnect: [`127.0.0.1:${listeningPort}`] }));
+    expect(denied.severity, denied.message).toBe('ok');
+    expect(denied.message).toContain(`cloud metadata 127.0.0.1:${listeningPort} (EPERM: refused by the socket hooks`);
   });
 
-  it('warns with the recipe for a reachable Redis, and reports metadata not reachable (not "blocked": nothing listens)', async () => {
-    const r = await check('worker_egress', config({}, { redis: { url: `redis://127.0.0.1:${REDIS_OPEN_PORT}` } }));
-    expect(r.severity).toBe('warning');
-    expect(r.message).toContain(
+  it("finds a neighbour's port, Redis, OpenBao and Postgres refused by the socket hooks; open under 'off'", async () => {
+    const services = {
+      redis: { url: `redis://127.0.0.1:${REDIS_OPEN_PORT}` },
+      openbao: { address: `http://127.0.0.1:${listeningPort}` },
+      database: { driver: 'postgres', url: `postgres://u:p@127.0.0.1:${closedPort}/db` },
+    } as const;
+    const held = await check('worker_egress', config({}, services));
+    expect(held.severity, held.message).toBe('ok');
+    for (const target of [`another worker's port 127.0.0.1:${NEIGHBOUR_PORT}`, `Redis 127.0.0.1:${REDIS_OPEN_PORT}`, `OpenBao 127.0.0.1:${listeningPort}`, `Postgres 127.0.0.1:${closedPort}`])
+      expect(held.message).toContain(`${target} (EPERM: refused by the socket hooks`);
+
+    const open = await check('worker_egress', config(OFF, services));
+    expect(open.severity, open.message).toBe('warning');
+    expect(open.message).toContain(`can reach another worker's port 127.0.0.1:${NEIGHBOUR_PORT}, Redis 127.0.0.1:${REDIS_OPEN_PORT}, OpenBao 127.0.0.1:${listeningPort}`);
+    expect(open.message).toContain('tenants can reach each other');
+    expect(open.message).toContain(`--gid-owner ${WORKER_GID} -d 127.0.0.0/8 -p tcp --dport 22000:22099 -j REJECT`);
+    expect(open.message).toContain(
       `iptables -A OUTPUT -m owner --gid-owner ${WORKER_GID} -d 127.0.0.1 -p tcp --dport ${REDIS_OPEN_PORT} -j REJECT`,
     );
-    expect(r.message).toMatch(
-      new RegExp(`not reachable: cloud metadata 127\\.0\\.0\\.1:${closedPort} \\(ECONNREFUSED: nothing listens there, or a firewall rejects it\\)`),
+    // Not "blocked": nothing listens there.
+    expect(open.message).toContain(`Postgres 127.0.0.1:${closedPort} (ECONNREFUSED: nothing listens there`);
+    expect(open.message).toMatch(
+      new RegExp(`cloud metadata 127\\.0\\.0\\.1:${closedPort} \\(ECONNREFUSED: nothing listens there, or a firewall rejects it\\)`),
     );
-    expect(r.message).not.toContain('blocked');
   });
 
-  it('probes OpenBao and Postgres addresses too', async () => {
-    const r = await check(
-      'worker_egress',
-      config(
-        {},
-        {
-          openbao: { address: `http://127.0.0.1:${listeningPort}` },
-          database: { driver: 'postgres', url: `postgres://u:p@127.0.0.1:${closedPort}/db` },
-        },
-      ),
-    );
-    expect(r.severity).toBe('warning');
-    expect(r.message).toContain(`OpenBao 127.0.0.1:${listeningPort}`);
-    expect(r.message).toContain(`Postgres 127.0.0.1:${closedPort} (ECONNREFUSED: nothing listens there`);
+  it('probes whatever holds the neighbour port when it is taken', async () => {
+    const holder = net.createServer((s) => s.destroy());
+    await new Promise<void>((resolve) => holder.listen(NEIGHBOUR_PORT, '127.0.0.1', resolve));
+    try {
+      const open = await check('worker_egress', config(OFF));
+      expect(open.severity, open.message).toBe('warning');
+      expect(open.message).toContain(`can reach another worker's port 127.0.0.1:${NEIGHBOUR_PORT}`);
+    } finally {
+      await new Promise((resolve) => holder.close(resolve));
+    }
   });
 
   it('is ok when no target is reachable', async () => {

@@ -6,7 +6,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import dgram from 'node:dgram';
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveProcessConfig, type Config } from '../src/config.js';
 import { closeFd, sockHooksAttach, sockHooksLoad } from '../src/native.js';
 import { unifiedFrom } from '../src/process/cgroup-hierarchy.js';
+import { runPreflight } from '../src/preflight/index.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { hookRules, socketHooksConfig } from '../src/process/socket-hooks.js';
 import { FIXTURES, appSpec, testConfig } from './helpers/backend.js';
@@ -288,6 +289,24 @@ describe.runIf(hooksHere)("networkPolicy 'auto': the cgroup socket hooks", () =>
     await b.close();
     expect(existsSync(dir)).toBe(false);
   });
+
+  it("preflight: network_policy says the hooks hold; worker_egress's probe runs under them and leaves no directory", async () => {
+    const parent = path.join(unified!.mountPoint, readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))!.slice(3));
+    const own = () => readdirSync(parent).filter((n) => n.startsWith(`procyard-net-`) && n.includes(`-${process.pid}-`));
+    const before = own();
+    const report = await runPreflight({
+      ...testConfig([24530, 24534], [65530, 65534], { metadataAddr: '127.0.0.1:9', deniedConnect: ['10.20.0.0/16'] }),
+      redis: { url: 'redis://:pw@127.0.0.1:24533' },
+    });
+    const policy = report.results.find((x) => x.name === 'network_policy')!;
+    expect(policy.severity, policy.message).toBe('ok');
+    expect(policy.message).toMatch(/\[socket hooks\] cgroup socket hooks \(cgroup2 at .*\): workers connect and send to no port of 24530-24534/);
+    expect(policy.message).toContain('redis.url (127.0.0.1:24533), on any local address port 24533, 10.20.0.0/16 any port');
+    const egress = report.results.find((x) => x.name === 'worker_egress')!;
+    expect(egress.severity, egress.message).toBe('ok');
+    expect(egress.message).toContain("another worker's port 127.0.0.1:24534 (EPERM: refused by the socket hooks");
+    expect(own()).toEqual(before);
+  });
 });
 
 describe.runIf(hooksHere)("networkPolicy 'off': the same attacks succeed", () => {
@@ -383,5 +402,81 @@ describe.runIf(hooksHere)('the socket hooks alone (no sandbox)', () => {
 
   it('leave every process outside the directory alone', async () => {
     expect(await runIn(false, items)).toMatchObject({ tcp: 'ok:hello from host', tfo: 'ok:hello from host', tfo6: 'ok:hello from host', udp: 'ok', bind: 'ok:24586' });
+  });
+});
+
+describe.runIf(isRoot && existsSync('/usr/bin/setpriv'))('a server without the right to load programs (not root)', () => {
+  // The server runs as an unprivileged uid of this file's range; its workers run as that uid too.
+  const UID = 65579;
+
+  async function asUser(mode: 'auto' | 'required', ports: [number, number]) {
+    const fixture = path.join(FIXTURES, 'nonroot-hooks.mjs');
+    const { stdout } = await promisify(execFile)(
+      '/usr/bin/setpriv',
+      ['--reuid', String(UID), '--regid', '65534', '--clear-groups', process.execPath, fixture, mode, String(ports[0]), String(ports[1])],
+      { cwd: '/', encoding: 'utf8', timeout: 30_000 },
+    );
+    return JSON.parse(stdout.trim().split('\n').pop()!) as {
+      uid: number;
+      spawned?: boolean;
+      http?: string;
+      error?: { name: string; message: string };
+      managed: number;
+      warnings: string[];
+    };
+  }
+
+  it("'auto': the worker runs and the server reaches it; the backend warns once that workers can reach each other", async () => {
+    const r = await asUser('auto', [24570, 24574]);
+    expect(r.uid).toBe(UID);
+    expect(r.error).toBeUndefined();
+    expect(r.spawned).toBe(true);
+    expect(r.http).toBeTruthy();
+    const hookWarnings = r.warnings.filter((w) => w.includes('no socket hooks'));
+    expect(hookWarnings).toHaveLength(1);
+    expect(hookWarnings[0]).toMatch(/can reach each other's ports.*not allowed to this server.*needs root/);
+  });
+
+  it("'required': spawn rejects with a NetworkPolicyError naming the cause, and nothing is left", async () => {
+    const r = await asUser('required', [24575, 24578]);
+    expect(r.spawned).toBeUndefined();
+    expect(r.error?.name).toBe('NetworkPolicyError');
+    expect(r.error?.message).toMatch(/networkPolicy 'required'.*loading BPF programs is not allowed to this server \(bpf\(.*\): EPERM; it needs root/);
+    expect(r.managed).toBe(0);
+  });
+
+  it("preflight: network_policy warns under 'auto' and errors under 'required'; worker_egress finds the neighbour's port reachable", async () => {
+    const config = (mode: string) => {
+      const file = path.join(os.tmpdir(), `procyard-nonroot-${process.pid}-${mode}.toml`);
+      writeFileSync(
+        file,
+        `[process]\nnetwork_policy = "${mode}"\nmetadata_addr = "127.0.0.1:9"\nport_range_start = 24570\nport_range_end = 24574\n[storage]\nbundle_worker_path = "/tmp/app"\n`,
+      );
+      return file;
+    };
+    const run = async (mode: string) => {
+      const cli = path.join(FIXTURES, '..', '..', 'dist', 'cli.js');
+      const file = config(mode);
+      try {
+        const { stdout } = await promisify(execFile)(
+          '/usr/bin/setpriv',
+          ['--reuid', String(UID), '--regid', '65534', '--clear-groups', process.execPath, cli, 'preflight', '--json', '--config', file],
+          { cwd: '/', encoding: 'utf8', timeout: 30_000 },
+        ).catch((err: { stdout: string }) => ({ stdout: err.stdout }));
+        const report = JSON.parse(stdout) as { results: { name: string; severity: string; message: string }[] };
+        return (name: string) => report.results.find((x) => x.name === name)!;
+      } finally {
+        rmSync(file, { force: true });
+      }
+    };
+    const auto = await run('auto');
+    expect(auto('network_policy').severity).toBe('warning');
+    expect(auto('network_policy').message).toMatch(/no cgroup socket hooks: loading BPF programs is not allowed .* so tenants can reach each other/);
+    expect(auto('worker_egress').severity).toBe('warning');
+    expect(auto('worker_egress').message).toContain("can reach another worker's port 127.0.0.1:24574, so tenants can reach each other");
+    const required = await run('required');
+    expect(required('network_policy').severity).toBe('error');
+    expect(required('network_policy').message).toContain('no worker or build starts');
+    expect(required('worker_egress').severity).toBe('info');
   });
 });

@@ -21,7 +21,9 @@ import {
 import { BASE_ENV, MOUNT_TARGETS } from '../process/bwrap.js';
 import { NetworkPolicy } from '../process/landlock.js';
 import { installedRVersions } from '../process/rversion.js';
-import { startSandbox, type Sandbox } from '../process/sandbox.js';
+import { startSandbox, type Sandbox, type SandboxOptions } from '../process/sandbox.js';
+import { SocketHooks, socketHooksConfig } from '../process/socket-hooks.js';
+import { quietLogger } from '../backend.js';
 import { resourceLimitsVerdict } from './checks/resource-limits.js';
 import type { Severity } from './report.js';
 
@@ -277,7 +279,7 @@ async function withProbeSandbox<T>(
   ctx: PreflightContext,
   cmd: string[],
   use: (sandbox: Sandbox, lines: string[]) => Promise<T>,
-  landlock?: NativeLandlockRules,
+  { landlock, limits }: { landlock?: NativeLandlockRules; limits?: SandboxOptions['limits'] } = {},
 ): Promise<T> {
   const lines: string[] = [];
   const sandbox = await startSandbox({
@@ -295,6 +297,7 @@ async function withProbeSandbox<T>(
     env: Object.entries(BASE_ENV).map(([k, v]) => `${k}=${v}`),
     hostCredentials: ctx.isRoot,
     ...(landlock ? { landlock } : {}),
+    ...(limits ? { limits } : {}),
     onLine: (line) => {
       if (lines.length < 200) lines.push(line);
     },
@@ -362,7 +365,7 @@ export async function checkBwrapHostUidMapping(ctx: PreflightContext): Promise<V
         `firewall owner-match rules would not match workers. Fix: make sure bwrap is not set-uid (see bwrap_setuid) ` +
         `and that the server runs as root with worker_uid_range_start/worker_gid set to unused ids`,
     );
-  }, landlock);
+  }, { landlock });
 }
 
 // ---------------------------------------------------------------- network
@@ -543,14 +546,28 @@ function rejectRecipe(gid: number, ip: string, port: number): string {
     : `${cmd} -A OUTPUT -m owner --gid-owner ${gid} -d ${ip} -j REJECT`;
 }
 
+/**
+ * A listener on a port of the workers' range, standing in for another
+ * worker: the probe must not reach it. When the port is taken, whatever holds
+ * it stands in (a running server's worker, most likely).
+ */
+const NEIGHBOUR = "another worker's port";
+
+async function neighbourListener(port: number): Promise<{ close(): void }> {
+  const server = net.createServer((socket) => socket.destroy());
+  const listening = await new Promise<boolean>((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => resolve(true));
+  });
+  return { close: () => listening && server.close() };
+}
+
 export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict> {
-  const targets = egressTargets(ctx);
-  if (targets.length === 0)
-    return ok(
-      ctx.proc.skipMetadataCheck
-        ? 'nothing to probe: metadata check skipped and no Redis, OpenBao or Postgres configured'
-        : 'nothing to probe: no valid metadata_addr and no Redis, OpenBao or Postgres configured',
-    );
+  const neighbourPort = ctx.proc.portRangeEnd;
+  const targets: EgressTarget[] = [
+    { host: '127.0.0.1', port: neighbourPort, label: NEIGHBOUR, critical: false },
+    ...egressTargets(ctx),
+  ];
   const resolved = await Promise.all(
     targets.map(async (t) => {
       try {
@@ -562,21 +579,31 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
   );
   const probed = resolved.filter((t): t is typeof t & { ip: string } => t.ip !== null);
   const unresolved = resolved.filter((t) => t.ip === null).map((t) => `${t.label} ${showAddr(t)} (not resolvable)`);
-  if (probed.length === 0) return info(`no target could be resolved: ${unresolved.join(', ')}`);
 
-  // Under the workers' own network policy, so it finds what a worker really reaches.
+  // Under the workers' own network policy and socket hooks, so it finds what a worker really reaches.
   let policy: NetworkPolicy;
+  let hooks: SocketHooks;
   try {
     policy = new NetworkPolicy(ctx.proc.networkPolicy, ctx.proc.allowedConnectPorts);
+    hooks = new SocketHooks(socketHooksConfig(ctx.config, ctx.proc), quietLogger);
   } catch (err) {
     return error(`not probed: ${errText(err)}`);
   }
-  if (policy.decision.error) return info(`not probed: workers cannot start under this network policy (see network_policy)`);
   const gid = ctx.proc.workerGid;
   const uid = ctx.proc.workerUidStart;
-  const payload = JSON.stringify(probed.map((t) => ({ ip: t.ip, port: t.port })));
+  const neighbour = await neighbourListener(neighbourPort);
   let results: { reachable: boolean; reason: string }[];
+  let hooksHeld = false;
   try {
+    if (policy.decision.error) return info(`not probed: workers cannot start under this network policy (see network_policy)`);
+    let limits: SandboxOptions['limits'];
+    try {
+      limits = await hooks.place(uid, undefined, {}, null);
+    } catch {
+      return info(`not probed: under network_policy = "required" workers cannot start without the socket hooks (see network_policy)`);
+    }
+    hooksHeld = limits.cgroupDir !== undefined;
+    const payload = JSON.stringify(probed.map((t) => ({ ip: t.ip, port: t.port })));
     results = await withProbeSandbox(ctx, [process.execPath, '-e', EGRESS_PROBE, payload], async (sandbox, lines) => {
       await sandbox.exited;
       const line = lines.find((l) => l.startsWith('PROCYARD_EGRESS '));
@@ -586,9 +613,13 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
             `the worker uid ${uid} must be able to execute it`,
         );
       return JSON.parse(line.slice('PROCYARD_EGRESS '.length)) as { reachable: boolean; reason: string }[];
-    }, policy.forBuild());
+    }, { landlock: policy.forBuild(), limits });
   } catch (err) {
     return error(`could not run the egress probe in a worker sandbox: ${errText(err)}`);
+  } finally {
+    neighbour.close();
+    hooks.release(uid);
+    await hooks.close();
   }
 
   const reachable = probed.filter((_, i) => results[i]?.reachable);
@@ -599,7 +630,7 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
       : reason === 'EACCES'
         ? 'EACCES: refused by the network policy, allowed_connect_ports (or a firewall)'
         : reason === 'EPERM'
-          ? 'EPERM: blocked by a firewall or Landlock policy'
+          ? 'EPERM: refused by the socket hooks, or a firewall'
           : reason;
   const unreachable = probed
     .map((t, i) => ({ t, r: results[i] }))
@@ -613,13 +644,20 @@ export async function checkWorkerEgress(ctx: PreflightContext): Promise<Verdict>
   if (reachable.length === 0)
     return ok(`a worker sandbox (${identity}) reaches none of the targets; ${rest.join('; ')}`);
 
-  const recipes = reachable.map((t) => `${t.label} ${showAddr(t)}: ${rejectRecipe(gid, t.ip, t.port)}`);
+  const { portRangeStart: first, portRangeEnd: last } = ctx.proc;
+  const fixes = reachable.map((t) =>
+    t.label === NEIGHBOUR
+      ? `${NEIGHBOUR}: ${hooksHeld ? 'report this: the socket hooks should refuse it' : 'run the server as root on a host with a cgroup2 mount, so that the socket hooks hold (see network_policy)'}, ` +
+        `or reject it by the worker GID: iptables -A OUTPUT -m owner --gid-owner ${gid} -d 127.0.0.0/8 -p tcp --dport ${first}:${last} -j REJECT`
+      : `${t.label} ${showAddr(t)}: ${hooksHeld ? `add "${showAddr({ host: t.ip, port: t.port })}" to [process] denied_connect, or ` : ''}${rejectRecipe(gid, t.ip, t.port)}`,
+  );
   const rootNote = ctx.isRoot
     ? ''
     : ' Note: the server does not run as root, so workers share its uid/gid and such a rule would block the server too; run it as root first.';
   const message =
-    `a worker sandbox (${identity}) can reach ${reachable.map((t) => `${t.label} ${showAddr(t)}`).join(', ')}. ` +
-    `Fix: reject worker traffic to ${reachable.length > 1 ? 'them' : 'it'} by the worker GID: ${recipes.join('; ')}.` +
+    `a worker sandbox (${identity}) can reach ${reachable.map((t) => `${t.label} ${showAddr(t)}`).join(', ')}` +
+    `${reachable.some((t) => t.label === NEIGHBOUR) ? ', so tenants can reach each other past the proxy' : ''}. ` +
+    `Fix: ${fixes.join('; ')}.` +
     (policy.decision.enforced.tcp
       ? ' Or list only the TCP ports workers need in [process] allowed_connect_ports (Landlock: by port, for every address).'
       : '') +

@@ -6,6 +6,7 @@ import path from 'node:path';
 import type { Redis, Cluster } from 'ioredis';
 import {
   NotSupportedError,
+  quietLogger,
   WorkerNotFoundError,
   type Backend,
   type BuildResult,
@@ -82,7 +83,6 @@ interface Worker {
   quiet: boolean;
 }
 
-const noopLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
 /** The events a ProcessBackend emits, with their arguments. */
 export interface ProcessBackendEvents {
@@ -160,7 +160,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     super();
     this.config = config;
     this.proc = resolveProcessConfig(config);
-    this.log = options.logger ?? noopLogger;
+    this.log = options.logger ?? quietLogger;
     const p = this.proc;
     try {
       accessSync(p.bwrapPath, fsConstants.X_OK);

@@ -158,7 +158,16 @@ type LimitOptions = Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgro
 interface Loaded {
   hooks: NativeSockHooks;
   unified: Hierarchy;
+  /** The server's services as the programs deny them. */
+  services: AddressRule[];
+  /** Services whose host name did not resolve: not denied. */
+  unresolved: string[];
 }
+
+/** Whether the hooks hold on this host (preflight): what they deny, or why not. */
+export type SocketHooksStatus =
+  | { held: true; cgroup2: string; services: readonly AddressRule[]; unresolved: readonly string[] }
+  | { held: false; problem: SocketHooksProblem };
 
 /** A backend's socket hooks: loaded on first use, attached once per directory. */
 export class SocketHooks {
@@ -199,6 +208,13 @@ export class SocketHooks {
     }
     const dir = await this.own(loaded);
     return { ...limits, cgroupDir: dir, cgroupEnter: [path.join(dir, 'cgroup.procs'), ...(limits.cgroupEnter ?? [])] };
+  }
+
+  /** Loads the programs if need be; says whether they hold here, and what they deny. */
+  async status(): Promise<SocketHooksStatus> {
+    const loaded = await this.load();
+    if (loaded instanceof SocketHooksProblem) return { held: false, problem: loaded };
+    return { held: true, cgroup2: loaded.unified.mountPoint, services: loaded.services, unresolved: loaded.unresolved };
   }
 
   /** The sandbox that ran as uid is over: its UID binds nothing any more (before the UID is handed out again). */
@@ -283,7 +299,7 @@ export class SocketHooks {
     }
     this.refreshAddresses(hooks, true);
     this.log.info({ loadMs: Math.round((performance.now() - started) * 100) / 100 }, 'procyard: socket hooks loaded');
-    return { hooks, unified };
+    return { hooks, unified, services, unresolved };
   }
 
   private unavailable(problem: SocketHooksProblem, limits: LimitOptions): LimitOptions {
