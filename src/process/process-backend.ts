@@ -39,6 +39,7 @@ import type { ListenerOwner } from './listeners.js';
 import { probeOwnListener, waitForListener } from './readiness.js';
 import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mounts.js';
 import { NetworkPolicy } from './landlock.js';
+import { NetworkPolicyError } from './network-policy.js';
 import { CgroupManager, type WorkerCgroup } from './cgroup.js';
 import { SocketHooks, socketHooksConfig } from './socket-hooks.js';
 import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
@@ -228,6 +229,24 @@ export class ProcessBackend extends EventEmitter implements Backend {
     return { ports: this.allocators.ports.inUse(), uids: this.allocators.uids.inUse() };
   }
 
+  /** Under networkPolicy 'required': one NetworkPolicyError naming every layer that cannot hold here. */
+  private async assertNetworkUsable(): Promise<void> {
+    const problems: Error[] = [];
+    try {
+      this.network.assertUsable();
+    } catch (err) {
+      problems.push(err as Error);
+    }
+    try {
+      await this.hooks.assertUsable();
+    } catch (err) {
+      problems.push(err as Error);
+    }
+    if (problems.length === 2)
+      throw new NetworkPolicyError(`${problems[0]!.message}. And ${problems[1]!.message.replace(/^networkPolicy 'required': /, '')}`);
+    if (problems[0]) throw problems[0];
+  }
+
   spawn(spec: WorkerSpec): Promise<void> {
     return this.tracked(() => this.spawnWorker(spec));
   }
@@ -235,7 +254,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private async spawnWorker(spec: WorkerSpec): Promise<void> {
     checkWorkerSpec(spec);
     this.assertOpen();
-    this.network.assertUsable();
+    await this.assertNetworkUsable();
     const id = spec.workerId;
     if (this.starting.has(id) || this.workers.get(id)?.sandbox.running)
       throw new Error(`worker "${id}" is already running`);
@@ -432,7 +451,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private async runBuild(spec: BuildSpec, opts: { signal?: AbortSignal } = {}): Promise<BuildResult> {
     await validateBuildSpec(spec);
     this.assertOpen();
-    this.network.assertUsable();
+    await this.assertNetworkUsable();
     const { signal } = opts;
     // Checked before anything starts: failing on it later left the build running.
     if (signal != null && (typeof signal.addEventListener !== 'function' || typeof signal.removeEventListener !== 'function'))

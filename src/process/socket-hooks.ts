@@ -217,6 +217,13 @@ export class SocketHooks {
     return { held: true, cgroup2: loaded.unified.mountPoint, services: loaded.services, unresolved: loaded.unresolved };
   }
 
+  /** Under 'required' where the hooks cannot hold: throws a NetworkPolicyError naming why, before anything is allocated. */
+  async assertUsable(): Promise<void> {
+    if (this.config.mode !== 'required') return;
+    const loaded = this.settled ?? (await this.load());
+    if (loaded instanceof SocketHooksProblem) this.unavailable(loaded, {});
+  }
+
   /** The sandbox that ran as uid is over: its UID binds nothing any more (before the UID is handed out again). */
   release(uid: number): void {
     const loaded = this.settled;
