@@ -167,6 +167,31 @@ export function buildReport(r) {
     );
   }
 
+  // 1e: the socket hooks' cost (issue 21), paired, and their one-off set-up
+  if (small.socketHooks?.pairs && big.socketHooks?.pairs) {
+    const pct = (a, b) => `${a >= b ? '+' : ''}${(((a - b) / b) * 100).toFixed(1)}%`;
+    const rowsHooks = [['small heap', small], [bigLabel, big]].map(([label, run]) => {
+      const { on, off: offS, pairRatio } = run.socketHooks.pairs;
+      return [label, ms(on.p50), ms(offS.p50), pct(on.p50, offS.p50), ratio(pairRatio.p50), ms(on.p99), ms(offS.p99)];
+    });
+    const oneOff = small.socketHooks.oneOff;
+    const setUp = oneOff?.setUp
+      ? `Once per backend (the first spawn): loading the seven programs and two maps, making the hooks' cgroup2 directory and attaching them took ` +
+        `${ms(oneOff.setUp.p50)} p50 (${ms(oneOff.setUp.max)} max, ${oneOff.setUp.n} backends); close() ${ms(oneOff.tearDown.p50)} p50.`
+      : `One-off set-up: not measured (${oneOff?.unavailable ?? 'no data'}).`;
+    sections.push(
+      `### 1e. The tenant network's cost: ProcessBackend.spawn with and without the cgroup socket hooks (issue 21)\n\n` +
+        `Section 1's default backend (limits, Landlock and the hooks) against the same config with only the hooks switched off, ${small.socketHooks.pairs.on.n} pairs per size, ` +
+        `each pair one spawn through each (alternating which goes first). On this hybrid host a hooked sandbox is born in the hooks' cgroup2 directory (clone3 CLONE_INTO_CGROUP) ` +
+        `and its UID's port goes into a map; on pure v2 the hooks sit on the instance directory and a spawn does nothing more. ${setUp}\n\n` +
+        table(['size', 'hooks on p50', 'hooks off p50', 'difference', 'median per-pair ratio', 'on p99', 'off p99'], rowsHooks),
+    );
+    for (const [label, run] of [['small heap', small], [bigLabel, big]]) {
+      const { on, off: offS } = run.socketHooks.pairs;
+      target(`socket hooks on vs off: spawn p50 within 5%, ${label} (paired, 1e)`, `${ms(on.p50)} vs ${ms(offS.p50)} = ${pct(on.p50, offS.p50)}`, on.p50 <= 1.05 * offS.p50);
+    }
+  }
+
   // 2
   const burstN = small.bursts[`native@1`].spawns;
   const cell = (b) => (b ? `${ms(b.maxMs)} / ${ms(b.p99Ms)}` : 'n/a');

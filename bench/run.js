@@ -52,7 +52,8 @@ const RANGES = {
   breakdown: { ports: [30550, 30599], uids: [50550, 50599] },
   ready: { ports: [30600, 30699], uids: [50600, 50699], plainPorts: [31900, 31949] },
   sampling: { ports: [30700, 30999], uids: [50700, 50999] },
-  scale: { ports: [31000, 31899], uids: [51000, 51899] },
+  scale: { ports: [31000, 31799], uids: [51000, 51799] },
+  spawnHooksOff: { ports: [31800, 31899], uids: [51800, 51899] }, // issue 21: the default backend without its socket hooks
   hostile: { ports: [31990, 31998], uids: [51940, 51949] }, // issue 20: log flood and TIME_WAIT bloat, run last
   alloc: { ports: [31000, 31999], uids: [51000, 51999] }, // Redis keys only: no process, no bind
   peerUid: 51990, // peers' sandboxes (native, child_process, execa, floor): outside every backend's range
@@ -208,6 +209,8 @@ function spawnPaths(residentMb, bundle, floorBinary) {
     uids: RANGES.spawn.uids,
     offPorts: RANGES.spawnPolicyOff.ports,
     offUids: RANGES.spawnPolicyOff.uids,
+    hooksOffPorts: RANGES.spawnHooksOff.ports,
+    hooksOffUids: RANGES.spawnHooksOff.uids,
     fullPorts: RANGES.spawnFull.ports,
     fullUids: RANGES.spawnFull.uids,
     floorReuseCpu,

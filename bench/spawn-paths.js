@@ -10,11 +10,13 @@
 // ProcessBackend spawn with limits and policy on: issue 15's floor).
 //
 // argv[2]: JSON { residentMb, spawns, warmup, burst, burstInFlight: [n...], bundle,
-//                 ports: [s,e], uids: [s,e], offPorts, offUids, fullPorts, fullUids,
+//                 ports: [s,e], uids: [s,e], offPorts, offUids, hooksOffPorts, hooksOffUids, fullPorts, fullUids,
 //                 peerUid, statusPort, floorBinary, floorReuseCpu }
 //
 // backendPolicyOff is the same backend with networkPolicy 'off' (no Landlock
-// domain), interleaved with the others: the cost of the policy, side by side.
+// domain, no socket hooks), interleaved with the others: the cost of the policy,
+// side by side. backendHooksOff keeps Landlock and drops only the socket hooks
+// (issue 21), paired with the default backend in the same way.
 import { spawn as cpSpawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -23,7 +25,9 @@ import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { execa } from 'execa';
 import { ProcessBackend } from '../dist/index.js';
 import { PidWatcherNative } from '../dist/native.js';
+import { resolveProcessConfig } from '../dist/config.js';
 import { cpuQuotaUs, resolveLimitsConfig } from '../dist/process/limits.js';
+import { SocketHooks, socketHooksConfig } from '../dist/process/socket-hooks.js';
 import { startFloor } from './floor.js';
 import {
   AS_ROOT,
@@ -266,6 +270,37 @@ const FULL_CONFIG = {
   server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 },
 };
 
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+/**
+ * A backend whose socket hooks are switched off and nothing else: there is no
+ * public knob for that ('off' also drops Landlock), so its hooks object is
+ * swapped for one built from the same config in mode 'off'.
+ */
+function withoutHooks(config) {
+  const backend = new ProcessBackend(config);
+  backend.hooks = new SocketHooks({ ...socketHooksConfig(config, resolveProcessConfig(config)), mode: 'off' }, quiet);
+  return backend;
+}
+
+/** The one-off cost per backend: loading the programs and maps, making the hooks' directory and attaching (the first spawn's place()), then close(). */
+async function hooksSetUp(config, rounds) {
+  const hooksConfig = socketHooksConfig(config, resolveProcessConfig(config));
+  const setUp = [];
+  const tearDown = [];
+  for (let i = 0; i < rounds; i++) {
+    const hooks = new SocketHooks(hooksConfig, quiet);
+    const t0 = performance.now();
+    const placed = await hooks.place(hooksConfig.uids[0], hooksConfig.workerPorts[0], {}, null);
+    const t1 = performance.now();
+    await hooks.close();
+    setUp.push(t1 - t0);
+    tearDown.push(performance.now() - t1);
+    if (placed.cgroupDir === undefined) return { unavailable: 'the socket hooks do not hold here (not root, or no cgroup2 mount)' };
+  }
+  return { setUp: summary(setUp), tearDown: summary(tearDown) };
+}
+
 async function main() {
   // The floor writes the limits the backend writes into its spare cgroups.
   const limits = resolveLimitsConfig(FULL_CONFIG);
@@ -295,11 +330,14 @@ async function main() {
     server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 },
   });
   const waiterPolicyOff = exitWaiter(backendPolicyOff);
+  // A fourth: the same as `backend` without the socket hooks only.
+  const backendHooksOff = withoutHooks({ ...backendConfig(opts.hooksOffPorts, opts.hooksOffUids), server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 } });
+  const waiterHooksOff = exitWaiter(backendHooksOff);
   const backendFull = new ProcessBackend(FULL_CONFIG);
   const waiterFull = exitWaiter(backendFull);
   try {
     // Their start-up /proc scans, finished before timing.
-    await Promise.all([backend, backendOff, backendPolicyOff, backendFull].map((b) => b.cleanupOrphanResources()));
+    await Promise.all([backend, backendOff, backendPolicyOff, backendHooksOff, backendFull].map((b) => b.cleanupOrphanResources()));
     const paths = {
       native: nativePath(),
       backend: backendPath(backend, waiter),
@@ -315,6 +353,8 @@ async function main() {
     const policy = backend.network.decision;
     const pairs = await pairedSpawns(backendPath(backend, waiter), backendPath(backendPolicyOff, waiterPolicyOff), opts.spawns);
     const limitPairs = await pairedSpawns(backendPath(backend, waiter), backendPath(backendOff, waiterOff), opts.spawns);
+    const hookPairs = await pairedSpawns(backendPath(backend, waiter), backendPath(backendHooksOff, waiterHooksOff), opts.spawns);
+    const hooksOneOff = await hooksSetUp(backendConfig(opts.hooksOffPorts, opts.hooksOffUids), opts.warmup);
     const bursts = { idle: await idle(1000) };
     for (const inFlight of opts.burstInFlight) {
       for (const [name, start] of Object.entries(paths)) bursts[`${name}@${inFlight}`] = await burst(start, opts.burst, inFlight);
@@ -328,15 +368,17 @@ async function main() {
       bursts,
       networkPolicy: { abi: policy.support.abi, enforced: policy.enforced, pairs },
       limits: { pairs: limitPairs },
+      socketHooks: { pairs: hookPairs, oneOff: hooksOneOff },
       floorSandbox: { notes: floor.notes, reuseCpu: opts.floorReuseCpu },
     };
   } finally {
     waiter.dispose();
     waiterOff.dispose();
     waiterPolicyOff.dispose();
+    waiterHooksOff.dispose();
     waiterFull.dispose();
     try {
-      await Promise.all([backend.close(), backendOff.close(), backendPolicyOff.close(), backendFull.close()]);
+      await Promise.all([backend.close(), backendOff.close(), backendPolicyOff.close(), backendHooksOff.close(), backendFull.close()]);
     } finally {
       // Its cgroups removed whatever else failed (it also removes them itself when we die).
       await floor.close();
