@@ -1,5 +1,6 @@
 // bwrap argv and the worker environment: pure functions, no I/O.
 import type { MountEntry } from '../backend.js';
+import { R_PROFILE_TARGET, USER_PROFILE_ENV } from './r-app.js';
 
 /** Fixed in-sandbox mount targets. bwrap cannot mkdir them on the read-only root. */
 export const MOUNT_TARGETS = Object.freeze({
@@ -14,6 +15,8 @@ export const STATUS_FD = 3;
 export const SECCOMP_FD = 4;
 /** bwrap reads the app's environment options from here (--args): not in argv, which any host user can read. */
 export const ARGS_FD = 5;
+/** The first fd of the plan's files (--ro-bind-data); one each, in order. */
+export const FILES_FD = 6;
 
 /**
  * bwrap's own environment. The app's never reaches bwrap: LD_PRELOAD and the
@@ -39,6 +42,8 @@ export interface SandboxPlan {
   run?: RunPlan | null;
   /** Hide the host's cgroup file systems behind an empty read-only tmpfs (the host has /sys/fs/cgroup). */
   hideCgroups?: boolean;
+  /** Read-only files made from data bwrap reads at FILES_FD, FILES_FD + 1, ... (procyard's R profile). */
+  files?: readonly string[];
 }
 
 /** The host's /run hidden behind an empty tmpfs, read-only once every bind under it is made. */
@@ -79,6 +84,7 @@ export function bwrapArgs(plan: SandboxPlan): string[] {
   // and a new worker's cgroup filling up as it starts: none of a tenant's business.
   if (plan.hideCgroups) args.push('--tmpfs', '/sys/fs/cgroup', '--remount-ro', '/sys/fs/cgroup');
   for (const m of plan.mounts) args.push(m.readOnly ? '--ro-bind' : '--bind', m.source, m.target);
+  (plan.files ?? []).forEach((target, i) => args.push('--perms', '0444', '--ro-bind-data', String(FILES_FD + i), target));
   // Read-only only now: bwrap makes the mount points under /run (tokenDir's) first.
   // A mount onto /run itself replaced the tmpfs: it stays as asked.
   if (plan.run && !plan.mounts.some((m) => m.target === '/run')) args.push('--remount-ro', '/run');
@@ -159,13 +165,20 @@ export interface WorkerEnvInput {
   env?: Record<string, string>;
 }
 
-/** The worker's whole environment as KEY=VALUE; SHINY_* last so a spec cannot move the app off loopback. */
-export function workerEnv(spec: WorkerEnvInput, port: number): string[] {
+/**
+ * The worker's whole environment as KEY=VALUE; SHINY_* last so a spec cannot
+ * move the app off loopback. An R worker (rWorker) starts with procyard's R
+ * profile (r-app.ts), which runs the spec's rProfilePath in turn.
+ */
+export function workerEnv(spec: WorkerEnvInput, port: number, rWorker = false): string[] {
   const env: Record<string, string> = { ...BASE_ENV };
   // R_LIBS names a library only when one is mounted: an empty mount point there misleads R users.
   if (spec.libDir) env.R_LIBS = MOUNT_TARGETS.libraryStore;
   else if (spec.libraryPath) env.R_LIBS = MOUNT_TARGETS.library;
-  if (spec.rProfilePath) env.R_PROFILE_USER = spec.rProfilePath;
+  if (rWorker) {
+    env.R_PROFILE_USER = R_PROFILE_TARGET;
+    if (spec.rProfilePath) env[USER_PROFILE_ENV] = spec.rProfilePath;
+  } else if (spec.rProfilePath) env.R_PROFILE_USER = spec.rProfilePath;
   Object.assign(env, spec.env ?? {});
   env.SHINY_PORT = String(port);
   env.SHINY_HOST = '127.0.0.1';

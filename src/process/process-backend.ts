@@ -41,6 +41,7 @@ import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mount
 import { NetworkPolicy } from './landlock.js';
 import { NetworkPolicyError } from './network-policy.js';
 import { CgroupManager, type WorkerCgroup } from './cgroup.js';
+import { isRCommand, R_FILES, R_LAUNCHER_TARGET, rAppDir } from './r-app.js';
 import { SocketHooks, socketHooksConfig } from './socket-hooks.js';
 import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
 import { killOrphanSandboxes, killUidProcesses } from './orphans.js';
@@ -260,15 +261,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
       throw new Error(`worker "${id}" is already running`);
     this.starting.add(id);
     try {
-      const cmd = this.resolveCommand(spec.cmd ?? ['Rscript', `${spec.workerMount}/app.R`], spec.rVersion ?? '');
+      const mounts = workerMounts(spec);
+      // An R app (the default command, or R/Rscript on an app.R or app directory) runs through procyard's launcher.
+      const appDir = rAppDir(spec.cmd, spec.workerMount, { bundlePath: spec.bundlePath, workerMount: spec.workerMount, mounts });
+      const requested = appDir !== null ? ['Rscript', R_LAUNCHER_TARGET, appDir] : spec.cmd!;
+      const cmd = this.resolveCommand(requested, spec.rVersion ?? '');
       // The host paths are checked by the spawn call itself (a stat each,
       // before anything else); a missing one rejects naming the field.
       const checks = workerPathChecks(spec);
       let worker: Worker;
-      const targets = this.targets.acquire(workerMounts(spec), 'spec');
+      const targets = this.targets.acquire(mounts, 'spec');
       spawnStep(id, 'checked');
       try {
-        worker = await this.startWorker(spec, cmd, targets.mounts, checks);
+        worker = await this.startWorker(spec, cmd, targets.mounts, checks, isRCommand(requested));
       } catch (err) {
         await targets.release();
         throw pathCheckError(err, checks);
@@ -294,6 +299,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     cmd: string[],
     mounts: ReturnType<typeof workerMounts>,
     checks: PathCheck[],
+    rWorker: boolean,
   ): Promise<Worker> {
     const { ports, uids } = this.allocators;
     // First: a 'required' refusal then holds no port or UID.
@@ -324,7 +330,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
         bwrapPath: this.proc.bwrapPath,
         plan: { uid, gid: this.proc.workerGid, tmpSizeBytes: this.proc.tmpSizeBytes, mounts, cmd },
         seccompProfile: this.proc.seccompProfile,
-        env: workerEnv(spec, lease.port),
+        env: workerEnv(spec, lease.port, rWorker),
+        ...(rWorker ? { files: R_FILES } : {}),
         hostCredentials: this.asRoot,
         closeBeforeClone: takeListener(lease),
         landlock: this.network.forWorker(lease.port),

@@ -18,7 +18,7 @@ import {
   type NativeSpawnOptions,
   type PidWatcher,
 } from '../native.js';
-import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
+import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, FILES_FD, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
 import { killAndAwait, parentOf } from './ending.js';
 import { logBudget } from './log-budget.js';
 import { LineSplitter } from './logs.js';
@@ -47,6 +47,8 @@ export interface SandboxOptions {
   onLine: (line: string, utf8Bytes: number) => void;
   /** Limits (cgroup.ts): the cgroup the child enters and the limits written first, or the RLIMIT_NPROC cap. */
   limits?: Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites' | 'rlimitNproc'>;
+  /** Read-only files put into the sandbox from these bytes (no host file behind them). */
+  files?: readonly { target: string; data: string }[];
 }
 
 /** Programs made here, read once: the builtin one with and without the socket rules, and the socket filter alone. */
@@ -403,6 +405,8 @@ async function startSandboxNow(opts: SandboxOptions): Promise<Sandbox> {
   try {
     // The app's environment, for bwrap's --args: never in argv, which any host user can read.
     const data = [{ data: envArgs(opts.env), target: ARGS_FD }];
+    const files = opts.files ?? [];
+    files.forEach((f, i) => data.push({ data: Buffer.from(f.data, 'utf8'), target: FILES_FD + i }));
     const fds: NonNullable<NativeSpawnOptions['fds']> = [];
     const tcpRules = opts.landlock !== undefined && (opts.landlock.restrictBind || opts.landlock.restrictConnect);
     const filter = seccompPlan(opts.seccompProfile, tcpRules);
@@ -414,7 +418,7 @@ async function startSandboxNow(opts: SandboxOptions): Promise<Sandbox> {
       // /run is hidden in every sandbox, whatever the network policy (a plan may say how).
       argv: [
         opts.bwrapPath,
-        ...bwrapArgs({ ...opts.plan, seccomp, run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan(), hideCgroups: hasHostCgroups() }),
+        ...bwrapArgs({ ...opts.plan, seccomp, files: files.map((f) => f.target), run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan(), hideCgroups: hasHostCgroups() }),
       ],
       env: [...BWRAP_ENV],
       data,
