@@ -22,7 +22,9 @@
         "native/binding_cgroup.cc",
         "native/sockdiag.cc",
         "native/sockhooks.cc",
-        "native/binding_sockhooks.cc"
+        "native/binding_sockhooks.cc",
+        "native/mountinject.cc",
+        "native/binding_mountinject.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

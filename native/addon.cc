@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   procyard::InitLockfile(env, exports);
   procyard::InitCgroup(env, exports);
   procyard::InitSockHooks(env, exports);
+  procyard::InitMountInject(env, exports);
   return exports;
 }
 }  // namespace

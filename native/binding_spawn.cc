@@ -73,7 +73,7 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
     req.uid = static_cast<uid_t>(ToInteger(env, o.Get("uid"), "uid", 0, 0xfffffffe));
     req.gid = static_cast<gid_t>(ToInteger(env, o.Get("gid"), "gid", 0, 0xfffffffe));
   }
-  ForEachObject(env, o, "data", 4, "{data, target}", "{data, target}", [&](Napi::Object d, const std::string& what) {
+  ForEachObject(env, o, "data", 8, "{data, target}", "{data, target}", [&](Napi::Object d, const std::string& what) {
     if (!d.Get("data").IsBuffer()) ThrowType(env, what + ".data must be a Buffer");
     Napi::Buffer<char> bytes = d.Get("data").As<Napi::Buffer<char>>();
     int target = static_cast<int>(ToInteger(env, d.Get("target"), what + ".target", 3, 1023));
@@ -95,6 +95,10 @@ SpawnRequest ParseSpawnOptions(Napi::Env env, Napi::Value value) {
       throw SystemError(env, errno, "fcntl", what + ".source " + std::to_string(mapping.source));
     req.extraFds.push_back(mapping);
   });
+  if (Has(o, "stdin")) {
+    req.stdinFd = static_cast<int>(ToInteger(env, o.Get("stdin"), "stdin", 0, 1 << 20));
+    if (fcntl(req.stdinFd, F_GETFD) < 0) throw SystemError(env, errno, "fcntl", "stdin " + std::to_string(req.stdinFd));
+  }
   if (Has(o, "statusPipe"))
     req.statusPipeTarget = static_cast<int>(ToInteger(env, o.Get("statusPipe"), "statusPipe", 3, 1023));
   // Every fd the child gets has a target of its own.

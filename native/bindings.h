@@ -13,6 +13,7 @@ LandlockPolicy ParseLandlockPolicy(Napi::Env env, Napi::Value value);
 void InitLockfile(Napi::Env env, Napi::Object exports);
 void InitCgroup(Napi::Env env, Napi::Object exports);
 void InitSockHooks(Napi::Env env, Napi::Object exports);
+void InitMountInject(Napi::Env env, Napi::Object exports);
 // Cgroup options shared by cgroupCreate/cgroupWrite and spawn (binding_cgroup.cc).
 struct CgroupWrite;
 std::vector<CgroupWrite> ParseCgroupWrites(Napi::Env env, Napi::Value value, const std::string& what, size_t max);

@@ -533,11 +533,14 @@ std::unique_ptr<SpawnJob> SpawnStart(SpawnRequest req, SpawnError* error) {
     fcntl(s.statusFd, F_SETFL, O_NONBLOCK);
     ours.Add(statusPipe[1]);
   }
-  // The child's stdin. Opened per spawn: an fd kept open for good would
-  // show as a leak to anyone counting the server's fds.
-  int devNull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (devNull < 0) return failed("open", "/dev/null", errno);
-  ours.Add(devNull);
+  // The child's stdin: the caller's fd, else /dev/null, opened per spawn (an
+  // fd kept open for good would show as a leak to anyone counting the server's fds).
+  int stdinFd = req.stdinFd;
+  if (stdinFd < 0) {
+    stdinFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (stdinFd < 0) return failed("open", "/dev/null", errno);
+    ours.Add(stdinFd);
+  }
   s.stack = TakeStack();
   if (s.stack == nullptr) return failed("mmap", "", errno);
   // Until the child is done the stack is its own: a failure below before the
@@ -545,7 +548,7 @@ std::unique_ptr<SpawnJob> SpawnStart(SpawnRequest req, SpawnError* error) {
   s.childDone = true;
 
   FdMapping* fds = s.fds;
-  fds[0] = {devNull, 0};
+  fds[0] = {stdinFd, 0};
   fds[1] = {outPipe[1], 1};
   fds[2] = {errPipe[1], 2};
   size_t nfds = 3;

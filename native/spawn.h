@@ -69,6 +69,7 @@ struct SpawnRequest {
   std::vector<PathCheck> checkPaths;
   std::vector<OpenAt> openFds;
   int statusPipeTarget = -1;  // a pipe whose write end the child gets here; the read end is returned (O_NONBLOCK)
+  int stdinFd = -1;           // the child's stdin (a parent fd, left open); -1: /dev/null
 };
 
 struct SpawnResult {

@@ -92,6 +92,22 @@ export interface ProcessConfig {
   cgroupParent?: string;
   /** Processes (tasks) per worker; 0 = no cap. Default 1024. */
   pidsLimit?: number;
+  /**
+   * Sandboxes started ahead, running R with `preload` loaded, that serve the
+   * first request of an R app in a fraction of R's start-up (SPEC §12;
+   * TOML `[[process.warm_pool]]` with size, preload, r_version). Default none.
+   */
+  warmPool?: WarmPoolEntry[];
+}
+
+/** One kind of warm sandbox: `size` of them kept ready. */
+export interface WarmPoolEntry {
+  /** How many to keep started (0-64). */
+  size: number;
+  /** R packages loaded ahead. Default ['shiny']. */
+  preload?: string[];
+  /** The R version (rig) they run; '' or absent = process.rPath's. */
+  rVersion?: string;
 }
 
 export interface Config {
@@ -141,6 +157,7 @@ export const PROCESS_DEFAULTS: ResolvedProcessConfig = Object.freeze({
   resourceLimits: 'auto',
   cgroupParent: '',
   pidsLimit: 1024,
+  warmPool: [],
 });
 
 export const DEFAULT_BUNDLE_WORKER_PATH = '/app';
@@ -178,7 +195,7 @@ export class ConfigError extends Error {
   }
 }
 
-type FieldType = 'string' | 'integer' | 'number' | 'boolean' | 'ports' | 'strings';
+type FieldType = 'string' | 'integer' | 'number' | 'boolean' | 'ports' | 'strings' | 'tables';
 
 /** [process] key → ProcessConfig field, and the TOML type it must have. */
 const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
@@ -206,6 +223,14 @@ const PROCESS_KEYS: Record<string, [keyof ProcessConfig, FieldType]> = {
   resource_limits: ['resourceLimits', 'string'],
   cgroup_parent: ['cgroupParent', 'string'],
   pids_limit: ['pidsLimit', 'integer'],
+  warm_pool: ['warmPool', 'tables'],
+};
+
+/** [[process.warm_pool]] key → WarmPoolEntry field. */
+const WARM_POOL_KEYS: Record<string, [keyof WarmPoolEntry, FieldType]> = {
+  size: ['size', 'integer'],
+  preload: ['preload', 'strings'],
+  r_version: ['rVersion', 'string'],
 };
 
 /** The other sections procyard reads: TOML key → Config field and type. */
@@ -330,6 +355,7 @@ export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', f
       fail(`process.${key}`, where ? `${head}${where}${head.endsWith(']') ? ':' : ''}${rest}` : message);
     }
   }
+  checkWarmPool(p.warmPool, n, where, fail);
   const memory = config.server?.defaultMemoryLimit;
   if (memory !== undefined && (typeof memory !== 'string' || parseMemorySize(memory) === null))
     fail(
@@ -351,6 +377,36 @@ export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', f
     );
 }
 
+/** An R package name, as library() takes it. */
+const R_PACKAGE = /^[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]$/;
+/** A version as rig names them: 4.4.1, 4.4, release, devel, oldrel(-1). */
+const R_VERSION = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
+
+function checkWarmPool(
+  pool: unknown,
+  n: (field: string) => string,
+  where: string,
+  fail: (field: string, message: string) => never,
+): void {
+  const name = n('process.warmPool');
+  if (!Array.isArray(pool)) fail('process.warmPool', `${name}${where} must be an array of { size, preload?, rVersion? }, got ${describe(pool)}`);
+  (pool as unknown[]).forEach((entry, i) => {
+    const at = `${name}[${i}]`;
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry))
+      fail('process.warmPool', `${at}${where} must be { size, preload?, rVersion? }, got ${describe(entry)}`);
+    const e = entry as Record<string, unknown>;
+    for (const key of Object.keys(e))
+      if (!['size', 'preload', 'rVersion'].includes(key))
+        fail('process.warmPool', `${at}${where} has an unknown field "${key}" (size, preload, rVersion)`);
+    if (!Number.isSafeInteger(e.size) || (e.size as number) < 0 || (e.size as number) > 64)
+      fail('process.warmPool', `${at}.size${where} must be an integer 0-64, got ${describe(e.size)}`);
+    if (e.preload !== undefined && !(Array.isArray(e.preload) && e.preload.every((p) => typeof p === 'string' && R_PACKAGE.test(p))))
+      fail('process.warmPool', `${at}.preload${where} must be an array of R package names, got ${describe(e.preload)}`);
+    if (e.rVersion !== undefined && !(typeof e.rVersion === 'string' && (e.rVersion === '' || R_VERSION.test(e.rVersion))))
+      fail('process.warmPool', `${at}.rVersion${where} must be an R version such as "4.4.1" or "release", got ${describe(e.rVersion)}`);
+  });
+}
+
 function typeOk(value: unknown, type: FieldType): boolean {
   switch (type) {
     case 'string':
@@ -365,6 +421,8 @@ function typeOk(value: unknown, type: FieldType): boolean {
       return Array.isArray(value) && value.every((v) => Number.isInteger(v) && v >= 1 && v <= 65535);
     case 'strings':
       return Array.isArray(value) && value.every((v) => typeof v === 'string');
+    case 'tables':
+      return Array.isArray(value) && value.every((v) => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date));
   }
 }
 
@@ -375,6 +433,7 @@ const TYPE_NAMES: Record<FieldType, string> = {
   boolean: 'true or false',
   ports: 'an array of TCP ports 1-65535 (absent = any port, [] = none)',
   strings: 'an array of strings',
+  tables: 'an array of tables ([[...]])',
 };
 
 function describe(value: unknown): string {
@@ -476,6 +535,20 @@ function checkNames(doc: Record<string, unknown>, file: string): void {
   }
 }
 
+/** [[process.warm_pool]] tables as WarmPoolEntry values: known keys of the right types only. */
+function warmPoolFromToml(tables: Record<string, unknown>[], file: string): WarmPoolEntry[] {
+  return tables.map((t, i) => {
+    const section = `process.warm_pool[${i}]`;
+    const entry: Record<string, unknown> = {};
+    for (const key of Object.keys(t)) {
+      const known = WARM_POOL_KEYS[key];
+      if (!known) unknown(`key "${key}" in [[process.warm_pool]]`, key, Object.keys(WARM_POOL_KEYS), file, `${section}.${key}`);
+      entry[known[0]] = field(t, section, key, known[1], file);
+    }
+    return entry as unknown as WarmPoolEntry;
+  });
+}
+
 /**
  * Maps a parsed TOML document to a Config with every default applied.
  * Unknown sections and keys are errors (checkNames), and so are values
@@ -492,6 +565,7 @@ export function configFromToml(doc: Record<string, unknown>, file = '<config>'):
     const [name, type] = spec;
     (processConfig as Record<string, unknown>)[name] = field(proc, 'process', key, type, file) ?? value;
   }
+  if (processConfig.warmPool) processConfig.warmPool = warmPoolFromToml(processConfig.warmPool as unknown as Record<string, unknown>[], file);
   const networkProblem = networkConfigProblem(processConfig.networkPolicy, processConfig.allowedConnectPorts, {
     policy: `process.network_policy in ${file}`,
     ports: `process.allowed_connect_ports in ${file}`,

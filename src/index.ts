@@ -16,7 +16,7 @@ export { NotSupportedError, WorkerNotFoundError } from './backend.js';
 export { SpecError } from './process/validate.js';
 export { WorkerNotReadyError } from './process/readiness.js';
 export { ExhaustedError } from './process/allocators/types.js';
-export type { Config, ProcessConfig } from './config.js';
+export type { Config, ProcessConfig, WarmPoolEntry } from './config.js';
 export { PreflightReport } from './preflight/report.js';
 export type { CheckResult, Severity } from './preflight/report.js';
 export { runPreflight } from './preflight/index.js';

@@ -40,6 +40,8 @@ export interface NativeSpawnOptions {
    * not fit one. At most 4.
    */
   data?: { data: Buffer; target: number }[];
+  /** A parent fd (left open) the child gets as its stdin; default /dev/null. */
+  stdin?: number;
   /** A Landlock domain the child enters right before exec (see src/process/landlock.ts). */
   landlock?: NativeLandlockRules;
   /**
@@ -187,6 +189,15 @@ export interface NativeSockHookRules {
   uidEntries: number;
 }
 
+/** A host directory for mountInject, and where it goes in the sandbox. */
+export interface NativeInjectMount {
+  /** Absolute host path. */
+  source: string;
+  /** Absolute and normalized (no `.`/`..` components, no trailing slash), not "/". */
+  target: string;
+  readOnly: boolean;
+}
+
 /** Loaded hooks: the maps and each program's fd (connect4, connect6, sendmsg4, sendmsg6, bind4, bind6, ingress). */
 export interface NativeSockHooks {
   uidPorts: number;
@@ -231,6 +242,7 @@ interface Addon {
   bpfMapSet(map: number, key: Uint8Array, value: Uint8Array): void;
   bpfMapDelete(map: number, key: Uint8Array): boolean;
   bpfMapKeys(map: number, keySize: number): Uint8Array[];
+  mountInject(pid: number, mounts: NativeInjectMount[], owner: { uid: number; gid: number }): Promise<void>;
 }
 
 /** No addon binary this host can load: neither a local build nor a shipped prebuild. */
@@ -463,3 +475,16 @@ export const bpfMapSet = addon.bpfMapSet;
 export const bpfMapDelete = addon.bpfMapDelete;
 /** Every key of a BPF map. */
 export const bpfMapKeys = addon.bpfMapKeys;
+/**
+ * Puts each host directory `source` at `target` inside the mount namespace
+ * of process `pid` (a sandbox's process), as bwrap's --ro-bind/--bind would
+ * have: recursive, nosuid, nodev, read-only when asked, a slave of the host's
+ * mounts. Missing target directories are made (mode 0755, by and owned by
+ * owner.uid/gid). Root only; on a pool thread, in order, stopping at the
+ * first failure (the mounts before it stay). Bad arguments throw a TypeError
+ * or RangeError; a failure rejects naming the step (`open_tree`,
+ * `mount_setattr`, `pidfd_open`, `setns`, `mkdir`, `chown`, `move_mount`) as
+ * `syscall`, with `code`, `path` (the source, the directory or target, or
+ * the pid) and `mount`, the index of the mount concerned.
+ */
+export const mountInject = addon.mountInject;

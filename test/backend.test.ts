@@ -499,6 +499,8 @@ describe("the 'procyard:spawn' diagnostics channel", () => {
     const t1 = performance.now();
     expect(seen.map((m) => m.step)).toEqual(['checked', 'cgroup', 'port', 'uid', 'options', 'cloned', 'sandbox', 'exec', 'registered']);
     expect(seen.every((m) => m.workerId === 'trace-1')).toBe(true);
+    // Which way it went (SPEC §12): no warm pool here, so cold.
+    expect(seen.at(-1)).toMatchObject({ step: 'registered', warm: false });
     const times = seen.map((m) => m.at);
     expect(times.every((t, i) => t >= (i === 0 ? t0 : times[i - 1]!) && t <= t1)).toBe(true);
     await backend.stop('trace-1');

@@ -78,6 +78,14 @@ resource_limits = "required"
 cgroup_parent = "/procyard.slice"
 pids_limit = 256
 
+[[process.warm_pool]]
+size = 2
+
+[[process.warm_pool]]
+size = 1
+preload = ["shiny", "DT"]
+r_version = "4.4.1"
+
 [redis]
 url = "redis://:secret@127.0.0.1:16400/0"
 
@@ -118,6 +126,7 @@ bundle_server_path = "/data/bundles"
         resourceLimits: 'required',
         cgroupParent: '/procyard.slice',
         pidsLimit: 256,
+        warmPool: [{ size: 2 }, { size: 1, preload: ['shiny', 'DT'], rVersion: '4.4.1' }],
       },
       server: { defaultMemoryLimit: '2g', defaultCpuLimit: 1.5 },
       redis: { url: 'redis://:secret@127.0.0.1:16400/0' },
@@ -310,6 +319,35 @@ describe('deniedConnect and allowedConnect', () => {
     expect(allowed.key).toBe('process.allowedConnect');
     expect(allowed.message).toContain('process.allowedConnect must be an array of strings');
     expect(() => checkConfig({ process: { deniedConnect: ['10.0.0.0/8'], allowedConnect: ['[fd00::/8]:443'] } })).not.toThrow();
+  });
+});
+
+describe('warmPool ([[process.warm_pool]])', () => {
+  it('is none by default', () => {
+    expect(loadConfig(file('')).process?.warmPool).toEqual([]);
+  });
+
+  it('names an unknown key of an entry, with the nearest valid one, and the file', () => {
+    const p = file('[[process.warm_pool]]\nsize = 1\npreloads = ["shiny"]\n');
+    const err = configError(() => loadConfig(p));
+    expect(err.key).toBe('process.warm_pool[0].preloads');
+    expect(err.message).toContain('did you mean "preload"?');
+    expect(err.message).toContain(p);
+  });
+
+  it('rejects a size out of 0-64, a package name that is not one, and a bad version, naming the entry', () => {
+    const size = configError(() => loadConfig(file('[[process.warm_pool]]\nsize = 65\n')));
+    expect(size.message).toMatch(/process\.warm_pool\[0\]\.size in .* must be an integer 0-64, got number 65/);
+    const pkg = configError(() => checkConfig({ process: { warmPool: [{ size: 1 }, { size: 1, preload: ['shiny', 'x; system("id")'] }] } }));
+    expect(pkg.key).toBe('process.warmPool');
+    expect(pkg.message).toMatch(/^process\.warmPool\[1\]\.preload must be an array of R package names/);
+    const version = configError(() => checkConfig({ process: { warmPool: [{ size: 1, rVersion: '../4.4' }] } }));
+    expect(version.message).toContain('process.warmPool[0].rVersion must be an R version');
+    const field = configError(() => checkConfig({ process: { warmPool: [{ size: 1, sise: 2 } as never] } }));
+    expect(field.message).toContain('unknown field "sise"');
+    const notArray = configError(() => loadConfig(file('[process]\nwarm_pool = 2\n')));
+    expect(notArray.message).toContain('process.warm_pool in');
+    expect(notArray.message).toContain('must be an array of tables');
   });
 });
 

@@ -1,5 +1,6 @@
 // Preflight on real conditions: real bwrap, real redis-server, real sockets.
 // Every address is loopback; nothing leaves the machine.
+import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -100,7 +101,7 @@ describe('the report', () => {
   it('has the eleven checks first, by name and in order, then the extra ones', async () => {
     const report = await runPreflight(config());
     expect(report.results.slice(0, 11).map((r) => r.name)).toEqual(ELEVEN);
-    expect(report.results.slice(11).map((r) => r.name)).toEqual(['pidfd_support', 'bwrap_setuid', 'mount_targets', 'network_policy']);
+    expect(report.results.slice(11).map((r) => r.name)).toEqual(['pidfd_support', 'bwrap_setuid', 'mount_targets', 'network_policy', 'warm_pool']);
     for (const r of report.results) {
       expect(['ok', 'info', 'warning', 'error']).toContain(r.severity);
       expect(r.message.length).toBeGreaterThan(0);
@@ -139,7 +140,7 @@ describe('the report', () => {
     const r = result(report, 'redis_auth');
     expect(r.severity).toBe('error');
     expect(r.message).toContain('TypeError');
-    expect(report.results).toHaveLength(15);
+    expect(report.results).toHaveLength(16);
   });
 
   it('runs the checks concurrently: slow probes overlap', async () => {
@@ -483,6 +484,28 @@ describe('worker_egress', () => {
     const r = await check('worker_egress', config());
     expect(r.severity).toBe('ok');
     expect(r.message).toContain('reaches none');
+  });
+});
+
+describe('warm_pool', () => {
+  const hasShiny = spawnSync('/usr/bin/Rscript', ['-e', 'library(shiny)'], { stdio: 'ignore' }).status === 0;
+
+  it('is info without a pool', async () => {
+    const r = await check('warm_pool', config());
+    expect(r.severity).toBe('info');
+    expect(r.message).toContain('no warm pool configured');
+  });
+
+  it.runIf(hasShiny && process.getuid?.() === 0)('is ok naming what it holds, and warns naming a missing package or R version', async () => {
+    const r = await check('warm_pool', config({ warmPool: [{ size: 2 }] }));
+    expect(r.severity, r.message).toBe('ok');
+    expect(r.message).toContain('2 sandboxes of R (process.r_path) with shiny loaded');
+    const missing = await check('warm_pool', config({ warmPool: [{ size: 1, preload: ['shiny', 'procyardNoSuchPackage'] }] }));
+    expect(missing.severity).toBe('warning');
+    expect(missing.message).toContain('lacks the preload package procyardNoSuchPackage');
+    const version = await check('warm_pool', config({ warmPool: [{ size: 1, rVersion: '3.0.1' }] }));
+    expect(version.severity).toBe('warning');
+    expect(version.message).toContain('R 3.0.1 is not installed');
   });
 });
 

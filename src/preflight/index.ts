@@ -20,6 +20,7 @@ import {
   type Verdict,
 } from './checks.js';
 import { checkNetworkPolicy } from './checks/network-policy.js';
+import { checkWarmPool } from './checks/warm-pool.js';
 import { PreflightReport, type CheckResult } from './report.js';
 
 interface CheckDef {
@@ -45,6 +46,7 @@ export const CHECKS: readonly CheckDef[] = Object.freeze([
   { name: 'bwrap_setuid', category: 'security', run: checkBwrapSetuid },
   { name: 'mount_targets', category: 'sandbox', run: checkMountTargets },
   { name: 'network_policy', category: 'network', run: checkNetworkPolicy },
+  { name: 'warm_pool', category: 'runtime', run: checkWarmPool },
 ]);
 
 /** A check that hangs must not hold the report: its probes have their own, shorter timeouts. */

@@ -1,6 +1,5 @@
 // bwrap argv and the worker environment: pure functions, no I/O.
 import type { MountEntry } from '../backend.js';
-import { R_PROFILE_TARGET, USER_PROFILE_ENV } from './r-app.js';
 
 /** Fixed in-sandbox mount targets. bwrap cannot mkdir them on the read-only root. */
 export const MOUNT_TARGETS = Object.freeze({
@@ -9,6 +8,10 @@ export const MOUNT_TARGETS = Object.freeze({
   token: '/var/run/blockyard',
   transfer: '/transfer',
 });
+
+/** Where an R worker finds procyard's R profile (r-app.ts), and the spec's rProfilePath for it to run. */
+export const R_PROFILE_TARGET = '/tmp/.procyard/Rprofile';
+export const USER_PROFILE_ENV = 'PROCYARD_R_PROFILE_USER';
 
 /** fd numbers in the child for bwrap's side channels. */
 export const STATUS_FD = 3;
@@ -44,6 +47,8 @@ export interface SandboxPlan {
   hideCgroups?: boolean;
   /** Read-only files made from data bwrap reads at FILES_FD, FILES_FD + 1, ... (procyard's R profile). */
   files?: readonly string[];
+  /** Directories made in the hidden /run before it turns read-only (mount points a warm sandbox may be handed later). */
+  runDirs?: readonly string[];
 }
 
 /** The host's /run hidden behind an empty tmpfs, read-only once every bind under it is made. */
@@ -79,6 +84,7 @@ export function bwrapArgs(plan: SandboxPlan): string[] {
   if (plan.run) {
     args.push('--tmpfs', '/run', '--symlink', '/dev/shm', '/run/shm');
     for (const p of plan.run.keep) args.push('--ro-bind-try', p, p);
+    for (const dir of plan.runDirs ?? []) args.push('--dir', dir);
   }
   // The host's cgroups list every worker's memory, CPU and process counts,
   // and a new worker's cgroup filling up as it starts: none of a tenant's business.

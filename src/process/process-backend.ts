@@ -27,7 +27,7 @@ import {
   type Config,
   type ResolvedProcessConfig,
 } from '../config.js';
-import { clockTicksPerSecond, sampleTrees, type ExitStatus } from '../native.js';
+import { closeFd, clockTicksPerSecond, kernelRelease, mountInject, pipe, sampleTrees, type ExitStatus } from '../native.js';
 import type { PreflightReport } from '../preflight/report.js';
 import { hostAllocators } from './allocators/host.js';
 import { memoryAllocators } from './allocators/memory.js';
@@ -41,7 +41,9 @@ import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mount
 import { NetworkPolicy } from './landlock.js';
 import { NetworkPolicyError } from './network-policy.js';
 import { CgroupManager, type WorkerCgroup } from './cgroup.js';
-import { isRCommand, R_FILES, R_LAUNCHER_TARGET, rAppDir } from './r-app.js';
+import { handoffMessage, isRCommand, R_FILES, R_RUN_DIRS, R_LAUNCHER_TARGET, R_WARM_TARGET, rAppDir, WARM_READY } from './r-app.js';
+import { WarmPool, type WarmSandbox } from './warm-pool.js';
+import { WARM_OWN_ENV, warmEnv, warmFits, warmPoolProblem, writeAll } from './warm-handoff.js';
 import { SocketHooks, socketHooksConfig } from './socket-hooks.js';
 import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
 import { killOrphanSandboxes, killUidProcesses } from './orphans.js';
@@ -123,6 +125,8 @@ function exitCodeOf(status: ExitStatus): number {
 
 /** How long a sandbox's processes may outlive its monitor before they are killed (sandboxEnd). */
 const LEFTOVER_GRACE_MS = 1000;
+/** How long a warm sandbox may take to load its packages before it counts as failed. */
+const WARM_START_MS = 60_000;
 /** Kill rounds (100 ms apart) before sandboxEnd gives up and says so. */
 const LEFTOVER_ROUNDS = 30;
 /** How long the output pipes of a sandbox with nothing left running are read before they are let go of. */
@@ -152,6 +156,8 @@ export class ProcessBackend extends EventEmitter implements Backend {
   private readonly network: NetworkPolicy;
   /** The tenant network's cgroup socket hooks (SPEC §11). */
   private readonly hooks: SocketHooks;
+  /** Sandboxes started ahead for R apps (SPEC §12); undefined without warmPool, or where it cannot work. */
+  private readonly pool?: WarmPool;
   private readonly sweepTimer?: NodeJS.Timeout;
   private closed = false;
   /** Spawns and builds in flight, and what to call when none is left (close() waits on it). */
@@ -223,6 +229,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
     this.killOrphanSandboxes().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan sandbox scan failed'));
     this.cgroups.cleanupOrphans().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan cgroup scan failed'));
     this.hooks.cleanupOrphans().catch((err: unknown) => this.log.warn({ err }, 'procyard: orphan socket hooks scan failed'));
+    if (p.warmPool.some((entry) => entry.size > 0)) {
+      const problem = warmPoolProblem(this.asRoot, kernelRelease());
+      if (problem) this.log.warn({ problem }, 'procyard: the warm pool cannot work here: every spawn starts cold');
+      else {
+        this.pool = new WarmPool(p.warmPool, (entry, signal) => this.startWarm(entry, signal), this.log);
+        this.pool.fill();
+      }
+    }
+  }
+
+  /** What the warm pool holds (preflight, metrics); [] without one. */
+  warmPoolStatus(): ReturnType<WarmPool['status']> {
+    return this.pool?.status() ?? [];
   }
 
   /** Ports and UIDs this instance holds (for tests and metrics). */
@@ -272,8 +291,10 @@ export class ProcessBackend extends EventEmitter implements Backend {
       let worker: Worker;
       const targets = this.targets.acquire(mounts, 'spec');
       spawnStep(id, 'checked');
+      let warm: Worker | undefined;
       try {
-        worker = await this.startWorker(spec, cmd, targets.mounts, checks, isRCommand(requested));
+        warm = appDir !== null ? await this.fromPool(spec, appDir, targets.mounts, checks) : undefined;
+        worker = warm ?? (await this.startWorker(spec, cmd, targets.mounts, checks, isRCommand(requested)));
       } catch (err) {
         await targets.release();
         throw pathCheckError(err, checks);
@@ -288,7 +309,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         throw new Error('ProcessBackend is closed');
       }
       this.workers.set(id, worker);
-      spawnStep(id, 'registered');
+      spawnStep(id, 'registered', warm !== undefined);
     } finally {
       this.starting.delete(id);
     }
@@ -331,7 +352,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         plan: { uid, gid: this.proc.workerGid, tmpSizeBytes: this.proc.tmpSizeBytes, mounts, cmd },
         seccompProfile: this.proc.seccompProfile,
         env: workerEnv(spec, lease.port, rWorker),
-        ...(rWorker ? { files: R_FILES } : {}),
+        ...(rWorker ? { files: R_FILES, runDirs: R_RUN_DIRS } : {}),
         hostCredentials: this.asRoot,
         closeBeforeClone: takeListener(lease),
         landlock: this.network.forWorker(lease.port),
@@ -347,6 +368,15 @@ export class ProcessBackend extends EventEmitter implements Backend {
     } finally {
       this.cgroups.refill();
     }
+    return this.track(spec, { sandbox, lease, uid, cgroup, ring, startedAt, ended: this.sandboxEnd(sandbox, cgroup, uid) });
+  }
+
+  /** The worker record of a started sandbox (cold or warm): its exit gives back what it held and emits 'exit'. */
+  private track(
+    spec: WorkerSpec,
+    s: { sandbox: Sandbox; lease: PortLease; uid: number; cgroup: WorkerCgroup | null; ring: LogRing; startedAt: number; ended: Promise<ExitStatus> },
+  ): Worker {
+    const { sandbox, lease, uid, cgroup, ring } = s;
     const worker: Worker = {
       spec,
       port: lease.port,
@@ -355,16 +385,11 @@ export class ProcessBackend extends EventEmitter implements Backend {
       ring,
       cgroup,
       heldListeners: new Set(),
-      startedAt,
+      startedAt: s.startedAt,
       quiet: false,
-      released: this.sandboxEnd(sandbox, cgroup, uid).then(async (status) => {
+      released: s.ended.then(async (status) => {
         ring.close();
-        // The cgroup first: its port and UID go back only once nothing of it is left.
-        const oomKilled = await this.endCgroup(cgroup, status, spec.workerId);
-        this.hooks.release(uid);
-        await Promise.all([ports.release(lease), uids.release(uid)]).catch((err: unknown) =>
-          this.log.error({ err, workerId: spec.workerId }, 'procyard: releasing port/UID failed'),
-        );
+        const oomKilled = await this.giveBack(s, status, spec.workerId);
         if (worker.quiet) return;
         const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal, oomKilled };
         this.log.info(event, 'procyard: worker exited');
@@ -373,6 +398,151 @@ export class ProcessBackend extends EventEmitter implements Backend {
     };
     this.log.info({ workerId: spec.workerId, pid: sandbox.pid, port: lease.port, uid }, 'procyard: worker started');
     return worker;
+  }
+
+  /** After a sandbox's end: its cgroup first (the port and UID go back only once nothing of it is left), then the rest. Whether the OOM killer ended it. */
+  private async giveBack(s: { lease: PortLease; uid: number; cgroup: WorkerCgroup | null }, status: ExitStatus, id: string): Promise<boolean> {
+    const oomKilled = await this.endCgroup(s.cgroup, status, id);
+    this.hooks.release(s.uid);
+    await Promise.all([this.allocators.ports.release(s.lease), this.allocators.uids.release(s.uid)]).catch((err: unknown) =>
+      this.log.error({ err, workerId: id }, 'procyard: releasing port/UID failed'),
+    );
+    return oomKilled;
+  }
+
+  /**
+   * One warm sandbox of pool entry `index`: a cold worker's sandbox without
+   * an app (no mounts but its own /tmp), running R_WARM with the entry's
+   * packages; resolved once R says it waits for its app.
+   */
+  private async startWarm(index: number, signal: AbortSignal): Promise<WarmSandbox> {
+    const entry = this.proc.warmPool[index]!;
+    if (this.closed) throw new Error('ProcessBackend is closed');
+    const cmd = this.resolveCommand(['Rscript', R_WARM_TARGET, ...(entry.preload ?? ['shiny'])], entry.rVersion ?? '');
+    const { ports, uids } = this.allocators;
+    const cgroup = await this.cgroups.acquire();
+    let lease: PortLease | undefined;
+    let uid: number | undefined;
+    let stdin: [number, number] | undefined;
+    let sandbox: Sandbox;
+    const said: string[] = [];
+    let ready: (loaded: string[]) => void = () => {};
+    const warmedUp = new Promise<string[]>((resolve) => (ready = resolve));
+    const warm = { sink: (line: string) => {
+      if (line.startsWith(WARM_READY)) ready(line.slice(WARM_READY.length).trim().split(/\s+/));
+      else if (said.length < 20) said.push(line);
+    } } as Partial<WarmSandbox> & Pick<WarmSandbox, 'sink'>;
+    try {
+      lease = await ports.reserve();
+      uid = await uids.alloc();
+      stdin = pipe();
+      const limits = this.cgroups.spawnOptions(cgroup, defaultLimits(this.limits), this.asRoot);
+      sandbox = await startSandbox({
+        bwrapPath: this.proc.bwrapPath,
+        plan: { uid, gid: this.proc.workerGid, tmpSizeBytes: this.proc.tmpSizeBytes, mounts: [], cmd },
+        seccompProfile: this.proc.seccompProfile,
+        env: warmEnv(lease.port),
+        files: R_FILES,
+        runDirs: R_RUN_DIRS,
+        stdin: stdin[0],
+        hostCredentials: this.asRoot,
+        closeBeforeClone: takeListener(lease),
+        landlock: this.network.forWorker(lease.port),
+        onLine: (line, bytes) => warm.sink(line, bytes),
+        limits: await this.hooks.place(uid, lease.port, limits, cgroup),
+      });
+    } catch (err) {
+      if (stdin) stdin.forEach(closeFd);
+      if (uid !== undefined) this.hooks.release(uid);
+      await Promise.all([lease && ports.release(lease), uid !== undefined && uids.release(uid), cgroup?.remove()]);
+      throw this.cgroups.explain(err, cgroup);
+    } finally {
+      this.cgroups.refill();
+    }
+    closeFd(stdin[0]);
+    const held = { lease, uid, cgroup };
+    let worker = false;
+    const ended = this.sandboxEnd(sandbox, cgroup, uid);
+    Object.assign(warm, {
+      entry: index,
+      sandbox,
+      uid,
+      lease,
+      cgroup,
+      handoff: stdin[1],
+      ended,
+      // Handed to a worker, the worker gives it all back; otherwise the pool's end does.
+      released: ended.then(async (status) => {
+        if (worker) return;
+        closeFd(stdin[1]);
+        await this.giveBack(held, status, `warm sandbox ${sandbox.pid}`);
+      }),
+      takeOver: () => (worker = true),
+    });
+    const timeout = delay(WARM_START_MS);
+    let onAbort = () => {};
+    const aborted = new Promise<'closed'>((resolve) => (onAbort = () => resolve('closed')));
+    if (signal.aborted) onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    const started = await Promise.race([
+      Promise.all([sandbox.appPid, warmedUp]),
+      timeout.promise.then(() => 'timeout' as const),
+      sandbox.exited.then(() => 'exited' as const),
+      aborted,
+    ]);
+    timeout.cancel();
+    signal.removeEventListener('abort', onAbort);
+    if (typeof started === 'string' || started[0] === null) {
+      await sandbox.kill();
+      await (warm as WarmSandbox).released;
+      const why =
+        started === 'timeout' ? `did not get ready within ${WARM_START_MS / 1000} s` : started === 'closed' ? 'was stopped by close()' : 'ended before it was ready';
+      throw new Error(`the warm sandbox (${cmd.join(' ')}) ${why}${said.length ? `; it said: ${said.slice(-5).join(' | ')}` : ''}`);
+    }
+    warm.appPid = started[0];
+    warm.loaded = started[1];
+    // Until the handoff, nothing it prints is anybody's log.
+    warm.sink = () => {};
+    return warm as WarmSandbox;
+  }
+
+  /**
+   * The worker, served by a warm sandbox when one fits the spec (SPEC §12):
+   * its mounts put into the running sandbox, the spec's limits set, then the
+   * app, its environment and R profile handed over. Undefined when none
+   * fits (the caller starts it cold); a handoff that fails also falls back.
+   */
+  private async fromPool(spec: WorkerSpec, appDir: string, mounts: ReturnType<typeof workerMounts>, checks: PathCheck[]): Promise<Worker | undefined> {
+    if (!this.pool) return undefined;
+    const limits = workerLimits(spec, this.limits);
+    const warm = this.pool.take((entry, candidate) => warmFits(spec, entry, candidate, { limits, defaults: defaultLimits(this.limits), checks }));
+    if (!warm) return undefined;
+    const startedAt = performance.now();
+    warm.takeOver();
+    try {
+      await mountInject(warm.appPid, mounts.map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly === true })), {
+        uid: warm.uid,
+        gid: this.proc.workerGid,
+      });
+      if (warm.cgroup) await warm.cgroup.update({ memoryBytes: limits.memoryBytes, cpus: limits.cpus });
+      const env = workerEnv(spec, warm.lease.port, true)
+        .map((entry): [string, string] => [entry.slice(0, entry.indexOf('=')), entry.slice(entry.indexOf('=') + 1)])
+        // The warm R has its own already; the rest is the cold worker's environment.
+        .filter(([name]) => !WARM_OWN_ENV.has(name));
+      const message = handoffMessage(appDir, spec.rProfilePath ?? '', env.find(([n]) => n === 'R_LIBS')?.[1] ?? '', env);
+      const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
+      warm.sink = (line, bytes) => ring.push(line, bytes);
+      await writeAll(warm.handoff, message);
+      closeFd(warm.handoff);
+      return this.track(spec, { sandbox: warm.sandbox, lease: warm.lease, uid: warm.uid, cgroup: warm.cgroup, ring, startedAt, ended: warm.ended });
+    } catch (err) {
+      this.log.warn({ err, workerId: spec.workerId }, 'procyard: handing an app to a warm sandbox failed: starting it cold');
+      closeFd(warm.handoff);
+      await warm.sandbox.kill();
+      const status = await warm.ended;
+      await this.giveBack(warm, status, spec.workerId);
+      return undefined;
+    }
   }
 
   async stop(id: string): Promise<void> {
@@ -623,6 +793,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     // Spawns and builds in flight stop what they started once they see `closed`.
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.onIdle = resolve));
     await Promise.all([...this.workers.keys()].map((id) => this.stop(id).catch(() => {})));
+    await this.pool?.close();
     await Promise.all([this.allocators.close(), this.cgroups.close(), this.hooks.close()]);
   }
 

@@ -2,9 +2,9 @@
 // shinyApp(), calls runApp() or reads SHINY_PORT, or a ui.R + server.R
 // directory, served on the worker's port without the bundle knowing.
 //
-// Two small R files go into every R worker, read-only, through bwrap's
+// Three small R files go into every R worker, read-only, through bwrap's
 // --ro-bind-data (no host file, so no host path a worker UID must be able to
-// traverse):
+// traverse); the third, R_WARM_TARGET, runs the warm pool's sandboxes:
 //
 //   R_PROFILE_TARGET   the worker's R_PROFILE_USER: copies SHINY_HOST and
 //                      SHINY_PORT into options(shiny.host, shiny.port) and
@@ -23,12 +23,11 @@
 // launcher as an argument, the spec's profile path as an environment value.
 import { statSync } from 'node:fs';
 import path from 'node:path';
+import { MOUNT_TARGETS, R_PROFILE_TARGET, USER_PROFILE_ENV } from './bwrap.js';
 import { hostPathOf, type SandboxView } from './command.js';
 
-export const R_PROFILE_TARGET = '/tmp/.procyard/Rprofile';
+export { R_PROFILE_TARGET, USER_PROFILE_ENV } from './bwrap.js';
 export const R_LAUNCHER_TARGET = '/tmp/.procyard/launch.R';
-/** Where the profile finds the spec's rProfilePath (removed before the app runs). */
-export const USER_PROFILE_ENV = 'PROCYARD_R_PROFILE_USER';
 
 export const R_PROFILE = `# procyard's R profile (R_PROFILE_USER of every R worker).
 local({
@@ -57,24 +56,100 @@ local({
 })
 `;
 
-export const R_LAUNCHER = `# procyard's launcher: Rscript ${R_LAUNCHER_TARGET} <app directory>
-local({
-  dir <- commandArgs(trailingOnly = TRUE)[1]
-  setwd(dir)
+/** Runs the app directory `dir` (R code shared by the launcher and the warm sandbox). */
+const RUN_APP = `  setwd(dir)
   if (file.exists("app.R")) {
     source("app.R", local = globalenv(), print.eval = TRUE)
   } else if (file.exists("server.R")) {
     shiny::runApp(dir, launch.browser = FALSE)
   } else {
     stop("procyard: no app.R, and no ui.R + server.R, in ", dir, call. = FALSE)
-  }
+  }`;
+
+export const R_LAUNCHER = `# procyard's launcher: Rscript ${R_LAUNCHER_TARGET} <app directory>
+local({
+  dir <- commandArgs(trailingOnly = TRUE)[1]
+${RUN_APP}
 })
 `;
 
-/** The two files every R worker gets, as the sandbox's `files`. */
+export const R_WARM_TARGET = '/tmp/.procyard/warm.R';
+/** The line a warm sandbox prints once it waits for its app, then the namespaces it has loaded. */
+export const WARM_READY = 'procyard-warm: ready';
+/** First field of the handoff message: its format's name. */
+export const HANDOFF_MAGIC = 'procyard-handoff-1';
+
+/**
+ * A warm sandbox: Rscript R_WARM_TARGET <package>... loads the packages,
+ * renders one page (the first request's one-time work), says WARM_READY and
+ * blocks on its stdin (no server runs yet, so nothing waits on R's event
+ * loop) until the server writes the handoff and closes it. The message is
+ * NUL-terminated fields, taken as bytes and never parsed as R: HANDOFF_MAGIC,
+ * the app directory, the spec's R profile ('' for none), the library path
+ * ('' for none), then name and value of each environment variable.
+ */
+export const R_WARM = `# procyard's warm sandbox: Rscript ${R_WARM_TARGET} <package>...
+local({
+  # Loaded, not attached: the app's own library() calls attach them, as in a cold worker.
+  for (package in commandArgs(trailingOnly = TRUE)) suppressPackageStartupMessages(loadNamespace(package))
+  if ("shiny" %in% loadedNamespaces())
+    invisible(htmltools::renderTags(shiny::fluidPage(shiny::titlePanel("warm"), shiny::sliderInput("n", "n", 1, 10, 5))))
+  cat("${WARM_READY}", loadedNamespaces(), "\\n")
+})
+local({
+  input <- file("stdin", "rb")
+  bytes <- raw(0)
+  repeat {
+    chunk <- readBin(input, "raw", 65536L)
+    if (length(chunk) == 0L) break
+    bytes <- c(bytes, chunk)
+  }
+  close(input)
+  ends <- which(bytes == as.raw(0L))
+  starts <- c(1L, head(ends, -1L) + 1L)
+  fields <- mapply(function(a, b) if (b > a) rawToChar(bytes[a:(b - 1L)]) else "", starts, ends, USE.NAMES = FALSE)
+  if (length(fields) < 4L || fields[1L] != "${HANDOFF_MAGIC}" || length(fields) %% 2L != 0L)
+    stop("procyard: no app was handed to this warm sandbox", call. = FALSE)
+  dir <- fields[2L]
+  profile <- fields[3L]
+  library <- fields[4L]
+  env <- fields[-(1:4)]
+  if (length(env) > 0L) {
+    names <- env[c(TRUE, FALSE)]
+    values <- env[c(FALSE, TRUE)]
+    do.call(Sys.setenv, as.list(stats::setNames(values, names)))
+  }
+  if (nzchar(library)) .libPaths(c(library, .libPaths()))
+  if (nzchar(profile)) source(profile, local = globalenv())
+${RUN_APP}
+})
+`;
+
+/**
+ * The handoff message for a warm sandbox (see R_WARM): the fields as bytes.
+ * No field may hold a NUL (environment entries cannot; paths are checked).
+ */
+export function handoffMessage(dir: string, profile: string, library: string, env: readonly (readonly [string, string])[]): Buffer {
+  const fields = [HANDOFF_MAGIC, dir, profile, library, ...env.flat()];
+  if (fields.some((f) => f.includes('\0'))) throw new TypeError('a handoff field holds a NUL byte');
+  return Buffer.from(fields.map((f) => `${f}\0`).join(''), 'utf8');
+}
+
+/**
+ * The mount point every R worker gets in its read-only /run (tokenDir's,
+ * /var/run/blockyard), whether or not its spec binds one there: a warm
+ * sandbox could not make it after its start.
+ */
+export const R_RUN_DIRS: readonly string[] = Object.freeze([MOUNT_TARGETS.token.replace(/^\/var\/run\//, '/run/')]);
+
+/**
+ * The files every R worker gets, as the sandbox's `files`: the same three
+ * cold and warm, so that a warm worker's mounts are a cold one's.
+ */
 export const R_FILES: readonly { target: string; data: string }[] = Object.freeze([
   { target: R_PROFILE_TARGET, data: R_PROFILE },
   { target: R_LAUNCHER_TARGET, data: R_LAUNCHER },
+  { target: R_WARM_TARGET, data: R_WARM },
 ]);
 
 /** `R` or `Rscript` as the backend resolves them (process.rPath, rig). */

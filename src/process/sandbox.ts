@@ -49,6 +49,10 @@ export interface SandboxOptions {
   limits?: Pick<NativeSpawnOptions, 'cgroupEnter' | 'cgroupDir' | 'cgroupWrites' | 'rlimitNproc'>;
   /** Read-only files put into the sandbox from these bytes (no host file behind them). */
   files?: readonly { target: string; data: string }[];
+  /** A pipe's read end as the sandbox's stdin (left open: the caller closes it); default /dev/null. */
+  stdin?: number;
+  /** Directories made in the hidden /run (see SandboxPlan.runDirs). */
+  runDirs?: readonly string[];
 }
 
 /** Programs made here, read once: the builtin one with and without the socket rules, and the socket filter alone. */
@@ -418,7 +422,7 @@ async function startSandboxNow(opts: SandboxOptions): Promise<Sandbox> {
       // /run is hidden in every sandbox, whatever the network policy (a plan may say how).
       argv: [
         opts.bwrapPath,
-        ...bwrapArgs({ ...opts.plan, seccomp, files: files.map((f) => f.target), run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan(), hideCgroups: hasHostCgroups() }),
+        ...bwrapArgs({ ...opts.plan, seccomp, files: files.map((f) => f.target), runDirs: opts.runDirs ?? [], run: opts.plan.run !== undefined ? opts.plan.run : hostRunPlan(), hideCgroups: hasHostCgroups() }),
       ],
       env: [...BWRAP_ENV],
       data,
@@ -429,6 +433,7 @@ async function startSandboxNow(opts: SandboxOptions): Promise<Sandbox> {
       ...(opts.landlock ? { landlock: opts.landlock } : {}),
       ...(filter.child ? { socketFilter: true } : {}),
       ...(opts.checkPaths?.length ? { checkPaths: opts.checkPaths } : {}),
+      ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}),
       ...opts.limits,
     };
   } catch (err) {

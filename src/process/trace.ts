@@ -8,12 +8,15 @@ export interface SpawnStepMessage {
   workerId: string;
   step: string;
   at: number;
+  /** On the 'registered' step: whether a warm sandbox served the spawn (SPEC §12). */
+  warm?: boolean;
 }
 
 /** The channel's name, for subscribers. */
 export const SPAWN_CHANNEL = 'procyard:spawn';
 const channel = diagnosticsChannel.channel(SPAWN_CHANNEL);
 
-export function spawnStep(workerId: string | undefined, step: string): void {
-  if (workerId !== undefined && channel.hasSubscribers) channel.publish({ workerId, step, at: performance.now() } satisfies SpawnStepMessage);
+export function spawnStep(workerId: string | undefined, step: string, warm?: boolean): void {
+  if (workerId !== undefined && channel.hasSubscribers)
+    channel.publish({ workerId, step, at: performance.now(), ...(warm === undefined ? {} : { warm }) } satisfies SpawnStepMessage);
 }

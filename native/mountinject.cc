@@ -1,0 +1,245 @@
+// Late binds into a running sandbox. The trees are cloned here, in the
+// host's mount namespace where the sources are; a child then enters the
+// sandbox's namespace and mounts them. The child shares our memory
+// (CLONE_VM) and runs while this thread waits (CLONE_VFORK), but has an
+// fs_struct of its own: setns(CLONE_NEWNS) refuses a shared one, and this
+// pool thread must stay in the host's view. Like spawn.cc's child it makes
+// only raw system calls on data prepared before the clone: no malloc, no
+// glibc wrappers (a lazily bound one resolves its symbol on our stack).
+#include "mountinject.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <memory>
+
+// The new mount API (Linux 5.2, mount_setattr 5.12): the same numbers on
+// every architecture; glibc < 2.36 names none of it.
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef OPEN_TREE_CLOEXEC
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+#ifndef MOUNT_ATTR_NOSUID
+#define MOUNT_ATTR_NOSUID 0x00000002
+#endif
+#ifndef MOUNT_ATTR_NODEV
+#define MOUNT_ATTR_NODEV 0x00000004
+#endif
+
+namespace procyard {
+namespace {
+
+// The kernel's struct mount_attr, first version (MOUNT_ATTR_SIZE_VER0).
+struct MountAttr {
+  uint64_t attrSet;
+  uint64_t attrClr;
+  uint64_t propagation;
+  uint64_t usernsFd;
+};
+
+// The child's frames are small (a few hundred bytes); the rest is headroom.
+constexpr size_t kStackSize = 64 * 1024;
+
+// A system call that returns the result or -errno and never touches errno:
+// the same as spawn.cc's, which keeps its own private.
+long Sys(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0) {
+#if defined(__x86_64__)
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  long ret;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+                   : "rcx", "r11", "memory");
+  return ret;
+#elif defined(__aarch64__)
+  register long x8 __asm__("x8") = n;
+  register long x0 __asm__("x0") = a;
+  register long x1 __asm__("x1") = b;
+  register long x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d;
+  register long x4 __asm__("x4") = e;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4) : "memory");
+  return x0;
+#else
+#error "procyard's mount injection child needs a raw system call for this architecture"
+#endif
+}
+
+bool Failed(long ret) { return ret < 0 && ret > -4096; }
+
+// What the child reads, all made before the clone, and where it reports.
+struct ChildPlan {
+  int pidfd;
+  uid_t uid;
+  gid_t gid;
+  size_t count;
+  const int* trees;            // per mount: its detached tree
+  const char* const* targets;  // per mount
+  // Every prefix of every target, outermost first, the target last; mount
+  // i's are dirs[dirsEnd[i - 1] .. dirsEnd[i]).
+  const char* const* dirs;
+  const size_t* dirsEnd;
+  // Set by a child that failed.
+  const char* step;
+  const char* subject;  // one of the strings above, or null
+  int err;
+  int mount;
+  bool finished;  // every mount made
+};
+
+[[noreturn]] void ChildFail(ChildPlan* p, const char* step, long ret, const char* subject, size_t mount) {
+  p->step = step;
+  p->err = static_cast<int>(-ret);
+  p->subject = subject;
+  p->mount = static_cast<int>(mount);
+  Sys(SYS_exit_group, 1);
+  __builtin_unreachable();
+}
+
+int ChildMain(void* arg) {
+  ChildPlan* p = static_cast<ChildPlan*>(arg);
+  const size_t none = static_cast<size_t>(-1);
+  long r;
+  // The kernel moves our root and cwd to the namespace's root: from here on
+  // every path is the sandbox's.
+  if (Failed(r = Sys(SYS_setns, p->pidfd, CLONE_NEWNS))) ChildFail(p, "setns", r, nullptr, none);
+  // Directories are made as their owner: host root has no id in the user
+  // namespace that owns the sandbox's /tmp tmpfs (mkdir there fails with
+  // EOVERFLOW), and a symlink the sandbox planted on the path then leads
+  // nowhere the sandbox could not write itself. setfsuid(-1) reads it back.
+  Sys(SYS_setfsgid, p->gid);
+  Sys(SYS_setfsuid, p->uid);
+  if (static_cast<uid_t>(Sys(SYS_setfsuid, -1)) != p->uid || static_cast<gid_t>(Sys(SYS_setfsgid, -1)) != p->gid)
+    ChildFail(p, "setfsuid", -EPERM, nullptr, none);
+  // Our umask must not narrow the directories' 0755.
+  Sys(SYS_umask, 0);
+  for (size_t i = 0; i < p->count; i++) {
+    for (size_t d = i == 0 ? 0 : p->dirsEnd[i - 1]; d < p->dirsEnd[i]; d++) {
+      const char* dir = p->dirs[d];
+      r = Sys(SYS_mkdirat, AT_FDCWD, reinterpret_cast<long>(dir), 0755);
+      if (r == -EEXIST) continue;
+      if (Failed(r)) ChildFail(p, "mkdir", r, dir, i);
+      // The group too, where a set-group-id parent gave the directory its own.
+      if (Failed(r = Sys(SYS_fchownat, AT_FDCWD, reinterpret_cast<long>(dir), p->uid, p->gid, 0)))
+        ChildFail(p, "chown", r, dir, i);
+    }
+    r = Sys(SYS_move_mount, p->trees[i], reinterpret_cast<long>(""), AT_FDCWD, reinterpret_cast<long>(p->targets[i]),
+            MOVE_MOUNT_F_EMPTY_PATH);
+    if (Failed(r)) ChildFail(p, "move_mount", r, p->targets[i], i);
+  }
+  p->finished = true;
+  Sys(SYS_exit_group, 0);
+  __builtin_unreachable();
+}
+
+bool Fail(InjectError* error, const char* step, std::string subject, int err, int mount = -1) {
+  error->err = err;
+  error->step = step;
+  error->subject = std::move(subject);
+  error->mount = mount;
+  return false;
+}
+
+// Closes what it holds when it goes, on every path out.
+struct FdList {
+  std::vector<int> fds;
+  ~FdList() {
+    for (int fd : fds) close(fd);
+  }
+  int Add(int fd) {
+    fds.push_back(fd);
+    return fd;
+  }
+};
+
+}  // namespace
+
+bool MountInject(pid_t pid, const std::vector<InjectMount>& mounts, uid_t uid, gid_t gid, InjectError* error) {
+  FdList open;
+  std::vector<int> trees;
+  for (size_t i = 0; i < mounts.size(); i++) {
+    const InjectMount& m = mounts[i];
+    int mount = static_cast<int>(i);
+    long fd = syscall(SYS_open_tree, AT_FDCWD, m.source.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (fd < 0) return Fail(error, "open_tree", m.source, errno, mount);
+    trees.push_back(open.Add(static_cast<int>(fd)));
+    // bwrap's bind flags on every mount of the tree, and a slave as bwrap's
+    // binds are (it makes / rslave first): what the host mounts under the
+    // source later shows inside, nothing mounted inside reaches the host.
+    MountAttr attr = {MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (m.readOnly ? MOUNT_ATTR_RDONLY : 0u), 0, MS_SLAVE, 0};
+    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+      return Fail(error, "mount_setattr", m.source, errno, mount);
+  }
+  // By pidfd: a pid reused since the caller looked cannot lend us its namespace.
+  long pidfd = syscall(SYS_pidfd_open, pid, 0);
+  if (pidfd < 0) return Fail(error, "pidfd_open", std::to_string(pid), errno);
+  open.Add(static_cast<int>(pidfd));
+
+  std::vector<std::string> dirs;
+  std::vector<size_t> dirsEnd;
+  for (const InjectMount& m : mounts) {
+    for (size_t slash = m.target.find('/', 1); slash != std::string::npos; slash = m.target.find('/', slash + 1))
+      dirs.push_back(m.target.substr(0, slash));
+    dirs.push_back(m.target);
+    dirsEnd.push_back(dirs.size());
+  }
+  std::vector<const char*> dirPtrs, targets;
+  for (const std::string& d : dirs) dirPtrs.push_back(d.c_str());
+  for (const InjectMount& m : mounts) targets.push_back(m.target.c_str());
+  ChildPlan plan = {static_cast<int>(pidfd), uid, gid, mounts.size(), trees.data(), targets.data(),
+                    dirPtrs.data(), dirsEnd.data(), nullptr, nullptr, 0, -1, false};
+  std::unique_ptr<char[]> stack(new char[kStackSize]);
+
+  // A handler of ours must never run on the child's stack in our memory.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t child = clone(ChildMain, stack.get() + kStackSize, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+  int cloneErrno = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (child < 0) return Fail(error, "clone", "", cloneErrno);
+  // CLONE_VFORK: the child is gone by now and its report in `plan`; reap it.
+  while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  if (plan.step != nullptr) {
+    std::string subject = plan.subject != nullptr ? plan.subject : std::to_string(pid);
+    return Fail(error, plan.step, subject, plan.err, plan.mount);
+  }
+  // Killed before it was done (a SIGKILL from outside).
+  if (!plan.finished) return Fail(error, "mount injection child", "", EINTR);
+  return true;
+}
+
+}  // namespace procyard
