@@ -4,11 +4,12 @@
 // limits); the spec's values arrive byte for byte; a warm sandbox serves
 // once; specs it cannot serve start cold; close() leaves nothing.
 // Ports 24630-24659 and UIDs 65630-65659 belong to this file.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkerExitEvent, WorkerSpec } from '../src/backend.js';
@@ -16,15 +17,14 @@ import { kernelRelease } from '../src/native.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { SPAWN_CHANNEL, type SpawnStepMessage } from '../src/process/trace.js';
 import { warmPoolProblem } from '../src/process/warm-handoff.js';
-import { testConfig } from './helpers/backend.js';
-import { isRoot, procStatus, waitFor } from './helpers/proc.js';
+import { FIXTURES, testConfig } from './helpers/backend.js';
+import { isRoot, procState, procStatus, waitFor } from './helpers/proc.js';
 
 const hasShiny = spawnSync('/usr/bin/Rscript', ['-e', 'library(shiny)'], { stdio: 'ignore' }).status === 0;
 const usable = hasShiny && warmPoolProblem(isRoot, kernelRelease()) === null;
 if (!usable) console.log(`warm-pool: skipped (${hasShiny ? warmPoolProblem(isRoot, kernelRelease()) : 'no R with shiny'})`);
 
 const shinyBundle = fileURLToPath(new URL('../examples/shiny/', import.meta.url));
-const UIDS: [number, number] = [65630, 65659];
 const root = mkdtempSync(path.join(os.tmpdir(), 'procyard-warm-'));
 chmodSync(root, 0o755);
 
@@ -128,7 +128,7 @@ describe.runIf(usable)('the warm pool', () => {
   const exits: WorkerExitEvent[] = [];
   const backend = new ProcessBackend(
     {
-      ...testConfig([24630, 24649], [UIDS[0], 65649], { stopGraceMs: 1000, warmPool: [{ size: 2 }] }),
+      ...testConfig([24630, 24639], [65630, 65639], { stopGraceMs: 1000, warmPool: [{ size: 2 }] }),
       server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 },
     },
   );
@@ -260,6 +260,39 @@ describe.runIf(usable)('the warm pool', () => {
     expect(b.inUse).toEqual({ ports: 0, uids: 0 });
     for (const dir of dirs) expect(existsSync(dir)).toBe(false);
   }, 90_000);
+});
+
+describe.runIf(usable)('the warm pool when its server is killed', () => {
+  it('every warm sandbox dies with it, and the next backend removes its cgroups and reuses its ports and UIDs', async () => {
+    const child = spawn(process.execPath, [path.join(FIXTURES, 'warm-crash-server.mjs'), '24643', '24645', '65643', '65645', '3'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    try {
+      const line = await Promise.race([
+        new Promise<string>((resolve) => createInterface({ input: child.stdout }).once('line', resolve)),
+        new Promise<string>((_, reject) => child.once('exit', () => reject(new Error(`server exited: ${stderr}`)))),
+        new Promise<string>((_, reject) => setTimeout(() => reject(new Error(`server not ready: ${stderr}`)), 70_000).unref()),
+      ]);
+      const { pids, cgroups, inUse } = JSON.parse(line) as { pids: number[]; cgroups: string[]; inUse: { ports: number; uids: number } };
+      expect(inUse).toEqual({ ports: 3, uids: 3 });
+      expect(processesOf([65643, 65645]).length).toBeGreaterThanOrEqual(3);
+      child.kill('SIGKILL');
+      expect(await waitFor(() => pids.every((pid) => procState(pid) === null || /^[ZX]/.test(procState(pid)!)), 15_000, 10)).toBe(true);
+      expect(await waitFor(() => processesOf([65643, 65645]).length === 0, 5000, 10)).toBe(true);
+      const next = new ProcessBackend(testConfig([24643, 24645], [65643, 65645]));
+      try {
+        expect(await waitFor(() => cgroups.every((dir) => !existsSync(dir)), 5000), `left: ${cgroups.filter(existsSync)}`).toBe(true);
+        await Promise.all(['a', 'b', 'c'].map((id) => next.spawn({ appId: 'x', workerId: id, bundlePath: FIXTURES, workerMount: '/tmp/app', cmd: ['/bin/sleep', '30'] })));
+        expect(next.inUse).toEqual({ ports: 3, uids: 3 });
+      } finally {
+        await next.close();
+      }
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  }, 100_000);
 });
 
 describe('the warm pool where it cannot work', () => {
