@@ -42,6 +42,7 @@ export function buildReport(r) {
   const target = (name, measured, met, note = '') => targets.push({ name, measured, met, note });
   if (r.only) {
     // `--only <section>`: that section and the leak check alone.
+    if (r.ttfb) sections.push(ttfbSection(r.ttfb, target));
     if (r.hostile) sections.push(hostileSection(r.hostile, target));
     leftoversTarget(r, target);
     return finish(sections, targets);
@@ -347,7 +348,8 @@ unavailable: ${bd.unavailable}`);
   );
   target(`no leaks after ${sc.workers} workers spawned and stopped`, sc.leakFree ? 'none' : leakText, sc.leakFree);
 
-  // 8
+  // 9, then 8 (run last)
+  if (r.ttfb) sections.push(ttfbSection(r.ttfb, target));
   if (r.hostile) sections.push(hostileSection(r.hostile, target));
 
   leftoversTarget(r, target);
@@ -373,6 +375,33 @@ function finish(sections, targets) {
 
 const pct = (x) => (Number.isFinite(x) ? `${x.toFixed(0)}%` : 'n/a');
 const yes = (met) => (met ? 'yes' : '**no**');
+
+/** Section 9 (issue 22): time to first byte of examples/shiny, bare, cold and warm; its targets through target(). */
+function ttfbSection(t, target) {
+  if (t.unavailable) return `### 9. Time to first byte of a Shiny app (issue 22)\n\nNot measured: ${t.unavailable}`;
+  const rows = [
+    ['bare `Rscript` on the app (no sandbox)', ms(t.bare.p50), ms(t.bare.min), ms(t.bare.max), '1x'],
+    ['procyard cold (`ProcessBackend.spawn`, no pool)', ms(t.cold.p50), ms(t.cold.min), ms(t.cold.max), ratio(t.cold.p50 / t.bare.p50)],
+    ['procyard warm (a pool of one, refilled between runs)', ms(t.warm.p50), ms(t.warm.min), ms(t.warm.max), ratio(t.warm.p50 / t.bare.p50)],
+  ];
+  const mib = (b) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+  const section =
+    `### 9. Time to first byte of a Shiny app (issue 22)\n\n` +
+    `examples/shiny, from the request (the spawn call, or the exec of Rscript) to the first byte of its page (GET / tried every 5 ms); ` +
+    `${t.runs} runs of each, interleaved and rotated. spawn() resolved in ${ms(t.warmSpawn.p50)} warm against ${ms(t.coldSpawn.p50)} cold (p50). ` +
+    `A waiting warm sandbox holds ${t.warmHeldBytes ? mib(t.warmHeldBytes) : 'n/a'} (RSS of its tree). ` +
+    `Filling a pool of ${t.refill.sandboxes} took ${ms(t.refill.fillMs)}; the event loop's max delay meanwhile was ${ms(t.refill.loopMaxMs)} (idle: ${ms(t.refill.idleMaxMs)}).\n\n` +
+    table(['path', 'first byte p50', 'min', 'max', 'vs bare'], rows);
+  target('warm first byte p50 <= 0.15x bare Rscript', `${ms(t.warm.p50)} vs ${ms(t.bare.p50)} = ${ratio(t.warm.p50 / t.bare.p50)}`, t.warm.p50 <= 0.15 * t.bare.p50);
+  target('cold first byte p50 within 1.1x of bare Rscript', `${ms(t.cold.p50)} vs ${ms(t.bare.p50)} = ${ratio(t.cold.p50 / t.bare.p50)}`, t.cold.p50 <= 1.1 * t.bare.p50);
+  target('warm spawn() p50 within 2x of cold spawn()', `${ms(t.warmSpawn.p50)} vs ${ms(t.coldSpawn.p50)} = ${ratio(t.warmSpawn.p50 / t.coldSpawn.p50)}`, t.warmSpawn.p50 <= 2 * t.coldSpawn.p50);
+  target(
+    `event-loop max during a refill of ${t.refill.sandboxes} within idle + 5 ms`,
+    `${ms(t.refill.loopMaxMs)} vs ${ms(t.refill.idleMaxMs)} + 5 ms`,
+    t.refill.loopMaxMs <= t.refill.idleMaxMs + 5,
+  );
+  return section;
+}
 
 /** Section 8 (issue 20): its two tables, and its targets added through target(). */
 function hostileSection(h, target) {

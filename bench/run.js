@@ -22,12 +22,13 @@ import { runOverhead } from './overhead.js';
 import { runReady } from './ready.js';
 import { buildReport, machineMarkdown } from './report.js';
 import { runSampling } from './sampling.js';
+import { runTtfb } from './ttfb.js';
 import { runScale } from './scale.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const quick = process.argv.includes('--quick');
 // Sections that can run alone: `--only <name>`.
-const ONLY = ['hostile'];
+const ONLY = ['hostile', 'ttfb'];
 const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : null;
 if (only !== null && !ONLY.includes(only)) throw new Error(`bench: --only takes one of ${ONLY.join(', ')}, got ${only}`);
 // The floor of issue 15 does what procyard does with the v1 cpu cgroup: one
@@ -39,9 +40,9 @@ const interrupt = new AbortController(); // sections that loop stop at their nex
 
 const PARAMS = quick
   ? { spawns: 40, warmup: 5, burst: 30, residentMb: 512, overheadRounds: 3, readyRuns: 5, samplingWorkers: 20, samplingTicks: 3, allocOps: 200000, redisSamples: 20, scaleWorkers: 40, breakdownRuns: 20,
-      hostile: { windowMs: 3000, timeWait: 20000, healthChecks: 20, procReads: 3, readyRuns: 3 } }
+      hostile: { windowMs: 3000, timeWait: 20000, healthChecks: 20, procReads: 3, readyRuns: 3 }, ttfbRuns: 3 }
   : { spawns: 200, warmup: 10, burst: 100, residentMb: 2048, overheadRounds: 10, readyRuns: 30, samplingWorkers: 200, samplingTicks: 5, allocOps: 2000000, redisSamples: 200, scaleWorkers: 500, breakdownRuns: 100,
-      hostile: { windowMs: 10000, timeWait: 130000, healthChecks: 100, procReads: 10, readyRuns: 10 } };
+      hostile: { windowMs: 10000, timeWait: 130000, healthChecks: 100, procReads: 10, readyRuns: 10 }, ttfbRuns: 10 };
 
 // Slices of the bench's ranges, one per section (nothing overlaps, so a slow exit never collides).
 const RANGES = {
@@ -52,7 +53,8 @@ const RANGES = {
   breakdown: { ports: [30550, 30599], uids: [50550, 50599] },
   ready: { ports: [30600, 30699], uids: [50600, 50699], plainPorts: [31900, 31949] },
   sampling: { ports: [30700, 30999], uids: [50700, 50999] },
-  scale: { ports: [31000, 31799], uids: [51000, 51799] },
+  scale: { ports: [31000, 31699], uids: [51000, 51699] },
+  ttfb: { ports: [31700, 31799], uids: [51700, 51799] }, // issue 22: bare Rscript, cold and warm to the first byte
   spawnHooksOff: { ports: [31800, 31899], uids: [51800, 51899] }, // issue 21: the default backend without its socket hooks
   hostile: { ports: [31990, 31998], uids: [51940, 51949] }, // issue 20: log flood and TIME_WAIT bloat, run last
   alloc: { ports: [31000, 31999], uids: [51000, 51999] }, // Redis keys only: no process, no bind
@@ -297,9 +299,22 @@ async function main() {
       results.scale = await runScale({ bundle, workers: PARAMS.scaleWorkers, redis: redis.redis, ...RANGES.scale });
     }
 
+    if (!only || only === 'ttfb') {
+      log('section 9: time to first byte of a Shiny app: bare Rscript, cold, warm');
+      try {
+        results.ttfb = await runTtfb({ runs: PARAMS.ttfbRuns, ...RANGES.ttfb });
+      } catch (err) {
+        // Needs R with shiny, and root for the pool: say why it is missing rather than stop the run.
+        results.ttfb = { unavailable: err instanceof Error ? err.message : String(err) };
+        log(`ttfb unavailable: ${results.ttfb.unavailable}`);
+      }
+    }
+
     // Last: its TIME_WAIT sockets outlive it by 60 s, and its flood must not overlap the others' measurements.
-    log('section 8: hostile tenant (log flood, TIME_WAIT bloat)');
-    results.hostile = await runHostile({ bundle, ...PARAMS.hostile, ...RANGES.hostile, signal: interrupt.signal });
+    if (!only || only === 'hostile') {
+      log('section 8: hostile tenant (log flood, TIME_WAIT bloat)');
+      results.hostile = await runHostile({ bundle, ...PARAMS.hostile, ...RANGES.hostile, signal: interrupt.signal });
+    }
 
     results.leftovers = await leftovers();
     if (results.leftovers.live > 0)

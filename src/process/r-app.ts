@@ -92,8 +92,36 @@ export const R_WARM = `# procyard's warm sandbox: Rscript ${R_WARM_TARGET} <pack
 local({
   # Loaded, not attached: the app's own library() calls attach them, as in a cold worker.
   for (package in commandArgs(trailingOnly = TRUE)) suppressPackageStartupMessages(loadNamespace(package))
-  if ("shiny" %in% loadedNamespaces())
-    invisible(htmltools::renderTags(shiny::fluidPage(shiny::titlePanel("warm"), shiny::sliderInput("n", "n", 1, 10, 5))))
+  # The first request a shiny app serves pays for starting the server and
+  # for resolving and rendering the page's dependencies (~250 ms here); the
+  # next ones take ~10-20 ms. Paid now, once: a throwaway app on this
+  # sandbox's own port serves one request from R itself (a non-blocking
+  # socket polled from R's event loop), then stops. Whatever goes wrong here
+  # only makes the app's first request slower.
+  if ("shiny" %in% loadedNamespaces()) local({
+    port <- getOption("shiny.port")
+    ui <- shiny::fluidPage(shiny::titlePanel("warm"), shiny::sliderInput("n", "n", 1, 10, 5), shiny::plotOutput("p"))
+    app <- shiny::shinyApp(ui, function(input, output, session) {})
+    request <- function() {
+      con <- tryCatch(socketConnection("127.0.0.1", port, blocking = FALSE, open = "r+b", timeout = 2), error = function(e) NULL)
+      if (is.null(con)) return(shiny::stopApp())
+      writeBin(charToRaw("GET / HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n"), con)
+      polls <- 0L
+      poll <- function() {
+        polls <<- polls + 1L
+        if (length(readBin(con, "raw", 65536L)) > 0L || polls > 200L) {
+          close(con)
+          shiny::stopApp()
+        } else later::later(poll, 0.01)
+      }
+      later::later(poll, 0.01)
+    }
+    later::later(request, 0.05)
+    attached <- search()
+    try(shiny::runApp(app, port = port, host = "127.0.0.1", launch.browser = FALSE, quiet = TRUE), silent = TRUE)
+    # runApp attaches shiny: the app's search path must be a cold worker's.
+    for (name in setdiff(search(), attached)) detach(name, character.only = TRUE)
+  })
   cat("${WARM_READY}", loadedNamespaces(), "\\n")
 })
 local({
