@@ -1,5 +1,6 @@
 // npm run demo: preflight, then a real sandboxed Shiny app (or a Node app when
-// R/shiny are missing): its URL, health, usage, logs and a graceful stop.
+// R/shiny are missing): its URL, health, usage, logs and a graceful stop; then
+// the same app started cold and from the warm pool, side by side.
 import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -93,5 +94,44 @@ try {
     console.log(`port ${port} free again: ${await portIsFree(port)}; held: ${JSON.stringify(backend.inUse)}`);
   }
   await backend.close();
+}
+
+/** From the spawn call to the first byte of the app's page (GET / tried every 5 ms), then a stop. */
+async function firstByteMs(b, workerSpec) {
+  const started = performance.now();
+  await b.spawn(workerSpec);
+  const url = `http://${await b.addr(workerSpec.workerId)}/`;
+  for (let i = 0; i < 12000; i++) {
+    const answered = await fetch(url).then(() => true, () => false);
+    if (answered) break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const ms = performance.now() - started;
+  await b.stop(workerSpec.workerId);
+  return ms;
+}
+
+if (hasShiny && !failed) {
+  step('cold and warm side by side: spawn to the first byte of the page');
+  // The warm pool keeps a sandbox started ahead with shiny loaded (README: "The warm pool").
+  const pooled = new ProcessBackend({ ...config, process: { ...config.process, warmPool: [{ size: 1 }] } });
+  try {
+    const status = () => pooled.warmPoolStatus()[0];
+    for (let i = 0; i < 600 && status()?.ready !== 1 && status()?.failing === undefined; i++) await new Promise((r) => setTimeout(r, 50));
+    if (status()?.ready !== 1) {
+      console.log(`no warm sandbox here (${status()?.failing ?? 'the warm pool needs root and Linux 5.12+'}): cold only`);
+      console.log(`cold: ${(await firstByteMs(pooled, { ...spec, workerId: 'demo-cold' })).toFixed(0)} ms`);
+    } else {
+      const warm = await firstByteMs(pooled, { ...spec, workerId: 'demo-warm' });
+      const cold = await firstByteMs(pooled, { ...spec, workerId: 'demo-cold' });
+      console.log(`cold (R starts, loads shiny, then serves): ${cold.toFixed(0)} ms`);
+      console.log(`warm (a pool sandbox takes the app):     ${warm.toFixed(0)} ms`);
+    }
+  } catch (err) {
+    failed = true;
+    console.error(`demo failed: ${err.message}`);
+  } finally {
+    await pooled.close();
+  }
 }
 process.exitCode = failed ? 1 : 0;
