@@ -244,10 +244,15 @@ describe.runIf(usable)('the warm pool', () => {
     expect(await poolReady(2)).toBe(true);
     await backend.spawn(spec('lang', shinyBundle, { env: { LANG: 'en_US.UTF-8' } }));
     await backend.spawn(spec('node', shinyBundle, { cmd: ['/usr/bin/true'] }));
-    expect(served.get('lang')).toBe(false);
-    expect(served.get('node')).toBe(false);
+    // Its library holds its own shiny: the warm R has another loaded.
+    const library = bundle('library', {});
+    mkdirSync(path.join(library, 'shiny'));
+    await backend.spawn(spec('library', shinyBundle, { libDir: library }));
+    // Less memory than the warm R holds already (about 100 MiB).
+    await backend.spawn(spec('small', shinyBundle, { memoryLimit: '64m' }));
+    for (const id of ['lang', 'node', 'library', 'small']) expect(served.get(id), id).toBe(false);
     expect(backend.warmPoolStatus()[0]!.ready).toBe(2);
-    await Promise.all(['lang', 'node'].map((id) => backend.stop(id)));
+    await Promise.all(['lang', 'node', 'library', 'small'].map((id) => backend.stop(id)));
   }, 30_000);
 
   it('close() ends the pool: no process of its UIDs, no port or UID held, no cgroup left', async () => {

@@ -37,7 +37,8 @@ const STARTUP_ENV = /^(R_.*|LANG|LANGUAGE|LC_.*|HOME|TMPDIR|TMP|TEMP)$/;
 /**
  * Whether `warm` can serve `spec` exactly as a cold start would: same R
  * version, no start-up variable in its environment, limits a live cgroup
- * can take, every host path there and a directory (a cold start reports a
+ * can take (a memory limit at least twice what it holds: the app needs
+ * room of its own), every host path there and a directory (a cold start reports a
  * missing one, and binds a file), and an app library that holds none of
  * the packages R has loaded already.
  */
@@ -49,8 +50,10 @@ export function warmFits(
 ): boolean {
   if ((spec.rVersion ?? '') !== (entry.rVersion ?? '')) return false;
   if (Object.keys(spec.env ?? {}).some((name) => STARTUP_ENV.test(name))) return false;
-  // A limit can be changed on a live cgroup, not taken away.
+  // A limit can be changed on a live cgroup, not taken away; and a memory
+  // limit under what the warm R holds already would end it at once.
   if ((ctx.limits.memoryBytes === 0 && ctx.defaults.memoryBytes > 0) || (ctx.limits.cpus === 0 && ctx.defaults.cpus > 0)) return false;
+  if (ctx.limits.memoryBytes > 0 && (warm.cgroup?.memoryCharged() ?? 0) > ctx.limits.memoryBytes / 2) return false;
   // A missing path is a cold start's error to report; a file bound onto a file is a cold start's to make.
   for (const check of ctx.checks) {
     try {
