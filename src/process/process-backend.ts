@@ -420,18 +420,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
     if (this.closed) throw new Error('ProcessBackend is closed');
     const cmd = this.resolveCommand(['Rscript', R_WARM_TARGET, ...(entry.preload ?? ['shiny'])], entry.rVersion ?? '');
     const { ports, uids } = this.allocators;
+    // Until it is ready, its output says when (and, if it fails, why).
+    const said: string[] = [];
+    let ready: (loaded: string[]) => void = () => {};
+    const warmedUp = new Promise<string[]>((resolve) => (ready = resolve));
+    let output = (line: string, _bytes: number): void => {
+      if (line.startsWith(WARM_READY)) ready(line.slice(WARM_READY.length).trim().split(/\s+/));
+      else if (said.length < 20) said.push(line);
+    };
     const cgroup = await this.cgroups.acquire();
     let lease: PortLease | undefined;
     let uid: number | undefined;
     let stdin: [number, number] | undefined;
     let sandbox: Sandbox;
-    const said: string[] = [];
-    let ready: (loaded: string[]) => void = () => {};
-    const warmedUp = new Promise<string[]>((resolve) => (ready = resolve));
-    const warm = { sink: (line: string) => {
-      if (line.startsWith(WARM_READY)) ready(line.slice(WARM_READY.length).trim().split(/\s+/));
-      else if (said.length < 20) said.push(line);
-    } } as Partial<WarmSandbox> & Pick<WarmSandbox, 'sink'>;
     try {
       lease = await ports.reserve();
       uid = await uids.alloc();
@@ -448,7 +449,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         hostCredentials: this.asRoot,
         closeBeforeClone: takeListener(lease),
         landlock: this.network.forWorker(lease.port),
-        onLine: (line, bytes) => warm.sink(line, bytes),
+        onLine: (line, bytes) => output(line, bytes),
         limits: await this.hooks.place(uid, lease.port, limits, cgroup),
       });
     } catch (err) {
@@ -460,25 +461,29 @@ export class ProcessBackend extends EventEmitter implements Backend {
       this.cgroups.refill();
     }
     closeFd(stdin[0]);
+    const handoff = stdin[1];
     const held = { lease, uid, cgroup };
-    let worker = false;
+    let takenOver = false;
     const ended = this.sandboxEnd(sandbox, cgroup, uid);
-    Object.assign(warm, {
+    const warm: WarmSandbox = {
       entry: index,
       sandbox,
+      appPid: 0,
       uid,
       lease,
       cgroup,
-      handoff: stdin[1],
+      handoff,
+      loaded: [],
+      redirect: (to) => (output = to),
       ended,
-      // Handed to a worker, the worker gives it all back; otherwise the pool's end does.
+      // Once a worker has taken it over, the worker gives it all back; until then its end does.
       released: ended.then(async (status) => {
-        if (worker) return;
-        closeFd(stdin[1]);
+        if (takenOver) return;
+        closeFd(handoff);
         await this.giveBack(held, status, `warm sandbox ${sandbox.pid}`);
       }),
-      takeOver: () => (worker = true),
-    });
+      takeOver: () => (takenOver = true),
+    };
     const timeout = delay(WARM_START_MS);
     let onAbort = () => {};
     const aborted = new Promise<'closed'>((resolve) => (onAbort = () => resolve('closed')));
@@ -494,16 +499,15 @@ export class ProcessBackend extends EventEmitter implements Backend {
     signal.removeEventListener('abort', onAbort);
     if (typeof started === 'string' || started[0] === null) {
       await sandbox.kill();
-      await (warm as WarmSandbox).released;
+      await warm.released;
       const why =
         started === 'timeout' ? `did not get ready within ${WARM_START_MS / 1000} s` : started === 'closed' ? 'was stopped by close()' : 'ended before it was ready';
       throw new Error(`the warm sandbox (${cmd.join(' ')}) ${why}${said.length ? `; it said: ${said.slice(-5).join(' | ')}` : ''}`);
     }
-    warm.appPid = started[0];
-    warm.loaded = started[1];
+    [warm.appPid, warm.loaded] = started;
     // Until the handoff, nothing it prints is anybody's log.
-    warm.sink = () => {};
-    return warm as WarmSandbox;
+    warm.redirect(() => {});
+    return warm;
   }
 
   /**
@@ -531,7 +535,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         .filter(([name]) => !WARM_OWN_ENV.has(name));
       const message = handoffMessage(appDir, spec.rProfilePath ?? '', env.find(([n]) => n === 'R_LIBS')?.[1] ?? '', env);
       const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
-      warm.sink = (line, bytes) => ring.push(line, bytes);
+      warm.redirect((line, bytes) => ring.push(line, bytes));
       await writeAll(warm.handoff, message);
       closeFd(warm.handoff);
       return this.track(spec, { sandbox: warm.sandbox, lease: warm.lease, uid: warm.uid, cgroup: warm.cgroup, ring, startedAt, ended: warm.ended });

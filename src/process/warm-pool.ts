@@ -29,8 +29,8 @@ export interface WarmSandbox {
   handoff: number;
   /** The namespaces R has loaded: an app library holding one of them starts cold. */
   loaded: readonly string[];
-  /** Where its output goes: nowhere until the handoff, then the worker's log ring. */
-  sink: (line: string, utf8Bytes: number) => void;
+  /** Sends its output from now on to `to` (until the handoff it goes nowhere; then to the worker's log ring). */
+  redirect(to: (line: string, utf8Bytes: number) => void): void;
   /** The sandbox's end, once nothing of it runs. */
   ended: Promise<ExitStatus>;
   /**
