@@ -7,6 +7,7 @@
 // only raw system calls on data prepared before the clone: no malloc, no
 // glibc wrappers (a lazily bound one resolves its symbol on our stack).
 #include "mountinject.h"
+#include "rawsyscall.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,33 +72,6 @@ struct MountAttr {
 // The child's frames are small (a few hundred bytes); the rest is headroom.
 constexpr size_t kStackSize = 64 * 1024;
 
-// A system call that returns the result or -errno and never touches errno:
-// the same as spawn.cc's, which keeps its own private.
-long Sys(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0) {
-#if defined(__x86_64__)
-  register long r10 __asm__("r10") = d;
-  register long r8 __asm__("r8") = e;
-  long ret;
-  __asm__ volatile("syscall"
-                   : "=a"(ret)
-                   : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
-                   : "rcx", "r11", "memory");
-  return ret;
-#elif defined(__aarch64__)
-  register long x8 __asm__("x8") = n;
-  register long x0 __asm__("x0") = a;
-  register long x1 __asm__("x1") = b;
-  register long x2 __asm__("x2") = c;
-  register long x3 __asm__("x3") = d;
-  register long x4 __asm__("x4") = e;
-  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4) : "memory");
-  return x0;
-#else
-#error "procyard's mount injection child needs a raw system call for this architecture"
-#endif
-}
-
-bool Failed(long ret) { return ret < 0 && ret > -4096; }
 
 // What the child reads, all made before the clone, and where it reports.
 struct ChildPlan {
