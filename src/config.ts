@@ -318,6 +318,8 @@ export function parseMemorySize(text: string): number | null {
  * reader, Config field names for code) and the file when there is one.
  */
 export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', file?: string): void {
+  // A file's names were checked as it was read (checkNames); code has only the types, and only in literals.
+  if (names === 'field') checkFieldNames(config);
   const p = resolveProcessConfig(config);
   const n = (field: string) => (names === 'toml' ? withTomlNames(field) : field);
   const where = file ? ` in ${file}` : '';
@@ -375,6 +377,49 @@ export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', f
       'storage.bundleWorkerPath',
       `${n('storage.bundleWorkerPath')}${where} must be an absolute path, got ${JSON.stringify(bundleWorkerPath)}`,
     );
+}
+
+/** The fields of each section of a Config given in code. */
+const CONFIG_FIELDS: Record<string, readonly string[]> = {
+  process: Object.values(PROCESS_KEYS).map(([field]) => field),
+  ...Object.fromEntries(Object.entries(SECTION_KEYS).map(([section, keys]) => [section, Object.values(keys).map(([field]) => field)])),
+};
+
+/**
+ * Every section and field of a Config given in code must be known, as in a
+ * file: a misspelled `seccompProfile` would otherwise run without a filter,
+ * a misspelled `process` on the default ranges. The message names the nearest
+ * valid name, also for a file's snake_case name used in code.
+ */
+function checkFieldNames(config: Config): void {
+  if (config === null || typeof config !== 'object' || Array.isArray(config))
+    throw new ConfigError(`the config must be an object ({ process?, server?, redis?, ... }), got ${describe(config)}`);
+  const sections = Object.keys(CONFIG_FIELDS);
+  for (const [section, value] of Object.entries(config)) {
+    if (!sections.includes(section)) {
+      const hint = closest(section, sections);
+      throw new ConfigError(
+        `unknown config section "${section}"` + (hint ? ` (did you mean "${hint}"?)` : `; valid: ${sections.join(', ')}`),
+        undefined,
+        section,
+      );
+    }
+    if (value === undefined) continue;
+    if (value === null || typeof value !== 'object' || Array.isArray(value))
+      throw new ConfigError(`config.${section} must be an object, got ${describe(value)}`, undefined, section);
+    const fields = CONFIG_FIELDS[section]!;
+    for (const key of Object.keys(value)) {
+      if (fields.includes(key)) continue;
+      // A file's name (port_range_start, worker_uid_range_start) means its field.
+      const fromToml = section === 'process' ? PROCESS_KEYS[key]?.[0] : SECTION_KEYS[section]?.[key]?.[0];
+      const hint = fromToml ?? closest(key, [...fields]);
+      throw new ConfigError(
+        `unknown key "${key}" in config.${section}` + (hint ? ` (did you mean "${hint}"?)` : `; valid: ${fields.join(', ')}`),
+        undefined,
+        `${section}.${key}`,
+      );
+    }
+  }
 }
 
 /** An R package name, as library() takes it. */

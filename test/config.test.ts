@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { ProcessBackend } from '../src/process/process-backend.js';
 import {
   checkConfig,
   ConfigError,
@@ -319,6 +320,30 @@ describe('deniedConnect and allowedConnect', () => {
     expect(allowed.key).toBe('process.allowedConnect');
     expect(allowed.message).toContain('process.allowedConnect must be an array of strings');
     expect(() => checkConfig({ process: { deniedConnect: ['10.0.0.0/8'], allowedConnect: ['[fd00::/8]:443'] } })).not.toThrow();
+  });
+});
+
+describe('a Config given in code', () => {
+  it('refuses an unknown key, at any level, naming it and the nearest valid name', () => {
+    const typo = configError(() => checkConfig({ process: { seccompProfle: 'builtin' } } as never));
+    expect(typo.key).toBe('process.seccompProfle');
+    expect(typo.message).toBe('unknown key "seccompProfle" in config.process (did you mean "seccompProfile"?)');
+    const section = configError(() => checkConfig({ proces: { portRangeStart: 20000 } } as never));
+    expect(section.key).toBe('proces');
+    expect(section.message).toContain('(did you mean "process"?)');
+    // A file's snake_case name, in code: its field.
+    const snake = configError(() => checkConfig({ process: { port_range_start: 20000 } } as never));
+    expect(snake.message).toContain('(did you mean "portRangeStart"?)');
+    const uid = configError(() => checkConfig({ process: { worker_uid_range_start: 20000 } } as never));
+    expect(uid.message).toContain('(did you mean "workerUidStart"?)');
+    const nested = configError(() => checkConfig({ server: { defaultMemoryLimt: '1g' } } as never));
+    expect(nested.message).toContain('(did you mean "defaultMemoryLimit"?)');
+    const notObject = configError(() => checkConfig({ process: 'x' } as never));
+    expect(notObject.message).toContain('config.process must be an object');
+  });
+
+  it('is refused by the backend before anything starts', () => {
+    expect(() => new ProcessBackend({ process: { seccompProfle: 'builtin' } } as never)).toThrow(/did you mean "seccompProfile"/);
   });
 });
 
