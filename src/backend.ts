@@ -71,6 +71,19 @@ export interface ManagedResource {
   labels: Record<string, string>;
 }
 
+/** A worker as ProcessBackend.listManaged() lists it: the resource, and what a host shows of it. */
+export interface ManagedWorker extends ManagedResource {
+  appId: string;
+  /** 'exited' until stop() or removeResource(): its logs stay replayable meanwhile. */
+  state: 'running' | 'exited';
+  /** '127.0.0.1:<port>', as addr() gives it. */
+  addr: string;
+  /** When its spawn started it (for a warm worker: its handoff). */
+  startedAt: Date;
+  /** How it ended, once it has. */
+  exit?: WorkerExitEvent;
+}
+
 /** A live worker's usage: from its cgroup where it has one, else its process tree (docs/resource-limits.md). */
 export interface WorkerResourceUsage {
   /** Share of one CPU (200 = two busy) since the previous call, or on the first since the spawn; dead children included. */
@@ -94,18 +107,31 @@ export interface WorkerExitEvent {
   signal: string | null;
   /** The kernel's OOM killer ended it (needs a memory cgroup; false without one). */
   oomKilled: boolean;
+  /**
+   * Why it ended: 'stopped' by stop(), removeResource() or close() (whatever
+   * its code); else 'oom' (oomKilled), 'killed' (its app died of a signal,
+   * which bwrap reports as code 128 + its number), or 'exited' on its own.
+   */
+  reason: 'stopped' | 'exited' | 'oom' | 'killed';
 }
 
 export interface Backend {
   spawn(spec: WorkerSpec): Promise<void>;
   stop(id: string): Promise<void>;
   healthCheck(id: string, opts?: { timeoutMs?: number }): Promise<boolean>;
-  logs(id: string): Promise<LogStream>;
+  /**
+   * The worker's output, replayed then followed; `tail` replays only the
+   * last n lines, `follow: false` ends the stream once they are out (a
+   * snapshot). An exited worker's lines stay until stop() or
+   * removeResource() (at most logLines lines and logBytes bytes).
+   */
+  logs(id: string, opts?: { tail?: number; follow?: boolean }): Promise<LogStream>;
   addr(id: string): Promise<string>;
   build(spec: BuildSpec, opts?: { signal?: AbortSignal }): Promise<BuildResult>;
   listManaged(): Promise<ManagedResource[]>;
   removeResource(r: ManagedResource): Promise<void>;
   workerResourceUsage(id: string): Promise<WorkerResourceUsage | null>;
+  /** Memory in bytes, CPU in nanoCPUs (1e9 = one CPU); 0 leaves one as it is. ProcessBackend also takes spawn's units. */
   updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void>;
   cleanupOrphanResources(): Promise<void>;
   preflight(): Promise<PreflightReport>;
@@ -135,5 +161,21 @@ export class WorkerNotFoundError extends Error {
   constructor(readonly workerId: string) {
     super(`worker "${workerId}" not found`);
     this.name = 'WorkerNotFoundError';
+  }
+}
+
+/** spawn() of a workerId that is already running (or starting). */
+export class WorkerExistsError extends Error {
+  constructor(readonly workerId: string) {
+    super(`worker "${workerId}" is already running`);
+    this.name = 'WorkerExistsError';
+  }
+}
+
+/** A call on a backend after close(). */
+export class BackendClosedError extends Error {
+  constructor() {
+    super('ProcessBackend is closed');
+    this.name = 'BackendClosedError';
   }
 }

@@ -6,13 +6,14 @@ export type {
   LogStream,
   Logger,
   ManagedResource,
+  ManagedWorker,
   MountEntry,
   ResourceKind,
   WorkerExitEvent,
   WorkerResourceUsage,
   WorkerSpec,
 } from './backend.js';
-export { NotSupportedError, WorkerNotFoundError } from './backend.js';
+export { BackendClosedError, NotSupportedError, WorkerExistsError, WorkerNotFoundError } from './backend.js';
 export { SpecError } from './process/validate.js';
 export { WorkerNotReadyError } from './process/readiness.js';
 export { ExhaustedError } from './process/allocators/types.js';

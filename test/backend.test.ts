@@ -98,7 +98,7 @@ describe('worker lifecycle', () => {
     for await (const line of stream) lines.push(line);
     expect(lines.sort()).toEqual(['one', 'two']);
     expect(await waitFor(() => exits.some((e) => e.workerId === 'exits'), 2000)).toBe(true);
-    expect(exits.find((e) => e.workerId === 'exits')).toEqual({ workerId: 'exits', code: 4, signal: null, oomKilled: false });
+    expect(exits.find((e) => e.workerId === 'exits')).toEqual({ workerId: 'exits', code: 4, signal: null, oomKilled: false, reason: 'exited' });
     expect((await backend.listManaged()).map((r) => r.id)).toContain('exits');
     expect(await backend.healthCheck('exits')).toBe(false);
     expect(await backend.workerResourceUsage('exits')).toBeNull();
@@ -239,7 +239,7 @@ describe('graceful stop', () => {
       expect(await waitHealthy('term')).toBe(true);
       await backend.stop('term');
       // The app exited 0 by itself (its handler's exit): no SIGKILL at the grace, however loaded the host.
-      expect(exits.filter((e) => e.workerId === 'term')).toEqual([{ workerId: 'term', code: 0, signal: null, oomKilled: false }]);
+      expect(exits.filter((e) => e.workerId === 'term')).toEqual([{ workerId: 'term', code: 0, signal: null, oomKilled: false, reason: 'stopped' }]);
       expect(existsSync(`${transfer.dir}/terminated`)).toBe(true);
       expect(readFileSync(`${transfer.dir}/terminated`, 'utf8')).toBe('pid 2\n');
     } finally {

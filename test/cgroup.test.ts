@@ -196,16 +196,16 @@ describe('per-worker limits on this kernel', () => {
     if (skip) return ctx.skip(skip);
     await backend.spawn(hog('oom', ['now', '200'], { memoryLimit: '64m' }));
     const event = await exitOf('oom');
-    expect(event).toMatchObject({ workerId: 'oom', oomKilled: true });
+    expect(event).toMatchObject({ workerId: 'oom', oomKilled: true, reason: 'oom' });
     expect(event.code === 137 || event.signal === 'SIGKILL').toBe(true);
     expect(internals(backend, 'oom').ring.snapshot()).not.toContain('held 200');
     // The same worker with room to spare: the limit, not the app, was the killer.
     await backend.spawn(hog('roomy', ['now', '200'], { memoryLimit: '512m' }));
-    expect(await exitOf('roomy')).toEqual({ workerId: 'roomy', code: 0, signal: null, oomKilled: false });
+    expect(await exitOf('roomy')).toEqual({ workerId: 'roomy', code: 0, signal: null, oomKilled: false, reason: 'exited' });
     expect(internals(backend, 'roomy').ring.snapshot()).toContain('held 200');
     // The server is fine and keeps spawning.
     await backend.spawn(appSpec('after-oom', 'serve', { cmd: ['/bin/sh', '-c', 'echo still-here'] }));
-    expect(await exitOf('after-oom')).toEqual({ workerId: 'after-oom', code: 0, signal: null, oomKilled: false });
+    expect(await exitOf('after-oom')).toEqual({ workerId: 'after-oom', code: 0, signal: null, oomKilled: false, reason: 'exited' });
     for (const id of ['oom', 'roomy', 'after-oom']) await backend.removeResource({ id, kind: 'container', labels: {} });
   });
 
@@ -376,7 +376,7 @@ describe('per-worker limits on this kernel', () => {
     // Meanwhile the backend goes on: other workers start and finish.
     for (let i = 0; i < 5; i++) {
       await backend.spawn(appSpec(`beside-${i}`, 'serve', { cmd: ['/bin/sh', '-c', `echo beside-${i}`] }));
-      expect(await exitOf(`beside-${i}`)).toEqual({ workerId: `beside-${i}`, code: 0, signal: null, oomKilled: false });
+      expect(await exitOf(`beside-${i}`)).toEqual({ workerId: `beside-${i}`, code: 0, signal: null, oomKilled: false, reason: 'exited' });
       expect(internals(backend, `beside-${i}`).ring.snapshot()).toEqual([`beside-${i}`]);
       await backend.removeResource({ id: `beside-${i}`, kind: 'container', labels: {} });
     }

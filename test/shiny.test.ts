@@ -52,7 +52,7 @@ describe.runIf(hasShiny)('Shiny in the sandbox', () => {
     await backend.stop('shiny-1');
     // R died of the SIGTERM itself: the sandbox was not SIGKILLed at the end of the grace.
     // 128 + SIGTERM, as bwrap reports its child's death; the grace's SIGKILL would show as 137 or signal SIGKILL.
-    expect(exits).toEqual([{ workerId: 'shiny-1', code: 143, signal: null, oomKilled: false }]);
+    expect(exits).toEqual([{ workerId: 'shiny-1', code: 143, signal: null, oomKilled: false, reason: 'stopped' }]);
     expect(await backend.healthCheck('shiny-1')).toBe(false);
     expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
   });

@@ -167,13 +167,15 @@ describe.runIf(usable)('the warm pool', () => {
     const page = await (await fetch(`http://${await backend.addr('demo')}/`)).text();
     expect(page).toContain('<title>Hello from procyard</title>');
     console.log(`warm: spawn ${spawnMs.toFixed(1)} ms, ready ${readyMs.toFixed(1)} ms`);
+    // Usage counts from the handoff: the warm-up's seconds of CPU are not the app's (they would read as >1000%).
+    expect((await backend.workerResourceUsage('demo'))!.cpuPercent).toBeLessThan(150);
     const lines = await logsUntil(backend, 'demo', (l) => l.startsWith('Listening on'));
     expect(lines[0]).toMatch(/^app\.R: R \d+\.\d+\.\d+ as uid 656[34]\d$/);
     expect(lines.join('\n')).not.toContain('procyard-warm');
     // The pool's sandboxes are nobody's workers.
     expect((await backend.listManaged()).map((r) => r.id)).toEqual(['demo']);
     await backend.stop('demo');
-    expect(exits.find((e) => e.workerId === 'demo')).toEqual({ workerId: 'demo', code: 143, signal: null, oomKilled: false });
+    expect(exits.find((e) => e.workerId === 'demo')).toEqual({ workerId: 'demo', code: 143, signal: null, oomKilled: false, reason: 'stopped' });
   }, 30_000);
 
   it('a warm sandbox serves one app once; the pool refills', async () => {

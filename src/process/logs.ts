@@ -240,9 +240,21 @@ export class LogRing {
     return out;
   }
 
-  /** Replays what the ring holds, then follows until close() or the reader's close(). */
-  reader(): LogStream {
-    let cursor = this.oldest();
+  /** The last n lines held, oldest first. */
+  tail(n: number): string[] {
+    const out: string[] = [];
+    for (let seq = Math.max(this.oldest(), this.written - n); seq < this.written; seq++) out.push(this.at(seq));
+    return out;
+  }
+
+  /**
+   * Replays what the ring holds (its last `tail` lines only, when given),
+   * then follows until close() or the reader's close(); with follow false it
+   * ends once it has handed out what was held when it was made.
+   */
+  reader(opts: { tail?: number; follow?: boolean } = {}): LogStream {
+    let cursor = opts.tail === undefined ? this.oldest() : Math.max(this.oldest(), this.written - opts.tail);
+    const end = opts.follow === false ? this.written : Number.POSITIVE_INFINITY;
     let stopped = false;
     let wakeReader: (() => void) | null = null;
     const ring = this;
@@ -262,6 +274,7 @@ export class LogRing {
           while (!stopped) {
             // A reader that fell behind the ring skips to what is still held.
             cursor = Math.max(cursor, ring.oldest());
+            if (cursor >= end) return;
             if (cursor < ring.written) {
               if (++handed % 16 === 0 && sliceSpent() > READER_SLICE_MS) {
                 await new Promise((resolve) => setImmediate(resolve));

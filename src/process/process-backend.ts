@@ -5,8 +5,10 @@ import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import type { Redis, Cluster } from 'ioredis';
 import {
+  BackendClosedError,
   NotSupportedError,
   quietLogger,
+  WorkerExistsError,
   WorkerNotFoundError,
   type Backend,
   type BuildResult,
@@ -14,6 +16,7 @@ import {
   type LogStream,
   type Logger,
   type ManagedResource,
+  type ManagedWorker,
   type MountEntry,
   type WorkerExitEvent,
   type WorkerResourceUsage,
@@ -36,7 +39,7 @@ import type { Allocators, PortLease } from './allocators/types.js';
 import { buildEnv, MOUNT_TARGETS, workerEnv, workerMounts } from './bwrap.js';
 import { LogRing } from './logs.js';
 import type { ListenerOwner } from './listeners.js';
-import { probeOwnListener, waitForListener } from './readiness.js';
+import { probeOwnListener, waitForListener, WorkerNotReadyError } from './readiness.js';
 import { MountTargets, prepareMountTarget, type WorkerIdentities } from './mounts.js';
 import { NetworkPolicy } from './landlock.js';
 import { NetworkPolicyError } from './network-policy.js';
@@ -45,7 +48,7 @@ import { handoffMessage, isRCommand, R_FILES, R_RUN_DIRS, R_LAUNCHER_TARGET, R_W
 import { WarmPool, type WarmSandbox } from './warm-pool.js';
 import { WARM_OWN_ENV, warmEnv, warmFits, warmPoolProblem, writeAll } from './warm-handoff.js';
 import { SocketHooks, socketHooksConfig } from './socket-hooks.js';
-import { defaultLimits, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
+import { cpuField, defaultLimits, memoryField, resolveLimitsConfig, workerLimits, type LimitsConfig } from './limits.js';
 import { killOrphanSandboxes, killUidProcesses } from './orphans.js';
 import { checkRVersion, resolveRBinary, rVersionGoneMessage } from './rversion.js';
 import { startSandbox, type Sandbox } from './sandbox.js';
@@ -78,13 +81,18 @@ interface Worker {
   /** Settles once the port and UID are back in their pools (and its cgroup and mount targets gone) after exit. */
   released: Promise<void>;
   stopping?: Promise<void>;
-  /** performance.now() when its spawn started it. */
+  /** performance.now() when its spawn started it (for a warm worker: its handoff), and the wall clock then. */
   readonly startedAt: number;
+  readonly startedAtMs: number;
+  /** stop(), removeResource() or close() ended it: its exit's reason is 'stopped'. */
+  endedByServer?: boolean;
   lastSample?: { cpuSeconds: number; at: number };
   /** Its listeners' socket inodes once seen held in its sandbox (listeners.ts). */
   readonly heldListeners: Set<number>;
   /** A spawn that failed after the clone: no 'exit' event for it. */
   quiet: boolean;
+  /** How it ended, once it has (and what was given back). */
+  exit?: WorkerExitEvent;
 }
 
 
@@ -125,6 +133,9 @@ function exitCodeOf(status: ExitStatus): number {
 
 /** How long a sandbox's processes may outlive its monitor before they are killed (sandboxEnd). */
 const LEFTOVER_GRACE_MS = 1000;
+/** How much of a worker's output a WorkerNotReadyError carries, and how long it waits to learn how the worker ended. */
+const NOT_READY_TAIL_LINES = 20;
+const NOT_READY_EXIT_WAIT_MS = 5000;
 /** How long a warm sandbox may take to load its packages before it counts as failed. */
 const WARM_START_MS = 60_000;
 /** Kill rounds (100 ms apart) before sandboxEnd gives up and says so. */
@@ -277,7 +288,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
     await this.assertNetworkUsable();
     const id = spec.workerId;
     if (this.starting.has(id) || this.workers.get(id)?.sandbox.running)
-      throw new Error(`worker "${id}" is already running`);
+      throw new WorkerExistsError(id);
     this.starting.add(id);
     try {
       const mounts = workerMounts(spec);
@@ -306,7 +317,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
         worker.quiet = true;
         await worker.sandbox.kill();
         await worker.released;
-        throw new Error('ProcessBackend is closed');
+        throw new BackendClosedError();
       }
       this.workers.set(id, worker);
       spawnStep(id, 'registered', warm !== undefined);
@@ -386,12 +397,17 @@ export class ProcessBackend extends EventEmitter implements Backend {
       cgroup,
       heldListeners: new Set(),
       startedAt: s.startedAt,
+      startedAtMs: Date.now() - (performance.now() - s.startedAt),
       quiet: false,
       released: s.ended.then(async (status) => {
         ring.close();
         const oomKilled = await this.giveBack(s, status, spec.workerId);
+        // bwrap reports its app's death by a signal as 128 + the signal's number.
+        const bySignal = status.signal !== null || (status.code !== null && status.code > 128);
+        const reason = worker.endedByServer ? 'stopped' : oomKilled ? 'oom' : bySignal ? 'killed' : 'exited';
+        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal, oomKilled, reason };
+        worker.exit = event;
         if (worker.quiet) return;
-        const event: WorkerExitEvent = { workerId: spec.workerId, code: status.code, signal: status.signal, oomKilled };
         this.log.info(event, 'procyard: worker exited');
         this.emit('exit', event);
       }),
@@ -417,7 +433,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
    */
   private async startWarm(index: number, signal: AbortSignal): Promise<WarmSandbox> {
     const entry = this.proc.warmPool[index]!;
-    if (this.closed) throw new Error('ProcessBackend is closed');
+    if (this.closed) throw new BackendClosedError();
     const cmd = this.resolveCommand(['Rscript', R_WARM_TARGET, ...(entry.preload ?? ['shiny'])], entry.rVersion ?? '');
     const { ports, uids } = this.allocators;
     // Until it is ready, its output says when (and, if it fails, why).
@@ -535,10 +551,14 @@ export class ProcessBackend extends EventEmitter implements Backend {
         .filter(([name]) => !WARM_OWN_ENV.has(name));
       const message = handoffMessage(appDir, spec.rProfilePath ?? '', env.find(([n]) => n === 'R_LIBS')?.[1] ?? '', env);
       const ring = new LogRing(this.proc.logLines, this.proc.logBytes);
+      // Its usage counts from the handoff: the warm-up's CPU is not the app's.
+      const cpuSeconds = warm.cgroup?.cpuSeconds() ?? (await sampleTrees([warm.sandbox.pid]))[0]!.ticks / clockTicksPerSecond;
       warm.redirect((line, bytes) => ring.push(line, bytes));
       await writeAll(warm.handoff, message);
       closeFd(warm.handoff);
-      return this.track(spec, { sandbox: warm.sandbox, lease: warm.lease, uid: warm.uid, cgroup: warm.cgroup, ring, startedAt, ended: warm.ended });
+      const worker = this.track(spec, { sandbox: warm.sandbox, lease: warm.lease, uid: warm.uid, cgroup: warm.cgroup, ring, startedAt, ended: warm.ended });
+      worker.lastSample = { cpuSeconds, at: startedAt };
+      return worker;
     } catch (err) {
       this.log.warn({ err, workerId: spec.workerId }, 'procyard: handing an app to a warm sandbox failed: starting it cold');
       closeFd(warm.handoff);
@@ -551,6 +571,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
 
   async stop(id: string): Promise<void> {
     const worker = this.mustGet(id);
+    worker.endedByServer = true;
     worker.stopping ??= this.gracefulStop(worker);
     await worker.stopping;
     this.drop(id, worker);
@@ -595,18 +616,46 @@ export class ProcessBackend extends EventEmitter implements Backend {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
     if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0))
       throw new RangeError(`waitReady: opts.timeoutMs must be a number of milliseconds >= 0, got ${String(timeoutMs)}`);
-    await waitForListener(
-      {
-        workerId: id,
-        port: worker.port,
-        owner: this.listenerOwner(worker),
-        running: () => worker.sandbox.running,
-        // The monitor's exit: it carries the status the moment running() turns false.
-        exited: worker.sandbox.monitorExit,
-      },
-      timeoutMs,
-      opts.signal,
-    );
+    try {
+      await waitForListener(
+        {
+          workerId: id,
+          port: worker.port,
+          owner: this.listenerOwner(worker),
+          running: () => worker.sandbox.running,
+          // The monitor's exit: it carries the status the moment running() turns false.
+          exited: worker.sandbox.monitorExit,
+        },
+        timeoutMs,
+        opts.signal,
+      );
+    } catch (err) {
+      throw err instanceof WorkerNotReadyError ? await this.notReady(worker, err) : err;
+    }
+  }
+
+  /**
+   * The error with what tells why: the worker's last lines (the last one in
+   * the message), and for one that exited, how, once its end is known (an
+   * OOM kill is read from its cgroup as it goes).
+   */
+  private async notReady(worker: Worker, err: WorkerNotReadyError): Promise<WorkerNotReadyError> {
+    if (err.reason === 'exited') {
+      const bound = delay(NOT_READY_EXIT_WAIT_MS);
+      await Promise.race([worker.released, bound.promise]);
+      bound.cancel();
+    }
+    const logTail = worker.ring.tail(NOT_READY_TAIL_LINES);
+    // R ends a failure with "Execution halted": the error line above it says more.
+    const printed = logTail.filter((line) => line.trim() !== '' && line !== 'Execution halted');
+    const last = printed.filter((line) => /^Error\b/.test(line)).at(-1) ?? printed.at(-1);
+    const oomKilled = worker.exit?.oomKilled ?? false;
+    const message =
+      err.message.replace(/; see its logs$/, '') +
+      (oomKilled ? '; the kernel killed it for its memory limit (oomKilled)' : '') +
+      (last !== undefined ? `; its last output: ${last.length > 300 ? `${last.slice(0, 300)}...` : last}` : '; it printed nothing') +
+      (err.reason === 'timeout' ? '. It is still running: stop() it, or wait longer' : '');
+    return new WorkerNotReadyError(message, err.workerId, err.reason, err.exit, { logTail, oomKilled });
   }
 
   /**
@@ -617,8 +666,13 @@ export class ProcessBackend extends EventEmitter implements Backend {
     return { uid: this.asRoot ? worker.uid : (process.geteuid?.() ?? 0), root: worker.sandbox.pid, held: worker.heldListeners };
   }
 
-  async logs(id: string): Promise<LogStream> {
-    return this.mustGet(id).ring.reader();
+  async logs(id: string, opts: { tail?: number; follow?: boolean } = {}): Promise<LogStream> {
+    const worker = this.mustGet(id);
+    if (opts === null || typeof opts !== 'object') throw new TypeError('logs: opts must be an object ({ tail?, follow? })');
+    if (opts.tail !== undefined && !(Number.isSafeInteger(opts.tail) && opts.tail >= 0))
+      throw new RangeError(`logs: opts.tail must be a number of lines >= 0, got ${String(opts.tail)}`);
+    if (opts.follow !== undefined && typeof opts.follow !== 'boolean') throw new TypeError(`logs: opts.follow must be true or false, got ${String(opts.follow)}`);
+    return worker.ring.reader(opts);
   }
 
   async addr(id: string): Promise<string> {
@@ -717,13 +771,23 @@ export class ProcessBackend extends EventEmitter implements Backend {
     }
   }
 
-  async listManaged(): Promise<ManagedResource[]> {
-    return [...this.workers.entries()].map(([id, w]) => ({ id, kind: 'container', labels: { ...(w.spec.labels ?? {}) } }));
+  async listManaged(): Promise<ManagedWorker[]> {
+    return [...this.workers.entries()].map(([id, w]) => ({
+      id,
+      kind: 'container',
+      labels: { ...(w.spec.labels ?? {}) },
+      appId: w.spec.appId,
+      state: w.sandbox.running ? 'running' : 'exited',
+      addr: `127.0.0.1:${w.port}`,
+      startedAt: new Date(w.startedAtMs),
+      ...(w.exit ? { exit: { ...w.exit } } : {}),
+    }));
   }
 
   async removeResource(r: ManagedResource): Promise<void> {
     const worker = this.workers.get(r.id);
     if (!worker) return;
+    worker.endedByServer = true;
     await worker.sandbox.kill();
     await worker.released;
     this.drop(r.id, worker);
@@ -754,13 +818,18 @@ export class ProcessBackend extends EventEmitter implements Backend {
   }
 
   /**
-   * Changes a live worker's memory limit (bytes) and CPU quota (nanoCPUs,
-   * 1e9 = one CPU) in its cgroup; 0 leaves that one as it is.
+   * Changes a live worker's limits in its cgroup: in spawn's units
+   * (`{ memoryLimit: '2g', cpuLimit: 1.5 }`, a field left out stays as it
+   * is), or as the Backend interface has it, memory in bytes and CPU in
+   * nanoCPUs (1e9 = one CPU), 0 leaving that one as it is.
    */
-  async updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void> {
+  async updateResources(id: string, limits: { memoryLimit?: string; cpuLimit?: number }): Promise<void>;
+  async updateResources(id: string, memoryBytes: number, nanoCpus: number): Promise<void>;
+  async updateResources(id: string, memory: number | { memoryLimit?: string; cpuLimit?: number }, nanoCpus?: number): Promise<void> {
     const worker = this.mustGet(id);
+    const [bytes, nanos] = typeof memory === 'object' && memory !== null ? inBackendUnits(memory) : [memory, nanoCpus as number];
     if (!worker.sandbox.running) throw new Error(`worker "${id}" has exited: its limits can no longer change`);
-    await this.cgroups.update(id, worker.cgroup, memoryBytes, nanoCpus);
+    await this.cgroups.update(id, worker.cgroup, bytes, nanos);
   }
 
   /**
@@ -874,7 +943,7 @@ export class ProcessBackend extends EventEmitter implements Backend {
   }
 
   private assertOpen(): void {
-    if (this.closed) throw new Error('ProcessBackend is closed');
+    if (this.closed) throw new BackendClosedError();
   }
 
   private mustGet(id: string): Worker {
@@ -896,6 +965,27 @@ export class ProcessBackend extends EventEmitter implements Backend {
     if (r.fellBack) throw new Error(rVersionGoneMessage(rVersion));
     return [program === 'R' ? r.path : path.join(path.dirname(r.path), 'Rscript'), ...rest];
   }
+}
+
+/** updateResources' spawn-unit form as (bytes, nanoCPUs); a limit can change, not go (0 is refused). */
+function inBackendUnits(limits: { memoryLimit?: string; cpuLimit?: number }): [number, number] {
+  for (const key of Object.keys(limits))
+    if (key !== 'memoryLimit' && key !== 'cpuLimit') throw new TypeError(`updateResources: unknown field "${key}" (memoryLimit, cpuLimit)`);
+  let bytes = 0;
+  let nanos = 0;
+  if (limits.memoryLimit !== undefined) {
+    const memory = memoryField(limits.memoryLimit, 'updateResources: memoryLimit');
+    if (typeof memory === 'string') throw new RangeError(memory);
+    if (memory === 0) throw new RangeError('updateResources: memoryLimit must be more than 0: a live worker\'s limit can change, not go');
+    bytes = memory;
+  }
+  if (limits.cpuLimit !== undefined) {
+    const cpus = cpuField(limits.cpuLimit, 'updateResources: cpuLimit');
+    if (typeof cpus === 'string') throw new RangeError(cpus);
+    if (cpus === 0) throw new RangeError('updateResources: cpuLimit must be more than 0: a live worker\'s limit can change, not go');
+    nanos = Math.round(cpus * 1e9);
+  }
+  return [bytes, nanos];
 }
 
 /** The listener fd for the spawn call to close; the lease no longer owns it. */

@@ -48,14 +48,26 @@ export async function probeOwnListener(port: number, owner: ListenerOwner, timeo
 /** Why waitReady gave up: the worker exited first, or the time ran out. */
 export class WorkerNotReadyError extends Error {
   override readonly name = 'WorkerNotReadyError';
+  /** The worker's last lines of output (at most 20), oldest first. */
+  readonly logTail: string[];
+  /** How it exited (reason 'exited'); null when it has not, or died of a signal bwrap did not report as a code. */
+  readonly exitCode: number | null;
+  readonly signal: string | null;
+  /** The kernel's OOM killer ended it. */
+  readonly oomKilled: boolean;
   constructor(
     message: string,
     readonly workerId: string,
     readonly reason: 'exited' | 'timeout',
     /** The worker's exit, when reason is 'exited'. */
     readonly exit?: ExitStatus,
+    details: { logTail?: string[]; oomKilled?: boolean } = {},
   ) {
     super(message);
+    this.logTail = details.logTail ?? [];
+    this.exitCode = exit?.code ?? null;
+    this.signal = exit?.signal ?? null;
+    this.oomKilled = details.oomKilled ?? false;
   }
 }
 
