@@ -49,9 +49,13 @@ function registryNodes() {
   const bins = { 24: path.join(NODES, 'node_modules', 'node24', 'bin', 'node'), 22: path.join(NODES, 'node_modules', 'node22', 'bin', 'node') };
   const lock = JSON.parse(readFileSync(path.join(NODES, 'package-lock.json'), 'utf8'));
   const wanted = (alias) => lock.packages[`node_modules/${alias}`].version;
-  const current = () => Object.entries(bins).every(([m, bin]) => existsSync(bin) && nodeVersion(bin) === wanted(`node${m}`));
+  // npm 12 too: the pack test installs the tarball with it.
+  const npm12 = path.join(NODES, 'node_modules', 'npm12', 'package.json');
+  const current = () =>
+    Object.entries(bins).every(([m, bin]) => existsSync(bin) && nodeVersion(bin) === wanted(`node${m}`)) &&
+    existsSync(npm12) && JSON.parse(readFileSync(npm12, 'utf8')).version === wanted('npm12');
   if (!current()) {
-    say(`installing Node ${wanted('node24')} and ${wanted('node22')} into test/nodes (npm ci, from the npm registry)`);
+    say(`installing Node ${wanted('node24')} and ${wanted('node22')}, and npm ${wanted('npm12')}, into test/nodes (npm ci, from the npm registry)`);
     const r = spawnSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: NODES, stdio: 'inherit' });
     if (r.status !== 0 || !current()) {
       say('could not install Node 22 and 24 (see above); fix that, or run PROCYARD_TEST_NODES=machine npm test');

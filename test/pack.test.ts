@@ -5,8 +5,8 @@
 // at install: the addon must come from the tarball's prebuilds/.
 //
 // Ports 24000-24009 and UIDs 65000-65009 belong to this file.
-import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,6 +44,7 @@ async function ok(file: string, args: string[], cwd: string): Promise<string> {
 
 let work = '';
 let project = '';
+let prebuildOutput = '';
 let tarball = '';
 const timings: Record<string, number> = {};
 
@@ -66,7 +67,7 @@ beforeAll(async () => {
   // dist/ is current (the global setup built it); the prebuild is made from the
   // current native sources. Scripts off for pack too, so packing does not
   // rebuild dist/ under the other test files' feet.
-  await timed('prebuild', () => ok(process.execPath, ['scripts/prebuild.mjs', `--arch=${process.arch}`], ROOT));
+  prebuildOutput = await timed('prebuild', () => ok(process.execPath, ['scripts/prebuild.mjs', `--arch=${process.arch}`], ROOT));
   const packed = await timed('pack', () => ok('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work], ROOT));
   tarball = path.join(work, (JSON.parse(packed) as { filename: string }[])[0].filename);
 
@@ -82,19 +83,100 @@ afterAll(() => {
 });
 
 describe('npm pack', () => {
-  it('ships dist (JS and types), the prebuilt addon, README and LICENSE, and nothing else', async () => {
+  it('ships dist (JS and types), the prebuilt addon, the docs and examples the README links, README and LICENSE, and nothing else', async () => {
     const files = (await ok('tar', ['tzf', tarball], work)).trim().split('\n').map((f) => f.replace(/^package\//, ''));
-    const allowed = [/^(README\.md|LICENSE|package\.json)$/, /^dist\/.+\.(js|d\.ts)$/, /^prebuilds\/linux-(x64|arm64)\/procyard\.node$/];
+    const allowed = [
+      /^(README\.md|LICENSE|package\.json)$/,
+      /^dist\/.+\.(js|d\.ts)$/,
+      /^prebuilds\/linux-(x64|arm64)\/procyard\.node$/,
+      /^docs\/[\w.-]+\.md$/,
+      /^examples\/(shiny\/app\.R|demo\.js)$/,
+      /^src\/config\.ts$/,
+    ];
     expect(files.filter((f) => !allowed.some((re) => re.test(f)))).toEqual([]);
-    for (const f of ['README.md', 'LICENSE', 'package.json', 'dist/index.js', 'dist/index.d.ts', 'dist/cli.js', `prebuilds/${TARGET}/procyard.node`])
+    for (const f of ['README.md', 'LICENSE', 'package.json', 'dist/index.js', 'dist/index.d.ts', 'dist/cli.js', `prebuilds/${TARGET}/procyard.node`, 'docs/security.md', 'examples/shiny/app.R'])
       expect(files).toContain(f);
   });
 
   it('installs with scripts off and never needed a compiler: no build/, no binding.gyp', () => {
     const installed = path.join(project, 'node_modules', 'procyard');
-    expect(readdirSync(installed).sort()).toEqual(['LICENSE', 'README.md', 'dist', 'package.json', 'prebuilds']);
+    expect(readdirSync(installed).sort()).toEqual(['LICENSE', 'README.md', 'dist', 'docs', 'examples', 'package.json', 'prebuilds', 'src']);
     expect(existsSync(path.join(installed, 'build'))).toBe(false);
   });
+
+  it("has no lifecycle script for npm to warn about or block (npm 11, and npm 12 where it is installed)", async () => {
+    const manifest = JSON.parse(readFileSync(path.join(project, 'node_modules', 'procyard', 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    for (const script of ['preinstall', 'install', 'postinstall', 'prepare']) expect(manifest.scripts[script], script).toBeUndefined();
+    const npm12 = path.join(ROOT, 'test', 'nodes', 'node_modules', 'npm12', 'bin', 'npm-cli.js');
+    const node24 = path.join(ROOT, 'test', 'nodes', 'node_modules', 'node24', 'bin', 'node');
+    const installers: [string, string, string[]][] = [['npm 11', 'npm', []]];
+    if (existsSync(npm12) && existsSync(node24)) installers.push(['npm 12', node24, [npm12]]);
+    for (const [name, file, pre] of installers) {
+      const fresh = mkdtempSync(path.join(work, 'fresh-'));
+      writeFileSync(path.join(fresh, 'package.json'), JSON.stringify({ name: 'fresh', private: true, type: 'module' }));
+      // Scripts on, as a user installs: nothing may run or be flagged.
+      const r = await run(file, [...pre, 'install', '--no-audit', '--no-fund', '--prefer-offline', tarball], fresh);
+      expect(r.code, `${name}: ${r.stderr}`).toBe(0);
+      expect(r.stdout + r.stderr, name).not.toMatch(/install-scripts|prepare|lifecycle|allow-scripts/i);
+      const loaded = await run(process.execPath, ['--input-type=module', '-e', "const p = await import('procyard'); console.log(typeof p.ProcessBackend)"], fresh);
+      expect(loaded.stdout.trim(), `${name}: ${loaded.stderr}`).toBe('function');
+    }
+  });
+});
+
+describe('the package as documented', () => {
+  const installed = () => path.join(project, 'node_modules', 'procyard');
+
+  it('loads with require() too', async () => {
+    const r = await run(process.execPath, ['-e', "const { ProcessBackend, ConfigError } = require('procyard'); console.log(typeof ProcessBackend, typeof ConfigError)"], project);
+    expect(r.stdout.trim(), r.stderr).toBe('function function');
+  });
+
+  it("every relative link of the README resolves inside the package, and every #anchor to one of its headings", () => {
+    const readme = readFileSync(path.join(installed(), 'README.md'), 'utf8');
+    const slug = (heading: string) => heading.trim().toLowerCase().replace(/[^\w\- ]/g, '').replace(/ /g, '-');
+    const anchors = new Set([...readme.matchAll(/^#+ (.+)$/gm)].map((m) => slug(m[1]!)));
+    const links = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1]!).filter((l) => !/^[a-z]+:/.test(l));
+    expect(links.length).toBeGreaterThan(10);
+    for (const link of links) {
+      const [file, anchor] = link.split('#') as [string, string | undefined];
+      if (file === '') expect(anchors.has(anchor!), `#${anchor}`).toBe(true);
+      else expect(existsSync(path.join(installed(), file)), link).toBe(true);
+    }
+  });
+
+  it("says the glibc the prebuilt addon needs, as the build measured it", () => {
+    const glibc = /glibc >= (2\.\d+)/.exec(prebuildOutput)?.[1];
+    expect(glibc, prebuildOutput).toBeDefined();
+    expect(readFileSync(path.join(installed(), 'README.md'), 'utf8')).toContain(`glibc >= ${glibc} (`);
+  });
+
+  it.runIf(spawnSync('Rscript', ['-e', 'library(shiny)'], { stdio: 'ignore' }).status === 0)(
+    "runs the README's user quick start: the example app's URL serves it, and Ctrl-C stops it",
+    async () => {
+      const readme = readFileSync(path.join(installed(), 'README.md'), 'utf8');
+      const quickStart = readme.slice(readme.indexOf('## Quick start'));
+      const code = /```js\n([\s\S]*?)```/.exec(quickStart)![1]!;
+      writeFileSync(path.join(project, 'first-app.mjs'), code);
+      const child = spawn(process.execPath, ['first-app.mjs'], { cwd: project, env: { ...env, METADATA_ADDR: '127.0.0.1:1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+      try {
+        for (let i = 0; i < 600 && !/open http:\/\//.test(out); i++) await new Promise((r) => setTimeout(r, 100));
+        const url = /open (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out)?.[1];
+        expect(url, out).toBeDefined();
+        expect(await (await fetch(url!)).text()).toContain('<title>Hello from procyard</title>');
+        child.kill('SIGINT');
+        expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('hung'), 20_000))])).toBe(0);
+        expect(out).toContain('stopped');
+      } finally {
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+    },
+    90_000,
+  );
 });
 
 describe('the installed package', () => {
