@@ -103,6 +103,16 @@ describe("the 'exit' event's reason", () => {
   });
 });
 
+describe('workerResourceUsage', () => {
+  it('measures CPU from the start on its first call, not 0%', async () => {
+    await backend.spawn(appSpec('busy', 'serve', { cmd: [NODE, '-e', 'for (;;) {}'] }));
+    await new Promise((r) => setTimeout(r, 600));
+    const first = await backend.workerResourceUsage('busy');
+    expect(first!.cpuPercent).toBeGreaterThan(20);
+    await backend.stop('busy');
+  });
+});
+
 describe('classed errors', () => {
   it('WorkerExistsError for a running id, BackendClosedError after close()', async () => {
     await backend.spawn(appSpec('twice'));
