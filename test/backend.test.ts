@@ -118,7 +118,10 @@ describe('worker lifecycle', () => {
   it('rejects a second spawn of a running id, and unknown ids', async () => {
     await backend.spawn(appSpec('dup', 'serve', { labels: { app: 'dup' } }));
     await expect(backend.spawn(appSpec('dup'))).rejects.toThrow('worker "dup" is already running');
-    expect(await backend.listManaged()).toEqual([{ id: 'dup', kind: 'container', labels: { app: 'dup' } }]);
+    // The Backend interface's fields, and what a host shows (SPEC §13).
+    expect(await backend.listManaged()).toEqual([
+      { id: 'dup', kind: 'container', labels: { app: 'dup' }, appId: 'test-app', state: 'running', addr: await backend.addr('dup'), startedAt: expect.any(Date) },
+    ]);
     await backend.removeResource({ id: 'dup', kind: 'container', labels: {} });
     expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
     await expect(backend.stop('nope')).rejects.toThrow('worker "nope" not found');
