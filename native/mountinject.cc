@@ -1,6 +1,6 @@
-// Late binds into a running sandbox. The trees are cloned here, in the
-// host's mount namespace where the sources are; a child then enters the
-// sandbox's namespace and mounts them. The child shares our memory
+// Late binds into a running sandbox. A child, as the worker's fsuid, clones
+// the trees in the host's mount namespace where the sources are, then enters
+// the sandbox's namespace and mounts them. The child shares our memory
 // (CLONE_VM) and runs while this thread waits (CLONE_VFORK), but has an
 // fs_struct of its own: setns(CLONE_NEWNS) refuses a shared one, and this
 // pool thread must stay in the host's view. Like spawn.cc's child it makes
@@ -79,7 +79,9 @@ struct ChildPlan {
   uid_t uid;
   gid_t gid;
   size_t count;
-  const int* trees;            // per mount: its detached tree
+  const char* const* sources;  // per mount, a host path
+  const MountAttr* attrs;      // per mount
+  int* trees;                  // per mount: its detached tree (the child's fd)
   const char* const* targets;  // per mount
   // Every prefix of every target, outermost first, the target last; mount
   // i's are dirs[dirsEnd[i - 1] .. dirsEnd[i]).
@@ -106,17 +108,35 @@ int ChildMain(void* arg) {
   ChildPlan* p = static_cast<ChildPlan*>(arg);
   const size_t none = static_cast<size_t>(-1);
   long r;
-  // The kernel moves our root and cwd to the namespace's root: from here on
-  // every path is the sandbox's.
-  if (Failed(r = Sys(SYS_setns, p->pidfd, CLONE_NEWNS))) ChildFail(p, "setns", r, nullptr, none);
-  // Directories are made as their owner: host root has no id in the user
-  // namespace that owns the sandbox's /tmp tmpfs (mkdir there fails with
-  // EOVERFLOW), and a symlink the sandbox planted on the path then leads
-  // nowhere the sandbox could not write itself. setfsuid(-1) reads it back.
+  // Every path from here on is resolved as the worker: no supplementary
+  // groups, its fsuid and fsgid (which also drops the file capabilities;
+  // CAP_SYS_ADMIN for the mounts stays). So a source is reached only where
+  // bwrap, which a cold worker's binds go through as the worker, reaches it
+  // (not through a 0700 directory of root's); and mount points are made as
+  // their owner: host root has no id in the user namespace that owns the
+  // sandbox's /tmp tmpfs (mkdir there fails with EOVERFLOW), and a symlink
+  // the sandbox planted on the path leads nowhere the sandbox could not
+  // write itself. These calls change this task's credentials only (raw
+  // system calls: glibc would apply them to every thread). setfsuid(-1)
+  // reads the value back.
+  if (Failed(r = Sys(SYS_setgroups, 0, 0))) ChildFail(p, "setgroups", r, nullptr, none);
   Sys(SYS_setfsgid, p->gid);
   Sys(SYS_setfsuid, p->uid);
   if (static_cast<uid_t>(Sys(SYS_setfsuid, -1)) != p->uid || static_cast<gid_t>(Sys(SYS_setfsgid, -1)) != p->gid)
     ChildFail(p, "setfsuid", -EPERM, nullptr, none);
+  // The trees, cloned here in the host's mount namespace where the sources
+  // are, with bwrap's bind flags (see MountInject).
+  for (size_t i = 0; i < p->count; i++) {
+    r = Sys(SYS_open_tree, AT_FDCWD, reinterpret_cast<long>(p->sources[i]), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (Failed(r)) ChildFail(p, "open_tree", r, p->sources[i], i);
+    p->trees[i] = static_cast<int>(r);
+    r = Sys(SYS_mount_setattr, p->trees[i], reinterpret_cast<long>(""), AT_EMPTY_PATH | AT_RECURSIVE,
+            reinterpret_cast<long>(&p->attrs[i]), sizeof(MountAttr));
+    if (Failed(r)) ChildFail(p, "mount_setattr", r, p->sources[i], i);
+  }
+  // The kernel moves our root and cwd to the namespace's root: from here on
+  // every path is the sandbox's.
+  if (Failed(r = Sys(SYS_setns, p->pidfd, CLONE_NEWNS))) ChildFail(p, "setns", r, nullptr, none);
   // Our umask must not narrow the directories' 0755.
   Sys(SYS_umask, 0);
   for (size_t i = 0; i < p->count; i++) {
@@ -162,19 +182,15 @@ struct FdList {
 
 bool MountInject(pid_t pid, const std::vector<InjectMount>& mounts, uid_t uid, gid_t gid, InjectError* error) {
   FdList open;
-  std::vector<int> trees;
-  for (size_t i = 0; i < mounts.size(); i++) {
-    const InjectMount& m = mounts[i];
-    int mount = static_cast<int>(i);
-    long fd = syscall(SYS_open_tree, AT_FDCWD, m.source.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
-    if (fd < 0) return Fail(error, "open_tree", m.source, errno, mount);
-    trees.push_back(open.Add(static_cast<int>(fd)));
+  std::vector<const char*> sources;
+  std::vector<MountAttr> attrs;
+  std::vector<int> trees(mounts.size(), -1);
+  for (const InjectMount& m : mounts) {
+    sources.push_back(m.source.c_str());
     // bwrap's bind flags on every mount of the tree, and a slave as bwrap's
     // binds are (it makes / rslave first): what the host mounts under the
     // source later shows inside, nothing mounted inside reaches the host.
-    MountAttr attr = {MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (m.readOnly ? MOUNT_ATTR_RDONLY : 0u), 0, MS_SLAVE, 0};
-    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
-      return Fail(error, "mount_setattr", m.source, errno, mount);
+    attrs.push_back({MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (m.readOnly ? MOUNT_ATTR_RDONLY : 0u), 0, MS_SLAVE, 0});
   }
   // By pidfd: a pid reused since the caller looked cannot lend us its namespace.
   long pidfd = syscall(SYS_pidfd_open, pid, 0);
@@ -192,8 +208,8 @@ bool MountInject(pid_t pid, const std::vector<InjectMount>& mounts, uid_t uid, g
   std::vector<const char*> dirPtrs, targets;
   for (const std::string& d : dirs) dirPtrs.push_back(d.c_str());
   for (const InjectMount& m : mounts) targets.push_back(m.target.c_str());
-  ChildPlan plan = {static_cast<int>(pidfd), uid, gid, mounts.size(), trees.data(), targets.data(),
-                    dirPtrs.data(), dirsEnd.data(), nullptr, nullptr, 0, -1, false};
+  ChildPlan plan = {static_cast<int>(pidfd), uid, gid, mounts.size(), sources.data(), attrs.data(), trees.data(),
+                    targets.data(), dirPtrs.data(), dirsEnd.data(), nullptr, nullptr, 0, -1, false};
   std::unique_ptr<char[]> stack(new char[kStackSize]);
 
   // A handler of ours must never run on the child's stack in our memory.

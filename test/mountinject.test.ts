@@ -1,6 +1,6 @@
 // mountInject against real bwrap sandboxes: host directories put into a
 // running sandbox's mount namespace, seen from inside as a cold bind would be.
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -213,6 +213,19 @@ describe.runIf(isRoot)('mountInject', () => {
       ], owner(UID_IDLE)),
     ).rejects.toMatchObject({ code: 'EROFS', syscall: 'mkdir', path: '/usr/procyard-inject-nope', mount: 1 });
     expect(existsSync('/usr/procyard-inject-nope')).toBe(false);
+    // A source is reached as the worker, as bwrap reaches a cold worker's: not through a 0700 directory of root's.
+    const locked = mkdtempSync(path.join(tmpdir(), 'procyard-inject-locked-'));
+    chmodSync(locked, 0o700);
+    mkdirSync(path.join(locked, 'inner'), { mode: 0o755 });
+    try {
+      await expect(mountInject(idle.pid, [{ source: path.join(locked, 'inner'), target: '/tmp/err3', readOnly: true }], owner(UID_IDLE))).rejects.toMatchObject({
+        code: 'EACCES',
+        syscall: 'open_tree',
+        mount: 0,
+      });
+    } finally {
+      rmSync(locked, { recursive: true, force: true });
+    }
     const gone = await mountInject(dead.pid, [{ source: content, target: '/tmp/x', readOnly: true }], owner(UID_DEAD)).then(
       () => null,
       (err: NodeJS.ErrnoException) => err,
