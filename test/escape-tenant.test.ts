@@ -638,3 +638,33 @@ describe('a worker handed sockets and pipes by another (a unix socket in a share
     }
   }, 60_000);
 });
+
+describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
+  // Found by an attacker: a worker writes `escape -> /` into its read-write
+  // data; the next spec whose data mount names that link bound the host's
+  // whole root, read-write (its /run, /tmp and /dev/shm, which outlive it).
+  it('is never followed as a mount source: the spawn is refused naming it, and nothing is bound', async () => {
+    const data = tempDir('procyard-plant-');
+    chmodSync(data.dir, 0o777);
+    try {
+      await backend.spawn(
+        appSpec('planter', 'serve', {
+          cmd: [NODE, '-e', "require('fs').symlinkSync('/', '/data/escape'); require('fs').symlinkSync('/etc', '/data/etc')"],
+          dataMounts: [{ source: data.dir, target: '/data', readOnly: false }],
+        }),
+      );
+      expect(await waitFor(() => existsSync(path.join(data.dir, 'escape')) && existsSync(path.join(data.dir, 'etc')), 10_000)).toBe(true);
+      await backend.stop('planter');
+      for (const link of ['escape', 'etc']) {
+        const err = await backend
+          .spawn(appSpec(`victim-${link}`, 'serve', { dataMounts: [{ source: path.join(data.dir, link), target: '/hostroot', readOnly: false }] }))
+          .then(() => null, (e: unknown) => e as Error);
+        expect(err?.name, link).toBe('SpecError');
+        expect(err?.message).toMatch(new RegExp(`mount source ".*/${link}" \\(for /hostroot\\) is refused: .*/${link} is a symlink owned by uid 654\\d\\d`));
+      }
+      expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+    } finally {
+      data.cleanup();
+    }
+  });
+});

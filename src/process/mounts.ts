@@ -147,16 +147,34 @@ export class MountTargets {
     };
     try {
       const bound = mounts.map((m) => {
+        const source = this.source(m.source, m.target);
         const entry = this.entry(m.target, `${field} target`);
         entry.users++;
         held.push(entry);
-        return { ...m, target: entry.path };
+        return { ...m, source, target: entry.path };
       });
       return { mounts: bound, release };
     } catch (err) {
       void release(); // what was made for the targets before this one goes
       throw err;
     }
+  }
+
+  /**
+   * A bind source as bwrap (or the warm handoff) is given it: its real path,
+   * reached following only symlinks root (or the server's uid) owns. A
+   * worker that can write into a directory the host later binds for it (its
+   * data) could otherwise leave a symlink there to `/` or to another
+   * tenant's files, for the next spec that names the link to bind instead.
+   * A source that does not exist is left as it is: the spawn's path check
+   * names it.
+   */
+  private source(source: string, target: string): string {
+    const r = resolveMountTarget(source, { create: false, trustedUid: process.geteuid?.() ?? 0 });
+    if (r.problem === undefined) return r.path;
+    if (r.code === '')
+      throw new SpecError(`the mount source "${source}" (for ${target}) is refused: ${r.problem}; a worker may have planted it, so give the real path`);
+    return source;
   }
 
   private entry(target: string, field: string): TargetEntry {
