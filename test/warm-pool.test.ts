@@ -246,15 +246,17 @@ describe.runIf(usable)('the warm pool', () => {
     expect(await poolReady(2)).toBe(true);
     await backend.spawn(spec('lang', shinyBundle, { env: { LANG: 'en_US.UTF-8' } }));
     await backend.spawn(spec('node', shinyBundle, { cmd: ['/usr/bin/true'] }));
+    // The profile's own variable: a cold worker runs the file it names, so it starts cold.
+    await backend.spawn(spec('profilevar', shinyBundle, { env: { PROCYARD_R_PROFILE_USER: '/tmp/app/app.R' } }));
     // Its library holds its own shiny: the warm R has another loaded.
     const library = bundle('library', {});
     mkdirSync(path.join(library, 'shiny'));
     await backend.spawn(spec('library', shinyBundle, { libDir: library }));
     // Less memory than the warm R holds already (about 100 MiB).
     await backend.spawn(spec('small', shinyBundle, { memoryLimit: '64m' }));
-    for (const id of ['lang', 'node', 'library', 'small']) expect(served.get(id), id).toBe(false);
+    for (const id of ['lang', 'node', 'profilevar', 'library', 'small']) expect(served.get(id), id).toBe(false);
     expect(backend.warmPoolStatus()[0]!.ready).toBe(2);
-    await Promise.all(['lang', 'node', 'library', 'small'].map((id) => backend.stop(id)));
+    await Promise.all(['lang', 'node', 'profilevar', 'library', 'small'].map((id) => backend.stop(id)));
   }, 30_000);
 
   it('close() ends the pool: no process of its UIDs, no port or UID held, no cgroup left', async () => {

@@ -31,8 +31,8 @@ export function warmEnv(port: number): string[] {
 /** Set at the warm sandbox's start, or handled by its R profile: not handed over again. */
 export const WARM_OWN_ENV: ReadonlySet<string> = new Set(['R_PROFILE_USER', USER_PROFILE_ENV, 'SHINY_PORT', 'SHINY_HOST']);
 
-/** Variables R reads only as it starts: a spec that sets one runs cold. */
-const STARTUP_ENV = /^(R_.*|LANG|LANGUAGE|LC_.*|HOME|TMPDIR|TMP|TEMP)$/;
+/** Variables R reads only as it starts, and procyard's R profile's own: a spec that sets one runs cold. */
+const STARTUP_ENV = /^(R_.*|LANG|LANGUAGE|LC_.*|HOME|TMPDIR|TMP|TEMP|PROCYARD_.*)$/;
 
 /**
  * Whether `warm` can serve `spec` exactly as a cold start would: same R
