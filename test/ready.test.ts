@@ -60,7 +60,8 @@ describe('waitReady', () => {
     expect(err).toBeInstanceOf(WorkerNotReadyError);
     expect(err.reason).toBe('exited');
     expect(err.exit).toEqual({ code: 3, signal: null });
-    expect(err.message).toMatch(/^worker "dies" exited \(code 3\) before listening on 127\.0\.0\.1:243\d\d; see its logs$/);
+    expect(err.message).toMatch(/^worker "dies" exited \(code 3\) before listening on 127\.0\.0\.1:243\d\d; its last output: giving up$/);
+    expect(err).toMatchObject({ exitCode: 3, signal: null, oomKilled: false, logTail: ['giving up'] });
     // Woken by the exit, not by the 20 s deadline.
     expect(performance.now() - t).toBeLessThan(3000);
     // An exited worker never becomes ready.

@@ -133,9 +133,8 @@ function exitCodeOf(status: ExitStatus): number {
 
 /** How long a sandbox's processes may outlive its monitor before they are killed (sandboxEnd). */
 const LEFTOVER_GRACE_MS = 1000;
-/** How much of a worker's output a WorkerNotReadyError carries, and how long it waits to learn how the worker ended. */
+/** How much of a worker's output a WorkerNotReadyError carries. */
 const NOT_READY_TAIL_LINES = 20;
-const NOT_READY_EXIT_WAIT_MS = 5000;
 /** How long a warm sandbox may take to load its packages before it counts as failed. */
 const WARM_START_MS = 60_000;
 /** Kill rounds (100 ms apart) before sandboxEnd gives up and says so. */
@@ -636,20 +635,19 @@ export class ProcessBackend extends EventEmitter implements Backend {
 
   /**
    * The error with what tells why: the worker's last lines (the last one in
-   * the message), and for one that exited, how, once its end is known (an
-   * OOM kill is read from its cgroup as it goes).
+   * the message), and for one that exited, whether the OOM killer ended it
+   * (its cgroup counts the kill before the app is gone; read at once, not
+   * after what the app left behind has ended).
    */
   private async notReady(worker: Worker, err: WorkerNotReadyError): Promise<WorkerNotReadyError> {
-    if (err.reason === 'exited') {
-      const bound = delay(NOT_READY_EXIT_WAIT_MS);
-      await Promise.race([worker.released, bound.promise]);
-      bound.cancel();
-    }
+    // The output the monitor's exit left in the pipes is read by now, or within a turn.
+    await new Promise((resolve) => setImmediate(resolve));
     const logTail = worker.ring.tail(NOT_READY_TAIL_LINES);
     // R ends a failure with "Execution halted": the error line above it says more.
     const printed = logTail.filter((line) => line.trim() !== '' && line !== 'Execution halted');
     const last = printed.filter((line) => /^Error\b/.test(line)).at(-1) ?? printed.at(-1);
-    const oomKilled = worker.exit?.oomKilled ?? false;
+    const killed = err.exit?.signal === 'SIGKILL' || err.exit?.code === 137;
+    const oomKilled = worker.exit?.oomKilled ?? (err.reason === 'exited' && killed && (worker.cgroup?.oomKills() ?? 0) > 0);
     const message =
       err.message.replace(/; see its logs$/, '') +
       (oomKilled ? '; the kernel killed it for its memory limit (oomKilled)' : '') +
