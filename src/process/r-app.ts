@@ -29,7 +29,7 @@ import { hostPathOf, type SandboxView } from './command.js';
 export { R_PROFILE_TARGET, USER_PROFILE_ENV } from './bwrap.js';
 export const R_LAUNCHER_TARGET = '/tmp/.procyard/launch.R';
 
-export const R_PROFILE = `# procyard's R profile (R_PROFILE_USER of every R worker).
+const R_PROFILE = `# procyard's R profile (R_PROFILE_USER of every R worker).
 local({
   port <- Sys.getenv("SHINY_PORT")
   host <- Sys.getenv("SHINY_HOST")
@@ -66,7 +66,7 @@ const RUN_APP = `  setwd(dir)
     stop("procyard: no app.R, and no ui.R + server.R, in ", dir, call. = FALSE)
   }`;
 
-export const R_LAUNCHER = `# procyard's launcher: Rscript ${R_LAUNCHER_TARGET} <app directory>
+const R_LAUNCHER = `# procyard's launcher: Rscript ${R_LAUNCHER_TARGET} <app directory>
 local({
   dir <- commandArgs(trailingOnly = TRUE)[1]
 ${RUN_APP}
@@ -77,7 +77,7 @@ export const R_WARM_TARGET = '/tmp/.procyard/warm.R';
 /** The line a warm sandbox prints once it waits for its app, then the namespaces it has loaded. */
 export const WARM_READY = 'procyard-warm: ready';
 /** First field of the handoff message: its format's name. */
-export const HANDOFF_MAGIC = 'procyard-handoff-1';
+const HANDOFF_MAGIC = 'procyard-handoff-1';
 
 /**
  * A warm sandbox: Rscript R_WARM_TARGET <package>... loads the packages,
