@@ -23,6 +23,7 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { execa } from 'execa';
+import { quietLogger } from '../dist/backend.js';
 import { ProcessBackend } from '../dist/index.js';
 import { PidWatcherNative } from '../dist/native.js';
 import { resolveProcessConfig } from '../dist/config.js';
@@ -270,8 +271,6 @@ const FULL_CONFIG = {
   server: { defaultMemoryLimit: '1g', defaultCpuLimit: 2 },
 };
 
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
-
 /**
  * A backend whose socket hooks are switched off and nothing else: there is no
  * public knob for that ('off' also drops Landlock), so its hooks object is
@@ -279,7 +278,7 @@ const quiet = { debug() {}, info() {}, warn() {}, error() {} };
  */
 function withoutHooks(config) {
   const backend = new ProcessBackend(config);
-  backend.hooks = new SocketHooks({ ...socketHooksConfig(config, resolveProcessConfig(config)), mode: 'off' }, quiet);
+  backend.hooks = new SocketHooks({ ...socketHooksConfig(config, resolveProcessConfig(config)), mode: 'off' }, quietLogger);
   return backend;
 }
 
@@ -289,7 +288,7 @@ async function hooksSetUp(config, rounds) {
   const setUp = [];
   const tearDown = [];
   for (let i = 0; i < rounds; i++) {
-    const hooks = new SocketHooks(hooksConfig, quiet);
+    const hooks = new SocketHooks(hooksConfig, quietLogger);
     const t0 = performance.now();
     const placed = await hooks.place(hooksConfig.uids[0], hooksConfig.workerPorts[0], {}, null);
     const t1 = performance.now();

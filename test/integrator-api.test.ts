@@ -3,26 +3,16 @@
 // errors, updateResources in spawn's units, what listManaged() shows, and a
 // snapshot of the last log lines.
 // Ports 24660-24679 and UIDs 65660-65679 belong to this file.
-import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BackendClosedError, WorkerExistsError, type WorkerExitEvent } from '../src/backend.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { WorkerNotReadyError } from '../src/process/readiness.js';
-import { NODE, appSpec, testConfig } from './helpers/backend.js';
+import { bundles, HAS_SHINY, NODE, appSpec, testConfig } from './helpers/backend.js';
 import { isRoot, waitFor } from './helpers/proc.js';
 
-const hasShiny = spawnSync('/usr/bin/Rscript', ['-e', 'library(shiny)'], { stdio: 'ignore' }).status === 0;
-const root = mkdtempSync(path.join(os.tmpdir(), 'procyard-api-'));
-chmodSync(root, 0o755);
-function bundle(name: string, files: Record<string, string>): string {
-  const dir = path.join(root, name);
-  mkdirSync(dir, { mode: 0o755 });
-  for (const [file, text] of Object.entries(files)) writeFileSync(path.join(dir, file), text, { mode: 0o644 });
-  return dir;
-}
+const made = bundles('procyard-api-');
+const root = made.root; // a bundle with no app, for commands given in full
+const bundle = made.make;
 
 const backend = new ProcessBackend({ ...testConfig([24660, 24674], [65660, 65674], { stopGraceMs: 1000 }), server: { defaultCpuLimit: 1 } });
 const exits: WorkerExitEvent[] = [];
@@ -33,7 +23,7 @@ const exitOf = async (id: string) => {
 };
 afterAll(async () => {
   await backend.close();
-  rmSync(root, { recursive: true, force: true });
+  made.cleanup();
 });
 
 async function notReady(id: string, timeoutMs = 30_000): Promise<WorkerNotReadyError> {
@@ -46,7 +36,7 @@ async function notReady(id: string, timeoutMs = 30_000): Promise<WorkerNotReadyE
 }
 
 describe('WorkerNotReadyError says why', () => {
-  it.runIf(hasShiny)("a crashing R app: its error line, its exit code, in the error and its message", async () => {
+  it.runIf(HAS_SHINY)("a crashing R app: its error line, its exit code, in the error and its message", async () => {
     const crash = bundle('crash', { 'app.R': 'library(shiny)\ncat("starting up\\n")\nstop("the database is not there")\n' });
     await backend.spawn({ appId: 'api', workerId: 'crash', bundlePath: crash, workerMount: '/tmp/app' });
     const err = await notReady('crash');
@@ -59,7 +49,7 @@ describe('WorkerNotReadyError says why', () => {
     expect(err.message).toMatch(/exited \(code 1\) before listening .*; its last output: .*the database is not there/);
   });
 
-  it.runIf(hasShiny && isRoot)('an app the OOM killer ends while it starts: oomKilled, in the error and the exit', async () => {
+  it.runIf(HAS_SHINY && isRoot)('an app the OOM killer ends while it starts: oomKilled, in the error and the exit', async () => {
     await backend.spawn({ appId: 'api', workerId: 'oom', bundlePath: root, workerMount: '/tmp/app', cmd: [NODE, '-e', 'const a = []; for (;;) a.push(Buffer.alloc(1 << 20, 1))'], memoryLimit: '48m' });
     const err = await notReady('oom');
     expect(err.oomKilled).toBe(true);

@@ -3,8 +3,7 @@
 // SHINY_PORT itself, a ui.R + server.R directory, the spec's own R profile,
 // and `Rscript <app directory>`. None of the bundles knows about procyard.
 // Ports 24600-24619 and UIDs 65600-65619 belong to this file.
-import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,19 +11,11 @@ import type { WorkerExitEvent, WorkerSpec } from '../src/backend.js';
 import { bwrapArgs, workerEnv } from '../src/process/bwrap.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { isRCommand, R_FILES, R_PROFILE_TARGET, rAppDir, USER_PROFILE_ENV } from '../src/process/r-app.js';
-import { testConfig } from './helpers/backend.js';
+import { bundles, HAS_SHINY, testConfig } from './helpers/backend.js';
+import { linesUntil } from './helpers/net.js';
 
-const hasShiny = spawnSync('/usr/bin/Rscript', ['-e', 'library(shiny)'], { stdio: 'ignore' }).status === 0;
-const root = mkdtempSync(path.join(os.tmpdir(), 'procyard-rapps-'));
-chmodSync(root, 0o755);
-
-/** A bundle directory holding these files, readable by the worker UIDs. */
-function bundle(name: string, files: Record<string, string>): string {
-  const dir = path.join(root, name);
-  mkdirSync(dir, { mode: 0o755 });
-  for (const [file, text] of Object.entries(files)) writeFileSync(path.join(dir, file), text, { mode: 0o644 });
-  return dir;
-}
+const made = bundles('procyard-rapps-');
+const bundle = made.make;
 
 const UI = (title: string) => `shiny::fluidPage(shiny::titlePanel("${title}"))`;
 const NOOP_SERVER = 'function(input, output, session) {}';
@@ -33,23 +24,7 @@ const REPORT =
   'cat("seen:", "inShinyServer", shiny:::inShinyServer(), "port", Sys.getenv("SHINY_PORT"), "host", Sys.getenv("SHINY_HOST"), ' +
   '"option", getOption("shiny.port"), "cwd", getwd(), "profileVar", Sys.getenv("PROCYARD_R_PROFILE_USER", "unset"), "\\n")';
 
-async function logsOf(b: ProcessBackend, id: string, until: (line: string) => boolean, timeoutMs = 20_000): Promise<string[]> {
-  const lines: string[] = [];
-  const stream = await b.logs(id);
-  const timer = setTimeout(() => stream.close(), timeoutMs);
-  try {
-    for await (const line of stream) {
-      lines.push(line);
-      if (until(line)) break;
-    }
-  } finally {
-    clearTimeout(timer);
-    stream.close();
-  }
-  return lines;
-}
-
-describe.runIf(hasShiny)('R apps as written', () => {
+describe.runIf(HAS_SHINY)('R apps as written', () => {
   const backend = new ProcessBackend(testConfig([24600, 24619], [65600, 65619], { stopGraceMs: 1000 }));
   const exits: WorkerExitEvent[] = [];
   backend.on('exit', (e: WorkerExitEvent) => exits.push(e));
@@ -95,7 +70,7 @@ describe.runIf(hasShiny)('R apps as written', () => {
 
   afterAll(async () => {
     await backend.close();
-    rmSync(root, { recursive: true, force: true });
+    made.cleanup();
   });
 
   async function page(id: string): Promise<string> {
@@ -106,7 +81,7 @@ describe.runIf(hasShiny)('R apps as written', () => {
   it('an app.R that ends in shinyApp() listens on the worker port, in its own directory, and shiny does not take it for Shiny Server', async () => {
     expect(await page('plain')).toContain('<title>plain app, read from a relative path</title>');
     const port = (await backend.addr('plain')).split(':')[1];
-    const lines = await logsOf(backend, 'plain', (l) => l.startsWith('Listening on'));
+    const lines = await linesUntil(backend, 'plain', (l) => l.startsWith('Listening on'));
     // The app's own code still reads SHINY_PORT and SHINY_HOST; shiny itself sees neither.
     expect(lines).toContain(`seen: inShinyServer FALSE port ${port} host 127.0.0.1 option ${port} cwd /tmp/app profileVar unset `);
     expect(lines.at(-1)).toBe(`Listening on http://127.0.0.1:${port}`);
@@ -120,7 +95,7 @@ describe.runIf(hasShiny)('R apps as written', () => {
   it('an app.R that reads SHINY_PORT and SHINY_HOST itself, with defaults that would be refused', async () => {
     expect(await page('readsport')).toContain('<title>reads SHINY_PORT</title>');
     const port = (await backend.addr('readsport')).split(':')[1];
-    const lines = await logsOf(backend, 'readsport', (l) => l.startsWith('Listening on'));
+    const lines = await linesUntil(backend, 'readsport', (l) => l.startsWith('Listening on'));
     expect(lines).toContain(`seen: inShinyServer FALSE port ${port} host 127.0.0.1 option ${port} cwd /tmp/app profileVar unset `);
     expect(lines.join('\n')).not.toContain('Shiny Server');
   });
@@ -132,7 +107,7 @@ describe.runIf(hasShiny)('R apps as written', () => {
 
   it("the spec's rProfilePath runs as well, before the app", async () => {
     expect(await page('profile')).toContain('<title>with a profile</title>');
-    const lines = await logsOf(backend, 'profile', (l) => l.startsWith('Listening on'));
+    const lines = await linesUntil(backend, 'profile', (l) => l.startsWith('Listening on'));
     const ran = lines.indexOf("the spec's profile ran");
     expect(ran).toBeGreaterThanOrEqual(0);
     expect(lines.indexOf("option: set by the spec's profile ")).toBeGreaterThan(ran);
@@ -144,7 +119,7 @@ describe.runIf(hasShiny)('R apps as written', () => {
     const deadline = Date.now() + 30_000;
     while (!exits.some((e) => e.workerId === 'empty') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     expect(exits.find((e) => e.workerId === 'empty')).toMatchObject({ code: 1 });
-    const lines = await logsOf(backend, 'empty', () => false, 500);
+    const lines = await linesUntil(backend, 'empty', () => false, 500);
     expect(lines).toContain('Error: procyard: no app.R, and no ui.R + server.R, in /tmp/app');
   });
 });

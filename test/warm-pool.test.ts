@@ -4,10 +4,9 @@
 // limits); the spec's values arrive byte for byte; a warm sandbox serves
 // once; specs it cannot serve start cold; close() leaves nothing.
 // Ports 24630-24659 and UIDs 65630-65659 belong to this file.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import diagnosticsChannel from 'node:diagnostics_channel';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -17,23 +16,16 @@ import { kernelRelease } from '../src/native.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { SPAWN_CHANNEL, type SpawnStepMessage } from '../src/process/trace.js';
 import { warmPoolProblem } from '../src/process/warm-handoff.js';
-import { FIXTURES, testConfig } from './helpers/backend.js';
+import { bundles, FIXTURES, HAS_SHINY, testConfig } from './helpers/backend.js';
+import { linesUntil } from './helpers/net.js';
 import { isRoot, procState, procStatus, waitFor } from './helpers/proc.js';
 
-const hasShiny = spawnSync('/usr/bin/Rscript', ['-e', 'library(shiny)'], { stdio: 'ignore' }).status === 0;
-const usable = hasShiny && warmPoolProblem(isRoot, kernelRelease()) === null;
-if (!usable) console.log(`warm-pool: skipped (${hasShiny ? warmPoolProblem(isRoot, kernelRelease()) : 'no R with shiny'})`);
+const usable = HAS_SHINY && warmPoolProblem(isRoot, kernelRelease()) === null;
+if (!usable) console.log(`warm-pool: skipped (${HAS_SHINY ? warmPoolProblem(isRoot, kernelRelease()) : 'no R with shiny'})`);
 
 const shinyBundle = fileURLToPath(new URL('../examples/shiny/', import.meta.url));
-const root = mkdtempSync(path.join(os.tmpdir(), 'procyard-warm-'));
-chmodSync(root, 0o755);
-
-function bundle(name: string, files: Record<string, string>): string {
-  const dir = path.join(root, name);
-  mkdirSync(dir, { mode: 0o755 });
-  for (const [file, text] of Object.entries(files)) writeFileSync(path.join(dir, file), text, { mode: 0o644 });
-  return dir;
-}
+const made = bundles('procyard-warm-');
+const bundle = made.make;
 
 /** Spawns traced on the diagnostics channel: workerId → served warm or not. */
 const served = new Map<string, boolean>();
@@ -41,22 +33,6 @@ diagnosticsChannel.subscribe(SPAWN_CHANNEL, (m) => {
   const message = m as SpawnStepMessage;
   if (message.step === 'registered' && message.warm !== undefined) served.set(message.workerId, message.warm);
 });
-
-async function logsUntil(b: ProcessBackend, id: string, until: (line: string) => boolean, timeoutMs = 30_000): Promise<string[]> {
-  const lines: string[] = [];
-  const stream = await b.logs(id);
-  const timer = setTimeout(() => stream.close(), timeoutMs);
-  try {
-    for await (const line of stream) {
-      lines.push(line);
-      if (until(line)) break;
-    }
-  } finally {
-    clearTimeout(timer);
-    stream.close();
-  }
-  return lines;
-}
 
 /** Live host processes running as one of the UIDs. */
 function processesOf(uids: [number, number]): number[] {
@@ -152,7 +128,7 @@ describe.runIf(usable)('the warm pool', () => {
 
   afterAll(async () => {
     await Promise.all([backend.close(), cold.close()]);
-    rmSync(root, { recursive: true, force: true });
+    made.cleanup();
   });
 
   it('serves a standard Shiny app from a warm sandbox: ready at once, logs from the handoff, stop and exit as cold', async () => {
@@ -169,7 +145,7 @@ describe.runIf(usable)('the warm pool', () => {
     console.log(`warm: spawn ${spawnMs.toFixed(1)} ms, ready ${readyMs.toFixed(1)} ms`);
     // Usage counts from the handoff: the warm-up's seconds of CPU are not the app's (they would read as >1000%).
     expect((await backend.workerResourceUsage('demo'))!.cpuPercent).toBeLessThan(150);
-    const lines = await logsUntil(backend, 'demo', (l) => l.startsWith('Listening on'));
+    const lines = await linesUntil(backend, 'demo', (l) => l.startsWith('Listening on'));
     expect(lines[0]).toMatch(/^app\.R: R \d+\.\d+\.\d+ as uid 656[34]\d$/);
     expect(lines.join('\n')).not.toContain('procyard-warm');
     // The pool's sandboxes are nobody's workers.
@@ -200,7 +176,7 @@ describe.runIf(usable)('the warm pool', () => {
     await Promise.all([backend.spawn(spec('bytes-warm', bytes, extra)), cold.spawn(spec('bytes-cold', bytes, extra))]);
     expect(served.get('bytes-warm')).toBe(true);
     for (const [b, id] of [[backend, 'bytes-warm'], [cold, 'bytes-cold']] as const) {
-      const lines = await logsUntil(b, id, (l) => l.startsWith('data:'));
+      const lines = await linesUntil(b, id, (l) => l.startsWith('data:'));
       for (const [name, value] of Object.entries(ENV))
         expect(lines, `${id} ${name}`).toContain(`hex ${name} ${Buffer.from(value, 'utf8').toString('hex')} `);
       expect(lines).toContain('data: from the data mount ');
@@ -220,7 +196,7 @@ describe.runIf(usable)('the warm pool', () => {
     await Promise.all([backend.spawn(spec('report-warm', report, extra)), cold.spawn(spec('report-cold', report, extra))]);
     expect(served.get('report-warm')).toBe(true);
     const seen = async (b: ProcessBackend, id: string) => {
-      const lines = await logsUntil(b, id, (l) => l === 'REPORT-DONE');
+      const lines = await linesUntil(b, id, (l) => l === 'REPORT-DONE');
       expect(lines.at(-1)).toBe('REPORT-DONE');
       return lines.filter((l) => /^[\w./-]+=/.test(l)).map((l) => l.replace(/\b656[3-5]\d\b/g, 'UID').replace(/Rtmp\w+/g, 'RtmpX'));
     };

@@ -1,5 +1,6 @@
 // Shared set-up for tests that drive a real ProcessBackend.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -8,6 +9,27 @@ import type { Config } from '../../src/config.js';
 
 export const FIXTURES = fileURLToPath(new URL('../fixtures/', import.meta.url));
 export const NODE = process.execPath;
+/** The host's R loads shiny: the tests of R apps can run. */
+export const HAS_SHINY = spawnSync('/usr/bin/Rscript', ['-e', 'library(shiny)'], { stdio: 'ignore' }).status === 0;
+
+/**
+ * Bundles made by a test: `make(name, files)` writes a directory of them
+ * under a temp root, all readable by the worker UIDs (0755/0644).
+ */
+export function bundles(prefix: string): { root: string; make(name: string, files: Record<string, string>): string; cleanup(): void } {
+  const root = mkdtempSync(path.join(tmpdir(), prefix));
+  chmodSync(root, 0o755);
+  return {
+    root,
+    make(name, files) {
+      const dir = path.join(root, name);
+      mkdirSync(dir, { mode: 0o755 });
+      for (const [file, text] of Object.entries(files)) writeFileSync(path.join(dir, file), text, { mode: 0o644 });
+      return dir;
+    },
+    cleanup: () => rmSync(root, { recursive: true, force: true }),
+  };
+}
 
 /** A config whose ranges belong to one test file (so files can run side by side). */
 export function testConfig(ports: [number, number], uids: [number, number], extra: Config['process'] = {}): Config {

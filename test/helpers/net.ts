@@ -25,20 +25,26 @@ export async function probeWorker(
   return parseProbe(await linesUntilDone(b, id));
 }
 
-/** A probe worker's log lines up to its `done` (throws when it never comes). */
-export async function linesUntilDone(b: ProcessBackend, id: string, timeoutMs = 20000): Promise<string[]> {
+/** A worker's log lines, replayed and followed, up to the first that `until` accepts (or the end, or timeoutMs). */
+export async function linesUntil(b: ProcessBackend, id: string, until: (line: string) => boolean, timeoutMs = 20000): Promise<string[]> {
   const lines: string[] = [];
   const stream = await b.logs(id);
   const timer = setTimeout(() => stream.close(), timeoutMs);
   try {
     for await (const line of stream) {
       lines.push(line);
-      if (line === 'done') break;
+      if (until(line)) break;
     }
   } finally {
     clearTimeout(timer);
     stream.close();
   }
+  return lines;
+}
+
+/** A probe worker's log lines up to its `done` (throws when it never comes). */
+export async function linesUntilDone(b: ProcessBackend, id: string, timeoutMs = 20000): Promise<string[]> {
+  const lines = await linesUntil(b, id, (line) => line === 'done', timeoutMs);
   if (lines.at(-1) !== 'done') throw new Error(`probe ${id} did not finish:\n${lines.join('\n')}`);
   return lines;
 }
