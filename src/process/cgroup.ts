@@ -231,6 +231,8 @@ export const removeDir = (dir: string) => removeDirs([dir]);
 
 /** One worker's (or build's) cgroup: one directory per v1 hierarchy, or one v2 directory. */
 export class WorkerCgroup {
+  /** The OOM kill count finish() read before removing the directory. */
+  private oomKillsAtEnd?: number;
   private removal?: Promise<void>;
 
   /** @internal made by CgroupManager */
@@ -331,6 +333,8 @@ export class WorkerCgroup {
 
   /** How many processes the kernel's OOM killer ended in this cgroup for its limit. */
   oomKills(): number {
+    // Once finish() has read it, the directory may be gone: the count it read stands.
+    if (this.oomKillsAtEnd !== undefined) return this.oomKillsAtEnd;
     const dir = this.dirs.get('memory');
     if (!dir) return 0;
     try {
@@ -348,6 +352,7 @@ export class WorkerCgroup {
    */
   async finish(exit: { code: number | null; signal: string | null }): Promise<boolean> {
     const kills = this.oomKills();
+    this.oomKillsAtEnd = kills;
     await this.remove();
     return kills > 0 && (exit.signal === 'SIGKILL' || exit.code === 137);
   }

@@ -115,7 +115,9 @@ export async function waitForListener(target: WaitTarget, timeoutMs: number, sig
     for (let wait = FIRST_WAIT_MS; ; wait = Math.min(wait * 2, performance.now() < fastUntil ? FAST_WAIT_MS : MAX_WAIT_MS)) {
       signal?.throwIfAborted();
       if (exit !== undefined || !target.running()) {
-        const how = exit ? (exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`) : 'exit';
+        // Not running, but the exit's callback may not have run yet: its status is there, a microtask away.
+        exit ??= await target.exited;
+        const how = exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`;
         throw new WorkerNotReadyError(
           `worker "${target.workerId}" exited (${how}) before listening on ${addr}; see its logs`,
           target.workerId,
