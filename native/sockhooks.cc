@@ -11,6 +11,7 @@
 #include <linux/bpf.h>
 #include <stddef.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -332,6 +333,24 @@ void Ingress(Asm& a) {
   Ending(a, allow, deny);
 }
 
+// Socket creation: an IP socket of the sandbox is TCP or UDP. The others send
+// through paths no connect or sendmsg hook sees: UDP-Lite's connect and the
+// sends of its connected socket, ping sockets (ICMP echo, unprivileged where
+// net.ipv4.ping_group_range lets a group, as systemd sets it) to any address,
+// SCTP. Refused here, socket(2) fails with EPERM.
+void Create(Asm& a) {
+  int allow = a.Label(), deny = a.Label(), ip = a.Label();
+  a.Load32(R2, R1, offsetof(struct bpf_sock, family));
+  a.Jmp32Imm(BPF_JEQ, R2, AF_INET, ip);
+  a.Jmp32Imm(BPF_JNE, R2, AF_INET6, allow);
+  a.Bind(ip);
+  a.Load32(R2, R1, offsetof(struct bpf_sock, protocol));
+  a.Jmp32Imm(BPF_JEQ, R2, IPPROTO_TCP, allow);
+  a.Jmp32Imm(BPF_JEQ, R2, IPPROTO_UDP, allow);
+  a.Ja(deny);
+  Ending(a, allow, deny);
+}
+
 struct ProgramKind {
   const char* name;
   bpf_prog_type type;
@@ -345,6 +364,7 @@ const ProgramKind kKinds[kSockHookPrograms] = {
     {"bind4", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_INET4_BIND},
     {"bind6", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_INET6_BIND},
     {"ingress", BPF_PROG_TYPE_CGROUP_SKB, BPF_CGROUP_INET_INGRESS},
+    {"sock_create", BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET_SOCK_CREATE},
 };
 
 int MakeMap(uint32_t keySize, uint32_t valueSize, uint32_t entries) {
@@ -427,7 +447,8 @@ bool SockHooksLoad(const SockHookRules& rules, SockHooks* hooks, SockHookError* 
       case kSendmsg6: Destination6(a, rules, made); break;
       case kBind4: Bind(a, made, true); break;
       case kBind6: Bind(a, made, false); break;
-      default: Ingress(a); break;
+      case kIngress: Ingress(a); break;
+      default: Create(a); break;
     }
     std::vector<bpf_insn> code;
     if (!a.Finish(&code)) {

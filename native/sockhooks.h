@@ -1,6 +1,6 @@
 // The tenant network's cgroup socket hooks (SPEC §11): eBPF programs of type
-// BPF_PROG_TYPE_CGROUP_SOCK_ADDR (connect, UDP send, bind) and CGROUP_SKB
-// (ingress), assembled here from a rule table, loaded through the kernel's
+// BPF_PROG_TYPE_CGROUP_SOCK_ADDR (connect, UDP send, bind), CGROUP_SKB
+// (ingress) and CGROUP_SOCK (socket creation), assembled here from a rule table, loaded through the kernel's
 // verifier and attached to a cgroup2 directory. No napi here (the glue is
 // binding_sockhooks.cc).
 #pragma once
@@ -37,13 +37,13 @@ struct SockHookRules {
 };
 
 // The programs, in the order SockHooks::progs holds them.
-enum SockHookProgram { kConnect4, kConnect6, kSendmsg4, kSendmsg6, kBind4, kBind6, kIngress, kSockHookPrograms };
+enum SockHookProgram { kConnect4, kConnect6, kSendmsg4, kSendmsg6, kBind4, kBind6, kIngress, kSockCreate, kSockHookPrograms };
 const char* SockHookName(int program);
 
 struct SockHooks {
   int uidPorts = -1;    // BPF hash map: worker UID (u32) → the one port it binds (u32, host order)
   int localAddrs = -1;  // BPF hash map: host address (16 bytes, IPv4 as ::ffff:a.b.c.d) → 1
-  int progs[kSockHookPrograms] = {-1, -1, -1, -1, -1, -1, -1};
+  int progs[kSockHookPrograms] = {-1, -1, -1, -1, -1, -1, -1, -1};
 };
 
 struct SockHookError {

@@ -198,7 +198,7 @@ export interface NativeInjectMount {
   readOnly: boolean;
 }
 
-/** Loaded hooks: the maps and each program's fd (connect4, connect6, sendmsg4, sendmsg6, bind4, bind6, ingress). */
+/** Loaded hooks: the maps and each program's fd (connect4, connect6, sendmsg4, sendmsg6, bind4, bind6, ingress, sock_create). */
 export interface NativeSockHooks {
   uidPorts: number;
   localAddrs: number;

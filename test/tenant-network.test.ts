@@ -3,7 +3,7 @@
 // MPTCP and TCP Fast Open, on every local address; and to listen where it
 // should not. Each case runs under 'auto' (the cgroup socket hooks) and under
 // 'off', where the same attacks succeed: the test measures the policy.
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import dgram from 'node:dgram';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -40,6 +40,28 @@ const hostAddresses = Object.values(os.networkInterfaces())
   .map((i) => i!.address);
 
 type Item = [name: string, kind: string, host: string, port: number];
+
+/** Whether this kernel makes UDP-Lite sockets (some builds leave it out; newer kernels drop it). */
+const hasUdpLite = (() => {
+  try {
+    execFileSync(PYTHON, ['-c', 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/**
+ * Opens ping sockets (ICMP echo without CAP_NET_RAW) to every group, as
+ * systemd sets net.ipv4.ping_group_range on most distributions, until the
+ * returned function puts the old range back. This kernel's default lets no one.
+ */
+function openPingSockets(): () => void {
+  const file = '/proc/sys/net/ipv4/ping_group_range';
+  const before = readFileSync(file, 'utf8');
+  writeFileSync(file, '0 2147483647');
+  return () => writeFileSync(file, before);
+}
 
 /**
  * Refused by one layer or the other: the hooks say EPERM, Landlock's TCP port
@@ -134,6 +156,7 @@ function scenario(mode: 'auto' | 'off', base: number, uidBase: number) {
       ['victimTcp', 'tcp', '127.0.0.1', victimPort],
       ['victimUdp', 'udp', '127.0.0.1', victimPort],
       ['victimMapped', 'tcp', '::ffff:127.0.0.1', victimPort],
+      ['victimLite', 'udplite', '127.0.0.1', victimPort],
       ...everywhere.flatMap((host, i): Item[] => [
         [`hostileTcp${i}`, 'tcp', host, HOSTILE],
         [`hostileUdp${i}`, 'udp', host, HOSTILE],
@@ -164,9 +187,11 @@ function scenario(mode: 'auto' | 'off', base: number, uidBase: number) {
   it(`${on ? 'no' : 'every'} connect or datagram reaches the other worker`, async () => {
     for (const name of ['victimTcp', 'victimUdp', 'victimMapped'])
       expect(results[name], name).toBe(on ? 'EPERM' : name === 'victimUdp' ? 'ok' : 'ok:hello from victim');
+    // UDP-Lite: connect(2) and send(2) of a connected socket, which no hook sees; refused when the socket is made.
+    expect(results.victimLite).toBe(on ? 'EPERM' : hasUdpLite ? 'ok:hello from victim' : 'EPROTONOSUPPORT');
     const victimGot = (await logsOf(b, 'victim')).filter((l) => l.startsWith('got=from-'));
     if (on) expect(victimGot).toEqual([]);
-    else expect(victimGot.sort()).toEqual(['got=from-victimMapped', 'got=from-victimTcp', 'got=from-victimUdp']);
+    else expect(victimGot.sort()).toEqual(['got=from-victimLite', 'got=from-victimMapped', 'got=from-victimTcp', 'got=from-victimUdp'].filter((g) => hasUdpLite || !g.endsWith('Lite')));
   });
 
   it(`${on ? 'no' : 'every'} local address reaches a port of the workers' range, over TCP and UDP`, async () => {
@@ -318,12 +343,42 @@ describe.runIf(hooksHere)("networkPolicy 'off': the same attacks succeed", () =>
   });
 });
 
+/** tenant-net.py serving TCP, UDP and UDP-Lite on 127.0.0.1:port on the host, as `host`; stop() ends it. */
+async function hostLiteService(port: number): Promise<{ stop(): void }> {
+  const child = spawn(PYTHON, [path.join(FIXTURES, 'tenant-net.py'), JSON.stringify([['host', 'serve', '127.0.0.1', port]])], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', reject);
+    child.stdout.on('data', (d: Buffer) => d.toString().includes('done') && resolve());
+  });
+  return { stop: () => child.kill('SIGKILL') };
+}
+
 describe.runIf(hooksHere)('allowedConnect and allowedConnectPorts', () => {
   const services: Awaited<ReturnType<typeof hostService>>[] = [];
+  let lite: { stop(): void };
+  let closePing: () => void;
   beforeAll(async () => {
     for (const port of [24582, 24583, 24584]) services.push(await hostService(port));
+    lite = await hostLiteService(24581);
+    closePing = openPingSockets();
   });
-  afterAll(() => Promise.all(services.map((s) => s.close())));
+  afterAll(async () => {
+    closePing?.();
+    lite?.stop();
+    await Promise.all(services.map((s) => s.close()));
+  });
+
+  it('what the other protocols reach from the host: UDP-Lite where the kernel has it, ICMP echo', async () => {
+    const { stdout } = await promisify(execFile)(PYTHON, [
+      path.join(FIXTURES, 'tenant-net.py'),
+      JSON.stringify([
+        ['lite', 'udplite', '127.0.0.1', 24581],
+        ['ping', 'ping', '127.0.0.1', 0],
+        ['ping6', 'ping', '::1', 0],
+      ]),
+    ]);
+    expect(parseProbe(stdout.split('\n'))).toEqual({ lite: hasUdpLite ? 'ok:hello from host' : 'EPROTONOSUPPORT', ping: 'ok:echo', ping6: 'ok:echo' });
+  });
 
   it('allowedConnect: only the listed destinations are reached, whatever the protocol', async () => {
     const b = new ProcessBackend(testConfig([24560, 24564], [65560, 65564], { allowedConnect: ['127.0.0.1:24582', '[::1]:24583'] }));
@@ -334,8 +389,21 @@ describe.runIf(hooksHere)('allowedConnect and allowedConnectPorts', () => {
         ['wrongFamily', 'tcp', '127.0.0.1', 24583],
         ['other', 'tcp', '127.0.0.1', 24584],
         ['otherUdp', 'udp', '127.0.0.1', 24584],
+        // Protocols whose sends no hook sees: refused when the socket is made.
+        ['otherLite', 'udplite', '127.0.0.1', 24581],
+        ['ping', 'ping', '127.0.0.1', 0],
+        ['ping6', 'ping', '::1', 0],
       ]);
-      expect(r).toEqual({ listed: 'ok:hello from host', listed6: 'ok:hello from host', wrongFamily: 'EPERM', other: 'EPERM', otherUdp: 'EPERM' });
+      expect(r).toEqual({
+        listed: 'ok:hello from host',
+        listed6: 'ok:hello from host',
+        wrongFamily: 'EPERM',
+        other: 'EPERM',
+        otherUdp: 'EPERM',
+        otherLite: 'EPERM',
+        ping: 'EPERM',
+        ping6: 'EPERM',
+      });
     } finally {
       await b.close();
     }
@@ -362,9 +430,11 @@ describe.runIf(hooksHere)('the socket hooks alone (no sandbox)', () => {
   const dir = unified ? path.join(unified.mountPoint, unified.ownPath, `procyard-test-hooks-${process.pid}`) : '';
   let fds: number[] = [];
   let service: Awaited<ReturnType<typeof hostService>>;
+  let closePing: () => void;
 
   beforeAll(async () => {
     service = await hostService(24585);
+    closePing = openPingSockets();
     const p = resolveProcessConfig(testConfig([24585, 24589], [65585, 65589]));
     const hooks = await sockHooksLoad(hookRules(socketHooksConfig({}, p), []));
     fds = [...hooks.programs.map((x) => x.fd), hooks.uidPorts, hooks.localAddrs];
@@ -372,6 +442,7 @@ describe.runIf(hooksHere)('the socket hooks alone (no sandbox)', () => {
     sockHooksAttach(hooks.programs.map((x) => x.fd), dir);
   });
   afterAll(async () => {
+    closePing?.();
     if (existsSync(dir)) rmdirSync(dir);
     for (const fd of fds) closeFd(fd);
     await service?.close();
@@ -393,15 +464,35 @@ describe.runIf(hooksHere)('the socket hooks alone (no sandbox)', () => {
     ['tfo6', 'tfo', '::1', 24585],
     ['udp', 'udp', '::ffff:127.0.0.1', 24585],
     ['bind', 'bind', '127.0.0.1', 24586],
+    ['lite', 'udplite', '127.0.0.1', 24585],
+    ['ping', 'ping', '127.0.0.1', 0],
   ];
 
-  it('refuse MPTCP, TCP Fast Open and UDP as they refuse TCP', async () => {
+  it('refuse MPTCP, TCP Fast Open and UDP as they refuse TCP; and any socket but TCP and UDP', async () => {
     const hasMptcp = (await runIn(false, items)).mptcp === 'ok:hello from host';
-    expect(await runIn(true, items)).toEqual({ tcp: 'EPERM', mptcp: hasMptcp ? 'EPERM' : expect.any(String), tfo: 'EPERM', tfo6: 'EPERM', udp: 'EPERM', bind: 'EPERM' });
+    expect(await runIn(true, items)).toEqual({
+      tcp: 'EPERM',
+      mptcp: hasMptcp ? 'EPERM' : expect.any(String),
+      tfo: 'EPERM',
+      tfo6: 'EPERM',
+      udp: 'EPERM',
+      bind: 'EPERM',
+      lite: hasUdpLite ? 'EPERM' : 'EPROTONOSUPPORT',
+      ping: 'EPERM',
+    });
   });
 
   it('leave every process outside the directory alone', async () => {
-    expect(await runIn(false, items)).toMatchObject({ tcp: 'ok:hello from host', tfo: 'ok:hello from host', tfo6: 'ok:hello from host', udp: 'ok', bind: 'ok:24586' });
+    expect(await runIn(false, items)).toMatchObject({
+      tcp: 'ok:hello from host',
+      tfo: 'ok:hello from host',
+      tfo6: 'ok:hello from host',
+      udp: 'ok',
+      bind: 'ok:24586',
+      // no UDP-Lite listener there: the port-unreachable reply ends the wait
+      lite: hasUdpLite ? 'ECONNREFUSED' : 'EPROTONOSUPPORT',
+      ping: 'ok:echo',
+    });
   });
 });
 

@@ -94,7 +94,7 @@ export function judgeSocketHooks(config: SocketHooksConfig, status: SocketHooksS
   const message =
     `cgroup socket hooks (cgroup2 at ${status.cgroup2}): workers connect and send to no port of ${first}-${last} on a local ` +
     `address but their own, so not to each other, nor to ${denied.join(', ')}${allowed}; ` +
-    `they bind only 127.0.0.1 and ::1 on their own port, and builds bind nothing`;
+    `they bind only 127.0.0.1 and ::1 on their own port, builds bind nothing, and IP sockets are TCP or UDP only`;
   if (status.unresolved.length === 0) return { severity: 'ok', message };
   return {
     severity: 'warning',
