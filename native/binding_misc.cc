@@ -214,7 +214,7 @@ Napi::Value ReservePortJs(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-// resolveMountTarget(path, {create, workerUids?: [start, end], workerGid?, trustedUid})
+// resolveMountTarget(path, {create, workerUids?: [start, end], workerGid?, strangers?, trustedUid})
 //   -> {path, created} | {problem, code}
 Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -233,6 +233,7 @@ Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
     policy.workerUidStart = static_cast<uid_t>(ToInteger(env, r.Get(0u), "workerUids[0]", 0, 0xfffffffe));
     policy.workerUidEnd = static_cast<uid_t>(ToInteger(env, r.Get(1u), "workerUids[1]", 0, 0xfffffffe));
     policy.workerGid = static_cast<gid_t>(ToInteger(env, o.Get("workerGid"), "workerGid", 0, 0xfffffffe));
+    if (Has(o, "strangers")) policy.strangers = o.Get("strangers").ToBoolean().Value();
   }
   TargetResult result = ResolveMountTarget(path, policy);
   Napi::Object out = Napi::Object::New(env);

@@ -43,6 +43,7 @@ std::string WorkerWritable(const struct stat& st, const TargetPolicy& p) {
     return "is owned by worker uid " + std::to_string(st.st_uid);
   if ((st.st_mode & S_IWGRP) && st.st_gid == p.workerGid)
     return "is writable by the worker group (gid " + std::to_string(st.st_gid) + ", mode " + Octal(st.st_mode) + ")";
+  if (!p.strangers) return "";
   // Any other owner could rename what is in it: a worker of another backend
   // on this host (its own UIDs, its own group) looks like any other user.
   if (st.st_uid != 0 && st.st_uid != p.trustedUid)
@@ -136,6 +137,24 @@ TargetResult ResolveMountTarget(const std::string& path, const TargetPolicy& pol
         if (dirfd < 0) return fail(errno, "cannot open /");
       }
       continue;
+    }
+    if (todo.empty() && policy.guardWorkers) {
+      // The last entry's own directory was checked, but a sticky one that
+      // others can write lets each owner rename their entries: one not owned
+      // by root or the server could be swapped for a symlink after this walk.
+      struct stat parent;
+      if (fstat(dirfd, &parent) < 0) {
+        int err = errno;
+        close(fd);
+        return fail(err, "cannot stat " + Join(done));
+      }
+      bool stranger = policy.strangers ? st.st_uid != 0 && st.st_uid != policy.trustedUid
+                                       : st.st_uid >= policy.workerUidStart && st.st_uid <= policy.workerUidEnd;
+      if ((parent.st_mode & S_ISVTX) && (parent.st_mode & (S_IWGRP | S_IWOTH)) && stranger) {
+        close(fd);
+        return fail(0, here + " is owned by uid " + std::to_string(st.st_uid) + " in a sticky directory others can write (mode " +
+                           Octal(parent.st_mode) + "), so its owner could swap it");
+      }
     }
     if (!todo.empty()) {
       if (!S_ISDIR(st.st_mode)) {

@@ -16,6 +16,7 @@ struct TargetPolicy {
   uid_t workerUidEnd = 0;
   gid_t workerGid = 0;
   uid_t trustedUid = 0;       // besides root, the owner a followed symlink may have (the server's own uid)
+  bool strangers = true;      // with guardWorkers: also refuse directories other users could write
 };
 
 struct TargetResult {
@@ -28,7 +29,8 @@ struct TargetResult {
 
 // Walks `path` from / with openat(O_PATH | O_NOFOLLOW): a symlink is followed
 // only when it is owned by root or trustedUid, and every directory passed through
-// must not be writable by a worker, so no worker can redirect the walk (or
+// must not be writable by a worker, nor may the last entry be another user's
+// in a sticky directory others write, so no worker can redirect the walk (or
 // bwrap's later mount) by planting or swapping an entry.
 TargetResult ResolveMountTarget(const std::string& path, const TargetPolicy& policy);
 

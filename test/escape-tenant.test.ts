@@ -11,6 +11,7 @@ import type { WorkerSpec } from '../src/backend.js';
 import { killUidProcesses } from '../src/process/orphans.js';
 import { ProcessBackend } from '../src/process/process-backend.js';
 import { FIXTURES, NODE, appSpec, tempDir, testConfig } from './helpers/backend.js';
+import { linesUntil } from './helpers/net.js';
 import { isRoot, procEnviron, procState, procStatus as procStatusOf, settlesBefore, waitFor } from './helpers/proc.js';
 
 // Ports 24400-24489 and UIDs 65400-65489 belong to this file.
@@ -645,7 +646,7 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
   // whole root, read-write (its /run, /tmp and /dev/shm, which outlive it).
   it('is never followed as a mount source: the spawn is refused naming it, and nothing is bound', async () => {
     const data = tempDir('procyard-plant-');
-    chmodSync(data.dir, 0o777);
+    chmodSync(data.dir, 0o1777); // sticky: the directory itself is no reason to refuse (see below)
     try {
       await backend.spawn(
         appSpec('planter', 'serve', {
@@ -667,4 +668,94 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
       data.cleanup();
     }
   });
+
+  // Found next: with the symlink check alone, a worker swapped a plain
+  // directory of its data for a symlink to / and back. The check saw the
+  // directory; bwrap, a few milliseconds later, followed the link, and the
+  // next tenant's mount was the host's root.
+  it('the overlap rule: both ways, the same directory shared is fine, and it ends with the sandbox', async () => {
+    const data = tempDir('procyard-overlap-');
+    const inner = path.join(data.dir, 'inner');
+    mkdirSync(inner);
+    const sleeper = (id: string, mounts: { source: string; readOnly: boolean }[]) =>
+      backend.spawn(appSpec(id, 'serve', { cmd: ['/bin/sleep', '30'], dataMounts: mounts.map((m, i) => ({ ...m, target: `/d${i}` })) }));
+    try {
+      await sleeper('inner-ro', [{ source: inner, readOnly: true }]);
+      // A read-write mount around a running sandbox's source: refused.
+      await expect(sleeper('outer-rw', [{ source: data.dir, readOnly: false }])).rejects.toThrow(/read-write mount source ".*procyard-overlap-\w+" \(for \/d0\) is refused: it holds ".*\/inner"/);
+      // Read-only around it, and the same directory read-write in two sandboxes: fine.
+      await sleeper('outer-ro', [{ source: data.dir, readOnly: true }]);
+      await sleeper('same-rw-1', [{ source: inner, readOnly: false }]);
+      await sleeper('same-rw-2', [{ source: inner, readOnly: false }]);
+      await backend.stop('inner-ro');
+      await backend.stop('same-rw-1');
+      await backend.stop('same-rw-2');
+      // With those gone, the read-write mount goes through.
+      await sleeper('outer-rw', [{ source: data.dir, readOnly: false }]);
+      // And now a source inside it is refused.
+      await expect(sleeper('inner-again', [{ source: inner, readOnly: true }])).rejects.toThrow(/it is inside ".*procyard-overlap-\w+", which a running sandbox has read-write/);
+      for (const id of ['outer-ro', 'outer-rw']) await backend.stop(id);
+      expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+    } finally {
+      for (const id of ['inner-ro', 'outer-ro', 'outer-rw', 'same-rw-1', 'same-rw-2']) await backend.stop(id).catch(() => {});
+      data.cleanup();
+    }
+  });
+
+  const SYMLINK = /\/x is a symlink owned by uid 654\d\d/;
+  const INSIDE = /it is inside ".*procyard-swap-\w+", which a running sandbox has read-write/;
+  it.each([
+    // The symlink when the walk meets it; otherwise the directory, inside the swapper's read-write mount.
+    [0o777, [SYMLINK, INSIDE]],
+    // Sticky: each owner renames only their own entries, so a worker's own entry is refused as such.
+    [0o1777, [SYMLINK, /\/x is owned by uid 654\d\d in a sticky directory others can write \(mode 1777\)/]],
+  ])('nor raced in after the check: a source a running worker can swap is refused (data mode %o)', async (mode, why) => {
+    const data = tempDir('procyard-swap-');
+    chmodSync(data.dir, mode);
+    const lineOf = async (id: string, match: RegExp) => (await linesUntil(backend, id, (l) => match.test(l), 10_000)).find((l) => match.test(l)) ?? null;
+    try {
+      await backend.spawn(
+        appSpec('swapper', 'serve', {
+          cmd: ['/usr/bin/python3', '/tmp/app/swap-dir.py', '/data', 'x'],
+          bundlePath: FIXTURES,
+          dataMounts: [{ source: data.dir, target: '/data', readOnly: false }],
+        }),
+      );
+      expect(await lineOf('swapper', /^swapping$/)).toBe('swapping');
+      const outcomes: string[] = [];
+      for (let i = 0; i < 40 && !outcomes.includes('escaped'); i++) {
+        const id = `swap-victim-${i}`;
+        const spawned = await backend
+          .spawn(
+            appSpec(id, 'serve', {
+              cmd: ['/bin/sh', '-c', 'if [ -e /hostroot/etc/passwd ]; then echo escaped; else echo contained; fi; sleep 30'],
+              dataMounts: [{ source: path.join(data.dir, 'x'), target: '/hostroot', readOnly: true }],
+            }),
+          )
+          .then(() => null, (e: unknown) => e as Error);
+        if (spawned) {
+          expect(spawned.name).toBe('SpecError');
+          outcomes.push(spawned.message);
+          continue;
+        }
+        outcomes.push((await lineOf(id, /^(escaped|contained)$/)) ?? 'no line');
+        await backend.stop(id);
+      }
+      console.log(`swap: ${outcomes.length} spawns, ${outcomes.filter((o) => o === 'escaped').length} escaped, ${outcomes.filter((o) => o === 'contained').length} contained`);
+      expect(outcomes).not.toContain('escaped');
+      // Refused every time, whichever the worker had in place, naming the directory it can write.
+      expect(outcomes.length).toBe(40);
+      for (const o of outcomes) {
+        expect(o).toMatch(/^the mount source ".*\/x" \(for \/hostroot\) is refused: /);
+        expect(why.some((w) => w.test(o)), o).toBe(true);
+      }
+      // The directory's refusal was seen (the worker spends half its time with it in place).
+      expect(outcomes.some((o) => why[1]!.test(o))).toBe(true);
+      await backend.stop('swapper');
+      expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+    } finally {
+      await backend.stop('swapper').catch(() => {});
+      data.cleanup();
+    }
+  }, 60_000);
 });

@@ -121,6 +121,8 @@ export class MountTargets {
   private readonly ready = new Map<string, TargetEntry>();
   /** Fixed targets that could not be made, with the message to show at spawn. */
   private readonly unreachable = new Map<string, string>();
+  /** The sources of the sandboxes holding mounts now, as given to bwrap: how many hold each, and how many of those read-write. */
+  private readonly live = new Map<string, { users: number; writers: number }>();
 
   constructor(private readonly guard: WorkerIdentities | null) {}
 
@@ -142,7 +144,9 @@ export class MountTargets {
    */
   acquire(mounts: MountEntry[], field: string): { mounts: MountEntry[]; release(): Promise<void> } {
     const held: TargetEntry[] = [];
+    let sources: MountEntry[] = [];
     const release = async () => {
+      for (const m of sources.splice(0)) this.forget(m);
       await Promise.all(held.splice(0).map((entry) => this.drop(entry)));
     };
     try {
@@ -153,6 +157,9 @@ export class MountTargets {
         held.push(entry);
         return { ...m, source, target: entry.path };
       });
+      bound.forEach((m, i) => this.checkOverlap(m, mounts[i]!));
+      sources = bound;
+      for (const m of sources) this.remember(m);
       return { mounts: bound, release };
     } catch (err) {
       void release(); // what was made for the targets before this one goes
@@ -162,19 +169,66 @@ export class MountTargets {
 
   /**
    * A bind source as bwrap (or the warm handoff) is given it: its real path,
-   * reached following only symlinks root (or the server's uid) owns. A
-   * worker that can write into a directory the host later binds for it (its
-   * data) could otherwise leave a symlink there to `/` or to another
-   * tenant's files, for the next spec that names the link to bind instead.
+   * reached following only symlinks root (or the server's uid) owns, and (as
+   * root) through no directory a worker UID owns or the worker group can
+   * write. A worker that can write into a directory the host later binds
+   * for it (its data) could otherwise leave a symlink there to `/` or to
+   * another tenant's files, for the next spec that names the link; swapping
+   * a directory there for such a symlink after this check is checkOverlap's.
    * A source that does not exist is left as it is: the spawn's path check
    * names it.
    */
   private source(source: string, target: string): string {
-    const r = resolveMountTarget(source, { create: false, trustedUid: process.geteuid?.() ?? 0 });
+    const r = resolveMountTarget(source, {
+      create: false,
+      trustedUid: process.geteuid?.() ?? 0,
+      // Directories a worker made (another backend's, whose sandboxes this one does not know; see checkOverlap).
+      ...(this.guard ? { workerUids: this.guard.uids, workerGid: this.guard.gid, strangers: false } : {}),
+    });
     if (r.problem === undefined) return r.path;
     if (r.code === '')
-      throw new SpecError(`the mount source "${source}" (for ${target}) is refused: ${r.problem}; a worker may have planted it, so give the real path`);
+      throw new SpecError(
+        `the mount source "${source}" (for ${target}) is refused: ${r.problem}; a worker could make it name another path ` +
+          'when it is mounted, so give a path that no worker can change',
+      );
     return source;
+  }
+
+  /**
+   * Refuses a source inside another sandbox's read-write source, or a
+   * read-write source holding another sandbox's: the worker that can write
+   * there could swap the inner path for a symlink (to `/`) between the check
+   * above and bwrap's mount, which follows it as root. Both sides are known
+   * here before either sandbox starts, so there is no race to win.
+   */
+  private checkOverlap(m: MountEntry, given: MountEntry): void {
+    for (const [other, { writers }] of this.live) {
+      if (writers > 0 && inside(m.source, other))
+        throw new SpecError(
+          `the mount source "${given.source}" (for ${given.target}) is refused: it is inside "${other}", which a running sandbox ` +
+            'has read-write, so its worker could swap the path for a symlink before it is mounted; mount that directory itself, or a path outside it',
+        );
+      if (!m.readOnly && inside(other, m.source))
+        throw new SpecError(
+          `the read-write mount source "${given.source}" (for ${given.target}) is refused: it holds "${other}", which a running ` +
+            'sandbox has mounted, and this worker could swap that path for a symlink; mount it read-only, or once those sandboxes are gone',
+        );
+    }
+  }
+
+  private remember(m: MountEntry): void {
+    const known = this.live.get(m.source) ?? { users: 0, writers: 0 };
+    known.users++;
+    if (!m.readOnly) known.writers++;
+    this.live.set(m.source, known);
+  }
+
+  private forget(m: MountEntry): void {
+    const known = this.live.get(m.source);
+    if (!known) return;
+    known.users--;
+    if (!m.readOnly) known.writers--;
+    if (known.users <= 0) this.live.delete(m.source);
   }
 
   private entry(target: string, field: string): TargetEntry {
@@ -236,4 +290,9 @@ export class MountTargets {
     }
     return false;
   }
+}
+
+/** Whether path p lies strictly inside directory dir (both real paths). */
+function inside(p: string, dir: string): boolean {
+  return p !== dir && p.startsWith(dir === '/' ? '/' : `${dir}/`);
 }
