@@ -483,9 +483,17 @@ std::unique_ptr<SpawnJob> SpawnStart(SpawnRequest req, SpawnError* error) {
   }
   std::vector<FdMapping> opened;
   for (const OpenAt& o : req.openFds) {
-    int fd = open(o.path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Without blocking: a FIFO (or a device) named here would hold this
+    // thread, the server's event loop, until a writer came. Only a regular
+    // file is handed on, read as bwrap reads it (blocking).
+    int fd = open(o.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) return failed("open", o.path, errno);
-    opened.push_back({ours.Add(fd), o.target});
+    ours.Add(fd);
+    struct stat st;
+    if (fstat(fd, &st) < 0) return failed("fstat", o.path, errno);
+    if (!S_ISREG(st.st_mode)) return failed("open (not a regular file)", o.path, EINVAL);
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) return failed("fcntl", o.path, errno);
+    opened.push_back({fd, o.target});
   }
 
   auto state = std::make_unique<SpawnJobState>();

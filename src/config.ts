@@ -299,6 +299,20 @@ export function withTomlNames(message: string): string {
 const MEMORY_UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
 
 /**
+ * The smallest memory limit a sandbox gets (0 is none). Below a few pages
+ * the spawn's clone child, which shares the server's memory until it execs
+ * bwrap, is OOM-killed in its new cgroup, and the kernel kills every process
+ * sharing that memory with it: the server. Nothing runs in 4 MiB anyway.
+ */
+export const MIN_MEMORY_BYTES = 4 * 1024 ** 2;
+
+/** Why a memory limit in bytes is refused, or null: 0 (none) or at least MIN_MEMORY_BYTES. */
+export function memoryFloorProblem(bytes: number, field: string, given: string): string | null {
+  if (bytes === 0 || bytes >= MIN_MEMORY_BYTES) return null;
+  return `${field} must be 0 (no limit) or at least 4m (${MIN_MEMORY_BYTES} bytes), got ${given}: a sandbox cannot start under less`;
+}
+
+/**
  * A memory size as the server's config and specs write it: plain bytes, or a
  * number with a binary unit k, m, g or t (case-insensitive, an optional
  * trailing b or ib): '64m', '2g', '512k', '1.5G', '1048576'. Null when malformed.
@@ -326,18 +340,21 @@ export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', f
   const fail = (field: string, message: string): never => {
     throw new ConfigError(message, file, n(field));
   };
-  if (p.portRangeStart < 1 || p.portRangeEnd > 65535 || p.portRangeStart > p.portRangeEnd)
+  if (!Number.isSafeInteger(p.portRangeStart) || !Number.isSafeInteger(p.portRangeEnd) || p.portRangeStart < 1 || p.portRangeEnd > 65535 || p.portRangeStart > p.portRangeEnd)
     fail(
       'process.portRangeStart',
       `${n('process.portRangeStart')} and ${n('process.portRangeEnd')}${where} must give a range within 1-65535 ` +
         `(start <= end), got ${p.portRangeStart}-${p.portRangeEnd}`,
     );
-  if (p.workerUidStart < 1 || p.workerUidEnd >= 2 ** 32 - 1 || p.workerUidStart > p.workerUidEnd)
+  if (!Number.isSafeInteger(p.workerUidStart) || !Number.isSafeInteger(p.workerUidEnd) || p.workerUidStart < 1 || p.workerUidEnd >= 2 ** 32 - 1 || p.workerUidStart > p.workerUidEnd)
     fail(
       'process.workerUidStart',
       `${n('process.workerUidStart')} and ${n('process.workerUidEnd')}${where} must give a non-empty range of ` +
         `non-root UIDs (1 to 4294967294, start <= end), got ${p.workerUidStart}-${p.workerUidEnd}`,
     );
+  // Group 0 is root's: files of root:root with group access would be a worker's.
+  if (!Number.isSafeInteger(p.workerGid) || p.workerGid < 1 || p.workerGid >= 2 ** 32 - 1)
+    fail('process.workerGid', `${n('process.workerGid')}${where} must be a group other than root's (1 to 4294967294), got ${String(p.workerGid)}`);
   for (const key of ['logLines', 'logBytes'] as const)
     if (!Number.isSafeInteger(p[key]) || p[key] < 1)
       fail(`process.${key}`, `${n(`process.${key}`)}${where} must be a positive integer, got ${String(p[key])}`);
@@ -365,11 +382,15 @@ export function checkConfig(config: Config, names: 'toml' | 'field' = 'field', f
       `${n('server.defaultMemoryLimit')}${where} must be a size like "512k", "64m" or "2g" (binary units) or plain bytes, ` +
         `got ${JSON.stringify(memory)}`,
     );
+  else if (memory !== undefined) {
+    const floor = memoryFloorProblem(parseMemorySize(memory)!, `${n('server.defaultMemoryLimit')}${where}`, JSON.stringify(memory));
+    if (floor) fail('server.defaultMemoryLimit', floor);
+  }
   const cpu = config.server?.defaultCpuLimit;
-  if (cpu !== undefined && !(typeof cpu === 'number' && Number.isFinite(cpu) && cpu >= 0))
+  if (cpu !== undefined && !(typeof cpu === 'number' && Number.isFinite(cpu) && cpu >= 0 && cpu <= 4096))
     fail(
       'server.defaultCpuLimit',
-      `${n('server.defaultCpuLimit')}${where} must be a number of CPUs >= 0 (0.5 = half a CPU), got ${String(cpu)}`,
+      `${n('server.defaultCpuLimit')}${where} must be a number of CPUs from 0 to 4096 (0.5 = half a CPU), got ${String(cpu)}`,
     );
   const bundleWorkerPath = config.storage?.bundleWorkerPath;
   if (bundleWorkerPath !== undefined && (typeof bundleWorkerPath !== 'string' || !path.isAbsolute(bundleWorkerPath)))

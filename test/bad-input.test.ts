@@ -561,8 +561,10 @@ describe('Config', () => {
     [{ process: { allocator: 'disk' as 'host' } }, 'process.allocator', '"host" or "memory"'],
     [{ process: { runtimeDir: 'relative' } }, 'process.runtimeDir', 'absolute path'],
     [{ server: { defaultMemoryLimit: '2 gigs' } }, 'server.defaultMemoryLimit', 'must be a size like'],
-    [{ server: { defaultCpuLimit: -1 } }, 'server.defaultCpuLimit', '>= 0'],
-    [{ server: { defaultCpuLimit: Number.NaN } }, 'server.defaultCpuLimit', '>= 0'],
+    [{ server: { defaultCpuLimit: -1 } }, 'server.defaultCpuLimit', 'from 0 to 4096'],
+    [{ server: { defaultCpuLimit: Number.NaN } }, 'server.defaultCpuLimit', 'from 0 to 4096'],
+    [{ server: { defaultMemoryLimit: '16k' } }, 'server.defaultMemoryLimit', 'or at least 4m'],
+    [{ server: { defaultCpuLimit: 1e9 } }, 'server.defaultCpuLimit', 'from 0 to 4096'],
     [{ storage: { bundleWorkerPath: 'app' } }, 'storage.bundleWorkerPath', 'absolute path'],
   ] as [Config, string, string][])('rejects %j with a ConfigError naming the field', (config, key, message) => {
     const fds = openFds().length;

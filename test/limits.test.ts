@@ -70,7 +70,10 @@ describe('config and spec checks name the field', () => {
     expect(() => checkWorkerSpec(appSpec('w', 'serve', { cpuLimit: -0.5 }))).toThrow(/cpuLimit.*-0.5/);
     expect(() => checkWorkerSpec(appSpec('w', 'serve', { cpuLimit: NaN }))).toThrow(/cpuLimit.*NaN/);
     expect(() => checkWorkerSpec(appSpec('w', 'serve', { cpuLimit: Infinity }))).toThrow(/cpuLimit/);
-    expect(() => checkWorkerSpec(appSpec('w', 'serve', { memoryLimit: '512k', cpuLimit: 0.5 }))).not.toThrow();
+    expect(() => checkWorkerSpec(appSpec('w', 'serve', { memoryLimit: '512k' }))).toThrow(/memoryLimit must be 0 \(no limit\) or at least 4m \(4194304 bytes\), got "512k"/);
+    expect(() => checkWorkerSpec(appSpec('w', 'serve', { cpuLimit: 1e9 }))).toThrow(/cpuLimit must be at most 4096 CPUs, got 1000000000/);
+    expect(() => checkWorkerSpec(appSpec('w', 'serve', { memoryLimit: '4m', cpuLimit: 0.5 }))).not.toThrow();
+    expect(() => checkWorkerSpec(appSpec('w', 'serve', { memoryLimit: '0', cpuLimit: 4096 }))).not.toThrow();
   });
 
   it('takes the spec limits over the defaults, "0" meaning none', () => {

@@ -22,6 +22,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { readdir, readFile, readlink, rmdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { NotSupportedError, type Logger } from '../backend.js';
+import { memoryFloorProblem } from '../config.js';
 import {
   cgroupCreate,
   cgroupRemove,
@@ -45,7 +46,7 @@ import {
   type Controller,
   type Hierarchy,
 } from './cgroup-hierarchy.js';
-import { CPU_PERIOD_US, cpuQuotaUs, type Limits, type LimitsConfig } from './limits.js';
+import { CPU_PERIOD_US, MAX_CPUS, cpuQuotaUs, type Limits, type LimitsConfig } from './limits.js';
 
 export { CgroupProblem } from './cgroup-hierarchy.js';
 export type { Controller } from './cgroup-hierarchy.js';
@@ -541,6 +542,9 @@ export class CgroupManager {
     for (const [name, value] of [['memoryBytes', memoryBytes], ['nanoCpus', nanoCpus]] as const)
       if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0)
         throw new RangeError(`updateResources: ${name} must be a non-negative integer (0 leaves it as it is), got ${String(value)}`);
+    const floor = memoryFloorProblem(memoryBytes, 'updateResources: memoryBytes', String(memoryBytes));
+    if (floor) throw new RangeError(floor);
+    if (nanoCpus > MAX_CPUS * 1e9) throw new RangeError(`updateResources: nanoCpus must be at most ${MAX_CPUS * 1e9} (${MAX_CPUS} CPUs), got ${nanoCpus}`);
     const mode = this.config.mode;
     if (!cgroup)
       throw new NotSupportedError(
@@ -566,7 +570,9 @@ export class CgroupManager {
   explain(err: unknown, cgroup: WorkerCgroup | null): unknown {
     const e = err as NodeJS.ErrnoException;
     if (!cgroup || typeof e?.syscall !== 'string') return err;
-    if (e.syscall === 'write(cgroup tasks)' || ((e.syscall === 'open' || e.syscall === 'write') && e.path?.startsWith('/')))
+    // Only the cgroup's own files: another open the spawn makes (a seccomp profile) keeps its error.
+    const inCgroup = [...cgroup.dirs.values(), cgroup.unifiedDir].some((dir) => dir !== undefined && e.path?.startsWith(`${dir}/`));
+    if (e.syscall === 'write(cgroup tasks)' || ((e.syscall === 'open' || e.syscall === 'write') && inCgroup))
       return new CgroupError(
         `cannot put the worker in its cgroup with its limits (${e.message}): check the memoryLimit and cpuLimit values ` +
           'and that the cgroup hierarchy is intact, or set process.resourceLimits to "off"',

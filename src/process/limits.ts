@@ -2,7 +2,7 @@
 // into the numbers the kernel takes. Pure (no I/O): tests need no cgroup.
 import path from 'node:path';
 import type { Config } from '../config.js';
-import { parseMemorySize, resolveProcessConfig } from '../config.js';
+import { memoryFloorProblem, parseMemorySize, resolveProcessConfig } from '../config.js';
 
 export type LimitsMode = 'auto' | 'required' | 'off';
 
@@ -29,6 +29,9 @@ export interface Limits {
 /** The memory sizes of specs and config: one parser (config.ts). */
 export { parseMemorySize };
 
+/** The most CPUs a limit may give: past it the kernel's CFS quota overflows (its error named host paths). */
+export const MAX_CPUS = 4096;
+
 /** A non-negative, finite number of CPUs (0 = none). */
 export function isCpuCount(value: unknown): value is number {
   return typeof value === 'number' && Number.isFinite(value) && value >= 0;
@@ -46,14 +49,14 @@ function show(value: unknown): string {
 export function memoryField(value: unknown, field: string): number | string {
   if (typeof value !== 'string') return `${field} must be ${MEMORY_FORMS}, got ${show(value)}`;
   const bytes = parseMemorySize(value);
-  return bytes === null ? `${field} must be ${MEMORY_FORMS}, got ${show(value)}` : bytes;
+  if (bytes === null) return `${field} must be ${MEMORY_FORMS}, got ${show(value)}`;
+  return memoryFloorProblem(bytes, field, show(value)) ?? bytes;
 }
 
 /** The CPU count in a field, or an error message naming the field. */
 export function cpuField(value: unknown, field: string): number | string {
-  return isCpuCount(value)
-    ? value
-    : `${field} must be a non-negative number of CPUs such as 0.5 or 2 (0 for none), got ${show(value)}`;
+  if (!isCpuCount(value)) return `${field} must be a non-negative number of CPUs such as 0.5 or 2 (0 for none), got ${show(value)}`;
+  return value <= MAX_CPUS ? value : `${field} must be at most ${MAX_CPUS} CPUs, got ${show(value)}`;
 }
 
 /**

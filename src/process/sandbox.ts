@@ -18,6 +18,7 @@ import {
   type NativeSpawnOptions,
   type PidWatcher,
 } from '../native.js';
+import { ConfigError } from '../config.js';
 import { ARGS_FD, bwrapArgs, BWRAP_ENV, envArgs, FILES_FD, SECCOMP_FD, STATUS_FD, type SandboxPlan } from './bwrap.js';
 import { killAndAwait, parentOf } from './ending.js';
 import { logBudget } from './log-budget.js';
@@ -89,6 +90,18 @@ function seccompPlan(
   if (profile === 'builtin') return { fd: { data: program(tcpRules ? 'builtin+socket' : 'builtin'), target: SECCOMP_FD }, child: false };
   if (profile === '') return { fd: tcpRules ? { data: program('socket'), target: SECCOMP_FD } : null, child: false };
   return { fd: { path: profile, target: SECCOMP_FD }, child: tcpRules };
+}
+
+/** The spawn's failure to open a compiled seccomp profile, as the config error it is; others as they are. */
+function profileError(err: unknown, profile: string): unknown {
+  const e = err as NodeJS.ErrnoException;
+  if (profile === 'builtin' || profile === '' || e?.path !== profile || !String(e.syscall).startsWith('open')) return err;
+  const why = e.code === 'EINVAL' ? 'is not a regular file' : `cannot be opened (${e.code})`;
+  return new ConfigError(
+    `process.seccompProfile "${profile}" ${why}: give a compiled BPF program file, "builtin" or "" (none)`,
+    undefined,
+    'process.seccompProfile',
+  );
 }
 
 function signalNumber(sig: NodeJS.Signals | number): number {
@@ -442,7 +455,12 @@ async function startSandboxNow(opts: SandboxOptions): Promise<Sandbox> {
     throw err;
   }
   spawnStep(opts.traceId, 'options');
-  const child = spawnStart(options);
+  let child: ReturnType<typeof spawnStart>;
+  try {
+    child = spawnStart(options);
+  } catch (err) {
+    throw profileError(err, opts.seccompProfile);
+  }
   spawnStep(opts.traceId, 'cloned');
   const identity = { bwrap: realBwrap(opts.bwrapPath), uid: opts.hostCredentials ? opts.plan.uid : null };
   const sandbox = new Sandbox(child.pidfd, child.pid, child.stdout, child.stderr, child.status!, opts.onLine, identity);

@@ -55,6 +55,12 @@ function checkAbsolute(value: string, field: string): void {
   if (path.posix.normalize(value) === '/') fail(`${field} must not be "/"`);
 }
 
+/** A host path the server binds or reads: absolute ('..' is resolved, as the host has it). */
+function checkHostPath(value: unknown, field: string): void {
+  if (typeof value === 'string' && value !== '' && !path.posix.isAbsolute(value))
+    fail(`${field} must be an absolute host path, got ${JSON.stringify(value)}`);
+}
+
 function checkStringArray(value: unknown, field: string): void {
   if (!Array.isArray(value) || value.length === 0) fail(`${field} must be a non-empty array of strings`);
   value.forEach((v, i) => checkString(v, `${field}[${i}]`, { required: true }));
@@ -79,6 +85,7 @@ function checkMounts(value: unknown, field: string): asserts value is MountEntry
     if (typeof m !== 'object' || m === null) fail(`${field}[${i}] must be {source, target}`);
     const { source, target, readOnly } = m as Record<string, unknown>;
     checkString(source, `${field}[${i}].source`, { required: true, nonEmpty: true });
+    checkHostPath(source, `${field}[${i}].source`);
     checkString(target, `${field}[${i}].target`, { required: true, nonEmpty: true });
     checkAbsolute(target as string, `${field}[${i}].target`);
     if (readOnly !== undefined && typeof readOnly !== 'boolean') fail(`${field}[${i}].readOnly must be a boolean`);
@@ -108,6 +115,7 @@ export function checkWorkerSpec(spec: WorkerSpec): void {
   if (spec.cmd !== undefined) checkStringArray(spec.cmd, 'cmd');
   for (const field of ['libraryPath', 'libDir', 'transferDir', 'tokenDir', 'rProfilePath'] as const)
     checkString(spec[field], field);
+  for (const field of ['bundlePath', 'libraryPath', 'libDir', 'transferDir', 'tokenDir'] as const) checkHostPath(spec[field], field);
   checkVersion(spec.rVersion, 'rVersion');
   checkRecord(spec.env, 'env', ENV_KEY);
   checkRecord(spec.labels, 'labels');
