@@ -221,11 +221,18 @@ void Verdict(Asm& a, const SockHookRules& rules, const SockHooks& maps, bool v4,
 void Ip4Section(Asm& a, const SockHookRules& rules, const SockHooks& maps, int allow, int deny) {
   int local = a.Label();
   a.Mov64Imm(kLocal, 0);
-  // 127.0.0.0/8 and 0.0.0.0/8 (which Linux connects to this host), then the host's own addresses.
+  // 127.0.0.0/8 and 0.0.0.0/8 (which Linux connects to this host); multicast
+  // (224.0.0.0/4) and the limited broadcast, whose datagrams this host's own
+  // sockets get a copy of; then the host's own addresses and its subnets'
+  // broadcast addresses (the map).
   a.Mov32(R1, kIp4);
   a.And32Imm(R1, Word(0xff, 0, 0, 0));
   a.Jmp32Imm(BPF_JEQ, R1, Word(127, 0, 0, 0), local);
   a.Jmp32Imm(BPF_JEQ, R1, 0, local);
+  a.Mov32(R1, kIp4);
+  a.And32Imm(R1, Word(0xf0, 0, 0, 0));
+  a.Jmp32Imm(BPF_JEQ, R1, Word(0xe0, 0, 0, 0), local);
+  a.Jmp32Imm(BPF_JEQ, kIp4, Word(255, 255, 255, 255), local);
   a.Store32Imm(R10, kKey, 0);
   a.Store32Imm(R10, kKey + 4, 0);
   a.Store32Imm(R10, kKey + 8, Word(0, 0, 0xff, 0xff));
@@ -269,7 +276,10 @@ void Destination6(Asm& a, const SockHookRules& rules, const SockHooks& maps) {
 
   a.Bind(v6);
   a.Mov64Imm(kLocal, 0);
-  // :: and ::1, then the host's own addresses.
+  // Multicast (ff00::/8), ::, ::1, then the host's own addresses.
+  a.Load32(R1, kCtx, kIp6Off);
+  a.And32Imm(R1, Word(0xff, 0, 0, 0));
+  a.Jmp32Imm(BPF_JEQ, R1, Word(0xff, 0, 0, 0), local);
   a.Load32(R1, kCtx, kIp6Off);
   a.Load32(R2, kCtx, kIp6Off + 4);
   a.Or32(R1, R2);

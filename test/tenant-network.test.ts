@@ -39,6 +39,16 @@ const hostAddresses = Object.values(os.networkInterfaces())
   .filter((i) => i && !i.internal && !i.address.startsWith('fe80'))
   .map((i) => i!.address);
 
+/** The host's IPv4 subnets' broadcast addresses (10.0.0.255 for 10.0.0.5/24). */
+const directedBroadcasts = Object.values(os.networkInterfaces())
+  .flat()
+  .filter((i) => i && i.family === 'IPv4' && !i.internal && Number(i.cidr!.split('/')[1]) < 31)
+  .map((i) => {
+    const bytes = i!.address.split('.').map(Number);
+    const mask = i!.netmask.split('.').map(Number);
+    return bytes.map((b, k) => (b | (~mask[k]! & 0xff)) & 0xff).join('.');
+  });
+
 type Item = [name: string, kind: string, host: string, port: number];
 
 /** Whether this kernel makes UDP-Lite sockets (some builds leave it out; newer kernels drop it). */
@@ -90,12 +100,17 @@ async function hostService(port: number): Promise<{ received: string[]; close():
   const udp = dgram.createSocket({ type: 'udp6', reuseAddr: true });
   udp.on('message', (m) => received.push(m.toString()));
   await new Promise<void>((resolve) => udp.bind(port, '::', resolve));
+  // IPv4 multicast and broadcast reach IPv4 sockets only.
+  const udp4 = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+  udp4.on('message', (m) => received.push(m.toString()));
+  await new Promise<void>((resolve) => udp4.bind(port, '0.0.0.0', resolve));
   return {
     received,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
         udp.close();
+        udp4.close();
         tcp.close(() => resolve());
       }),
   };
@@ -161,6 +176,13 @@ function scenario(mode: 'auto' | 'off', base: number, uidBase: number) {
         [`hostileTcp${i}`, 'tcp', host, HOSTILE],
         [`hostileUdp${i}`, 'udp', host, HOSTILE],
       ]),
+      // Delivered to the host's own sockets too: multicast (sent, out of lo with TTL 0, so it stays
+      // here) and broadcast (connected only: a send would leave the machine).
+      ['mcastHostile', 'mcast', '224.0.0.1', HOSTILE],
+      ['mcastDenied', 'mcast', '224.0.0.1', DENIED],
+      ['bcastHostile', 'udpconnect', '255.255.255.255', HOSTILE],
+      ['mcast6Hostile', 'udpconnect', 'ff02::1', HOSTILE],
+      ...directedBroadcasts.map((host, i): Item => [`bcastDirected${i}`, 'udpconnect', host, HOSTILE]),
       ['mptcp', 'mptcp', '127.0.0.1', HOSTILE],
       ['tfo', 'tfo', '127.0.0.1', HOSTILE],
       ['tfo6', 'tfo', '::1', HOSTILE],
@@ -202,6 +224,16 @@ function scenario(mode: 'auto' | 'off', base: number, uidBase: number) {
     await waitFor(() => on || services[0]!.received.filter((r) => r.startsWith('from-hostileUdp')).length === names.length / 2, 2000);
     const got = services[0]!.received.filter((r) => r.startsWith('from-hostile'));
     expect(got.length).toBe(on ? 0 : names.length);
+  });
+
+  it(`multicast and broadcast ${on ? 'reach no' : 'reach a'} worker port or denied service of the host's own`, async () => {
+    // Found by an attacker: 224.0.0.1 out of lo reached a host daemon on 0.0.0.0 at a denied port, and its reply came back.
+    const names = ['mcastHostile', 'mcastDenied', 'bcastHostile', 'mcast6Hostile', ...directedBroadcasts.map((_, i) => `bcastDirected${i}`)];
+    if (on) for (const name of names) expect(results[name], name).toBe('EPERM');
+    else expect([results.mcastHostile, results.mcastDenied]).toEqual(['ok', 'ok']);
+    const seen = () => services.flatMap((s) => s.received).filter((r) => r.startsWith('from-mcast'));
+    if (!on) await waitFor(() => seen().length === 2, 2000);
+    expect(seen().sort()).toEqual(on ? [] : ['from-mcastDenied', 'from-mcastHostile']);
   });
 
   it(`MPTCP and TCP Fast Open ${on ? 'do not pass either' : 'pass'}`, () => {

@@ -514,10 +514,24 @@ describe('socket hook rules (the table the programs are built from)', () => {
     expect(portSpans([])).toEqual([]);
   });
 
-  it('keys the host addresses as the programs look them up (IPv4 as ::ffff:a.b.c.d); loopback is left to the programs', () => {
-    const info = (address: string, family: 'IPv4' | 'IPv6') => ({ address, family, netmask: '', mac: '', internal: false, cidr: null, scopeid: 0 }) as never;
+  it('keys the host addresses as the programs look them up (IPv4 as ::ffff:a.b.c.d), with the subnets\' broadcast addresses; loopback is left to the programs', () => {
+    const info = (address: string, family: 'IPv4' | 'IPv6', cidr: string | null = null) => ({ address, family, netmask: '', mac: '', internal: false, cidr, scopeid: 0 }) as never;
     const keys = hostAddressKeys({ eth0: [info('10.1.2.3', 'IPv4'), info('fe80::1%eth0', 'IPv6'), info('2001:db8::5', 'IPv6')], lo: [info('127.0.0.1', 'IPv4'), info('::1', 'IPv6')] });
     expect([...keys.keys()].sort()).toEqual(['00000000000000000000ffff0a010203', '20010db8000000000000000000000005', 'fe800000000000000000000000000001'].sort());
+    const withSubnets = hostAddressKeys({
+      eth0: [info('10.1.2.3', 'IPv4', '10.1.2.3/24'), info('2001:db8::5', 'IPv6', '2001:db8::5/64')],
+      eth1: [info('172.16.5.9', 'IPv4', '172.16.5.9/12'), info('192.0.2.7', 'IPv4', '192.0.2.7/31')],
+    });
+    expect([...withSubnets.keys()].sort()).toEqual(
+      [
+        '00000000000000000000ffff0a010203',
+        '00000000000000000000ffff0a0102ff', // 10.1.2.255
+        '20010db8000000000000000000000005',
+        '00000000000000000000ffffac100509',
+        '00000000000000000000ffffac1fffff', // 172.31.255.255
+        '00000000000000000000ffffc0000207', // a /31 has no broadcast address
+      ].sort(),
+    );
   });
 
   it('says what is missing when programs cannot be loaded', () => {

@@ -118,19 +118,28 @@ export function hookRules(config: SocketHooksConfig, services: readonly AddressR
   };
 }
 
-/** The host's interface addresses as the local-address map keys them (IPv4 as ::ffff:a.b.c.d). */
+/**
+ * The host's interface addresses as the local-address map keys them (IPv4 as
+ * ::ffff:a.b.c.d), with each IPv4 subnet's broadcast address: a datagram
+ * sent there comes back to this host's own sockets too.
+ */
 export function hostAddressKeys(interfaces = networkInterfaces()): Map<string, Uint8Array> {
   const keys = new Map<string, Uint8Array>();
+  const add = (family: 4 | 6, address: Uint8Array) => {
+    const key = new Uint8Array(16);
+    if (family === 4) {
+      key[10] = key[11] = 0xff;
+      key.set(address, 12);
+    } else key.set(address);
+    keys.set(Buffer.from(key).toString('hex'), key);
+  };
   for (const list of Object.values(interfaces))
     for (const info of list ?? []) {
       const rule = ruleForTarget(info.address.replace(/%.*$/, ''), 1, 'host address');
       if (!rule || rule.kind !== 'prefix') continue;
-      const key = new Uint8Array(16);
-      if (rule.family === 4) {
-        key[10] = key[11] = 0xff;
-        key.set(rule.address, 12);
-      } else key.set(rule.address);
-      keys.set(Buffer.from(key).toString('hex'), key);
+      add(rule.family, rule.address);
+      const prefix = Number(info.cidr?.split('/')[1] ?? NaN);
+      if (rule.family === 4 && prefix < 31) add(4, rule.address.map((b, i) => b | (0xff >> Math.min(8, Math.max(0, prefix - i * 8)))));
     }
   return keys;
 }
