@@ -230,9 +230,16 @@ describe.runIf(usable)('the warm pool', () => {
     await backend.spawn(spec('library', shinyBundle, { libDir: library }));
     // Less memory than the warm R holds already (about 100 MiB).
     await backend.spawn(spec('small', shinyBundle, { memoryLimit: '64m' }));
-    for (const id of ['lang', 'node', 'profilevar', 'library', 'small']) expect(served.get(id), id).toBe(false);
+    const ids = ['lang', 'node', 'profilevar', 'library', 'small'];
+    for (const id of ids) expect(served.get(id), id).toBe(false);
+    await Promise.all(ids.map((id) => backend.stop(id)));
+    // Read by the loader, glibc or BLAS as R starts (an attacker found LD_PRELOAD and
+    // GLIBC_TUNABLES went warm, where the running R never applied them).
+    const startup = { LD_PRELOAD: 'preload', GLIBC_TUNABLES: 'tunables', MALLOC_ARENA_MAX: 'malloc', OPENBLAS_NUM_THREADS: 'blas' };
+    for (const [name, id] of Object.entries(startup)) await backend.spawn(spec(id, shinyBundle, { env: { [name]: name === 'LD_PRELOAD' ? '' : '1' } }));
+    for (const id of Object.values(startup)) expect(served.get(id), id).toBe(false);
     expect(backend.warmPoolStatus()[0]!.ready).toBe(2);
-    await Promise.all(['lang', 'node', 'profilevar', 'library', 'small'].map((id) => backend.stop(id)));
+    await Promise.all(Object.values(startup).map((id) => backend.stop(id)));
   }, 30_000);
 
   it('close() ends the pool: no process of its UIDs, no port or UID held, no cgroup left', async () => {

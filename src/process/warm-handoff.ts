@@ -31,8 +31,13 @@ export function warmEnv(port: number): string[] {
 /** Set at the warm sandbox's start, or handled by its R profile: not handed over again. */
 export const WARM_OWN_ENV: ReadonlySet<string> = new Set(['R_PROFILE_USER', USER_PROFILE_ENV, 'SHINY_PORT', 'SHINY_HOST']);
 
-/** Variables R reads only as it starts, and procyard's R profile's own: a spec that sets one runs cold. */
-const STARTUP_ENV = /^(R_.*|LANG|LANGUAGE|LC_.*|HOME|TMPDIR|TMP|TEMP|PROCYARD_.*)$/;
+/**
+ * Variables read only as a process starts: by R, by the dynamic loader and
+ * glibc (LD_PRELOAD, GLIBC_TUNABLES, MALLOC_*), and by the BLAS and OpenMP
+ * libraries R loads with it (their thread counts); and procyard's R
+ * profile's own. A spec that sets one runs cold.
+ */
+const STARTUP_ENV = /^(R_.*|LANG|LANGUAGE|LC_.*|HOME|TMPDIR|TMP|TEMP|LD_.*|GLIBC_TUNABLES|MALLOC_.*|OMP_.*|OPENBLAS_.*|GOTO_.*|MKL_.*|BLIS_.*|PROCYARD_.*)$/;
 
 /**
  * Whether `warm` can serve `spec` exactly as a cold start would: same R
