@@ -304,18 +304,20 @@ struct SocketAbi {
   int sendto;    // flags in args[3]
   int sendmsg;   // flags in args[2]
   int sendmmsg;  // flags in args[3]
+  int setsockopt;  // level in args[1], option in args[2]
   int socketcall;  // -1: none. Its arguments sit in memory, out of BPF's reach: refused whole
 };
 
 constexpr uint32_t kMsgFastopen = 0x20000000;
+constexpr uint32_t kIpLocalPortRange = 51;  // IP_LOCAL_PORT_RANGE (Linux 6.3), which older headers lack
 constexpr uint32_t kAfVsock = 40;
 
 std::vector<SocketAbi> SocketAbis() {
 #if defined(__x86_64__)
-  return {{AUDIT_ARCH_X86_64, ~static_cast<uint32_t>(__X32_SYSCALL_BIT), 41, 425, 44, 46, 307, -1},
-          {AUDIT_ARCH_I386, ~0u, 359, 425, 369, 370, 345, 102}};
+  return {{AUDIT_ARCH_X86_64, ~static_cast<uint32_t>(__X32_SYSCALL_BIT), 41, 425, 44, 46, 307, 54, -1},
+          {AUDIT_ARCH_I386, ~0u, 359, 425, 369, 370, 345, 366, 102}};
 #elif defined(__aarch64__)
-  return {{AUDIT_ARCH_AARCH64, ~0u, 198, 425, 206, 211, 269, -1}, {AUDIT_ARCH_ARM, ~0u, 281, 425, 290, 296, 374, -1}};
+  return {{AUDIT_ARCH_AARCH64, ~0u, 198, 425, 206, 211, 269, 208, -1}, {AUDIT_ARCH_ARM, ~0u, 281, 425, 290, 296, 374, 294, -1}};
 #else
   return {};
 #endif
@@ -334,6 +336,10 @@ std::vector<Rule> SocketRulesFor(const SocketAbi& abi) {
       {"sendto(MSG_FASTOPEN)", abi.sendto, Match::kArgAnyBit, 3, kMsgFastopen, kDenyEperm},
       {"sendmsg(MSG_FASTOPEN)", abi.sendmsg, Match::kArgAnyBit, 2, kMsgFastopen, kDenyEperm},
       {"sendmmsg(MSG_FASTOPEN)", abi.sendmmsg, Match::kArgAnyBit, 3, kMsgFastopen, kDenyEperm},
+      // Narrows the kernel's pick of an ephemeral port to one: with listen()
+      // without bind() (no bind hook sees that), a worker took the exact port
+      // of a neighbour where the workers' range lies inside ip_local_port_range.
+      {"setsockopt(IP_LOCAL_PORT_RANGE)", abi.setsockopt, Match::kTwoArgsEqual, 1, IPPROTO_IP, kDenyEperm, 2, kIpLocalPortRange},
   };
   if (abi.socketcall >= 0) rules.push_back({"socketcall", abi.socketcall, Match::kAlways, 0, 0, kDenyEperm});
   return rules;

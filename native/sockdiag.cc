@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -23,16 +24,31 @@ namespace {
 
 constexpr int kTcpListen = 10;  // TCP_LISTEN in the kernel's state numbering
 
-bool LoopbackReachable(const inet_diag_msg& m) {
+enum class Reach { kNone, kExact, kWildcard };
+
+// Whether a connect to 127.0.0.1 could reach the listener: on its very
+// address, or on a wildcard one. `v6only` from the message's attribute.
+Reach LoopbackReach(const inet_diag_msg& m, bool v6only) {
   const uint32_t* a = m.id.idiag_src;  // network byte order
-  if (m.idiag_family == AF_INET) return a[0] == htonl(INADDR_LOOPBACK) || a[0] == htonl(INADDR_ANY);
-  if (a[0] != 0 || a[1] != 0) return false;
-  if (a[2] == 0 && a[3] == 0) return true;                        // ::
-  return a[2] == htonl(0x0000ffff) && a[3] == htonl(INADDR_LOOPBACK);  // ::ffff:127.0.0.1
+  if (m.id.idiag_if != 0 && m.id.idiag_if != 1) return Reach::kNone;  // bound to a device other than lo
+  if (m.idiag_family == AF_INET)
+    return a[0] == htonl(INADDR_LOOPBACK) ? Reach::kExact : a[0] == htonl(INADDR_ANY) ? Reach::kWildcard : Reach::kNone;
+  if (a[0] != 0 || a[1] != 0) return Reach::kNone;
+  if (a[2] == 0 && a[3] == 0) return v6only ? Reach::kNone : Reach::kWildcard;  // ::
+  return a[2] == htonl(0x0000ffff) && a[3] == htonl(INADDR_LOOPBACK) ? Reach::kExact : Reach::kNone;  // ::ffff:127.0.0.1
 }
 
-// One dump of `family`'s TCP listeners, the matching ones appended.
-bool DumpListeners(int fd, uint8_t family, uint16_t port, uint32_t seq, std::vector<Listener>* listeners, int* err) {
+// The IPV6_V6ONLY attribute sock_diag adds to an IPv6 socket's message.
+bool V6Only(const nlmsghdr* h) {
+  const inet_diag_msg* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+  int left = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
+  for (const rtattr* attr = reinterpret_cast<const rtattr*>(m + 1); RTA_OK(attr, left); attr = RTA_NEXT(attr, left))
+    if (attr->rta_type == INET_DIAG_SKV6ONLY && RTA_PAYLOAD(attr) >= 1) return *static_cast<const uint8_t*>(RTA_DATA(attr)) != 0;
+  return false;
+}
+
+// One dump of `family`'s TCP listeners, the reachable ones appended to `exact` or `wildcard`.
+bool DumpListeners(int fd, uint8_t family, uint16_t port, uint32_t seq, std::vector<Listener>* exact, std::vector<Listener>* wildcard, int* err) {
   // The port is matched by the kernel (a bytecode filter, as ss(8) uses), so
   // only the port's listeners come back: a tenant can hold tens of thousands
   // of SO_REUSEPORT listeners on its own port, and copying each of them out
@@ -82,8 +98,9 @@ bool DumpListeners(int fd, uint8_t family, uint16_t port, uint32_t seq, std::vec
       }
       if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
       const inet_diag_msg* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
-      if (m->idiag_state == kTcpListen && ntohs(m->id.idiag_sport) == port && LoopbackReachable(*m))
-        listeners->push_back({m->idiag_uid, m->idiag_inode});
+      if (m->idiag_state != kTcpListen || ntohs(m->id.idiag_sport) != port) continue;
+      Reach reach = LoopbackReach(*m, m->idiag_family == AF_INET6 && V6Only(h));
+      if (reach != Reach::kNone) (reach == Reach::kExact ? exact : wildcard)->push_back({m->idiag_uid, m->idiag_inode});
     }
   }
   *err = EPROTO;
@@ -98,8 +115,10 @@ bool LoopbackListeners(uint16_t port, std::vector<Listener>* listeners, int* err
     *err = errno;
     return false;
   }
-  bool ok = DumpListeners(fd, AF_INET, port, 1, listeners, err) && DumpListeners(fd, AF_INET6, port, 2, listeners, err);
+  std::vector<Listener> exact, wildcard;
+  bool ok = DumpListeners(fd, AF_INET, port, 1, &exact, &wildcard, err) && DumpListeners(fd, AF_INET6, port, 2, &exact, &wildcard, err);
   close(fd);
+  if (ok) listeners->insert(listeners->end(), exact.empty() ? wildcard.begin() : exact.begin(), exact.empty() ? wildcard.end() : exact.end());
   return ok;
 }
 

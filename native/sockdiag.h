@@ -16,9 +16,11 @@ struct Listener {
   uint64_t inode;  // the socket's inode, as /proc/<pid>/fd names it: "socket:[inode]"
 };
 
-// The TCP listeners on `port` that a connect to 127.0.0.1:port could reach
-// (bound to 127.0.0.1, 0.0.0.0, :: or ::ffff:127.0.0.1), IPv4 and IPv6.
-// False with *err (an errno) where sock_diag cannot answer.
+// The TCP listeners on `port` that a connect to 127.0.0.1:port reaches, IPv4
+// and IPv6: those bound to 127.0.0.1 (or ::ffff:127.0.0.1) where there are
+// any, as the kernel looks the exact address up first; else those bound to
+// 0.0.0.0, or to :: without IPV6_V6ONLY. Never one bound to a device other
+// than lo. False with *err (an errno) where sock_diag cannot answer.
 bool LoopbackListeners(uint16_t port, std::vector<Listener>* listeners, int* err);
 
 // Which of `inodes` a process of the tree under `root` holds an fd of (the

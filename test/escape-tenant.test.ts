@@ -640,6 +640,42 @@ describe('a worker handed sockets and pipes by another (a unix socket in a share
   }, 60_000);
 });
 
+describe('a listener beside a neighbour\'s, which no connect to 127.0.0.1 reaches', () => {
+  // Found by an attacker: a worker holding [::]:<neighbour's port> with
+  // IPV6_V6ONLY (through listen() without bind() where the workers' range
+  // lies inside the kernel's ephemeral range) made the neighbour's health
+  // check false while it kept serving: the check counted every listener on
+  // the port, where a connect to 127.0.0.1 reaches only its own.
+  it('leaves the neighbour healthy, and its clients reach it', async () => {
+    const b = new ProcessBackend(testConfig([24475, 24477], [65475, 65477], { networkPolicy: 'off' }));
+    try {
+      await b.spawn(appSpec('victim', 'serve', { cmd: ['/usr/bin/python3', '/tmp/app/tenant-net.py', JSON.stringify([['victim', 'serve', '127.0.0.1', -1]])], bundlePath: FIXTURES }));
+      await b.waitReady('victim', { timeoutMs: 10_000 });
+      const port = Number((await b.addr('victim')).split(':')[1]);
+      const hold =
+        'import socket, time\n' +
+        's = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n' +
+        's.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n' +
+        `s.bind(('::', ${port}))\n` +
+        's.listen()\n' +
+        "print('holding', flush=True)\n" +
+        'time.sleep(30)\n';
+      await b.spawn(appSpec('squatter', 'serve', { cmd: ['/usr/bin/python3', '-c', hold] }));
+      expect((await linesUntil(b, 'squatter', (l) => l === 'holding', 10_000)).pop()).toBe('holding');
+      const reply = await new Promise<string>((resolve) => {
+        const socket = net.connect({ host: '127.0.0.1', port }, () => socket.write('from-client'));
+        socket.once('data', (d) => (resolve(d.toString().trim()), socket.destroy()));
+        socket.on('error', (e) => resolve(String(e)));
+      });
+      expect(reply).toBe('hello from victim');
+      expect(await b.healthCheck('victim')).toBe(true);
+      await b.waitReady('victim', { timeoutMs: 2000 });
+    } finally {
+      await b.close();
+    }
+  }, 30_000);
+});
+
 describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
   // Found by an attacker: a worker writes `escape -> /` into its read-write
   // data; the next spec whose data mount names that link bound the host's

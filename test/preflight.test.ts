@@ -304,6 +304,29 @@ describe('port_range and resource_limits', () => {
     expect(r.message).toContain('port_range_start');
   });
 
+  it('port_range warns when the kernel could hand out worker ports itself (its ephemeral range, not reserved)', async () => {
+    // Found by an attacker: inside ip_local_port_range, listen() without bind() took a neighbour's exact port.
+    const root = path.join(dir, 'sysctl-ports');
+    mkdirSync(path.join(root, 'net', 'ipv4'), { recursive: true });
+    const run = async (start: number, end: number, reserved: string) => {
+      writeFileSync(path.join(root, 'net', 'ipv4', 'ip_local_port_range'), '32768\t60999\n');
+      writeFileSync(path.join(root, 'net', 'ipv4', 'ip_local_reserved_ports'), `${reserved}\n`);
+      const { report } = await runPreflightTimed(config({ portRangeStart: start, portRangeEnd: end }), { procSysRoot: root });
+      return result(report, 'port_range');
+    };
+    const inside = await run(40000, 40999, '');
+    expect(inside.severity).toBe('warning');
+    expect(inside.message).toMatch(/^1000 ports of the range 40000-40999 \(40000-40999\) lie in the kernel's ephemeral range \(net\.ipv4\.ip_local_port_range 32768-60999\)/);
+    expect(inside.message).toContain('sysctl -w net.ipv4.ip_local_reserved_ports=40000-40999');
+    // Partly reserved: what is left is named.
+    expect((await run(40000, 40999, '8080,40000-40989')).message).toMatch(/^10 ports of the range 40000-40999 \(40990-40999\)/);
+    expect((await run(32760, 32770, '32769')).message).toMatch(/^2 ports of the range 32760-32770 \(32768, 32770\)/);
+    expect((await run(40000, 40999, '40000-40999')).severity).toBe('ok');
+    const below = await run(22000, 22099, '');
+    expect(below.severity).toBe('ok');
+    expect(below.message).toBe("port range 22000-22099: 100 ports, none in the kernel's ephemeral range (32768-60999)");
+  });
+
   it('port_range is ok at 10 ports and an error when inverted', async () => {
     expect((await check('port_range', config({ portRangeStart: 22000, portRangeEnd: 22009 }))).severity).toBe('ok');
     expect((await check('port_range', config({ portRangeStart: 22010, portRangeEnd: 22000 }))).severity).toBe('error');

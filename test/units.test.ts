@@ -364,14 +364,14 @@ describe('parseListeners (/proc/net/tcp)', () => {
 
   it('gives the owners and inodes of LISTEN sockets on the port that a connect to 127.0.0.1 reaches', () => {
     expect(parseListeners(v4, 10000)).toEqual([
-      { uid: 61000, inode: 1681 },
-      { uid: 61001, inode: 1682 },
+      { uid: 61000, inode: 1681, exact: true },
+      { uid: 61001, inode: 1682, exact: false },
     ]);
     expect(parseListeners(v6, 10000)).toEqual([
-      { uid: 61005, inode: 1 },
-      { uid: 61006, inode: 2 },
+      { uid: 61005, inode: 1, exact: false },
+      { uid: 61006, inode: 2, exact: true },
     ]);
-    expect(parseListeners(v4, 10001)).toEqual([{ uid: 61004, inode: 1685 }]);
+    expect(parseListeners(v4, 10001)).toEqual([{ uid: 61004, inode: 1685, exact: true }]);
     expect(parseListeners(v4, 10002)).toEqual([]);
     expect(parseListeners('', 10000)).toEqual([]);
   });
@@ -412,6 +412,36 @@ describe('listeners from sock_diag, and who holds them', () => {
       await Promise.all(servers.map((s) => new Promise((resolve) => (s ? s.close(resolve) : resolve(null)))));
     }
   });
+  it('are those on 127.0.0.1 itself where there are any (the kernel looks them up first), and never a v6-only one on ::', async () => {
+    // Ports 34256-34258, each with listeners of this uid sharing it through SO_REUSEPORT.
+    const script =
+      'import socket, sys, time\n' +
+      'def listen(family, host, port, v6only=None):\n' +
+      '    s = socket.socket(family, socket.SOCK_STREAM)\n' +
+      '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n' +
+      '    if v6only is not None: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)\n' +
+      '    s.bind((host, port)); s.listen(); return s\n' +
+      'keep = [listen(socket.AF_INET6, "::", 34256, 1), listen(socket.AF_INET, "0.0.0.0", 34257), listen(socket.AF_INET, "127.0.0.1", 34257),\n' +
+      '        listen(socket.AF_INET6, "::", 34258, 0), listen(socket.AF_INET, "127.0.0.1", 34258)]\n' +
+      'print(" ".join(str(s.fileno()) for s in keep), flush=True)\n' +
+      'time.sleep(30)\n';
+    const child = spawn('/usr/bin/python3', ['-c', script]);
+    try {
+      await new Promise((resolve, reject) => child.stdout.once('data', resolve).once('error', reject));
+      const uid = process.getuid!();
+      // v6-only on :: takes no connect to 127.0.0.1.
+      expect(await sockDiagListeners(34256)).toEqual([]);
+      // 0.0.0.0 and 127.0.0.1, or :: and 127.0.0.1: only 127.0.0.1's is reached.
+      for (const port of [34257, 34258]) {
+        const found = await sockDiagListeners(port);
+        expect(found.map((l) => l.uid), String(port)).toEqual([uid]);
+        expect(await procListeners(port), String(port)).toEqual(found);
+      }
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
   it("are found in the fd tables of the tree that holds them, and only there", async () => {
     // Port 34255: a listener of a child process (python3), which the test process's tree holds.
     const child = spawn('/usr/bin/python3', ['-c', 'import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(("127.0.0.1",34255))\ns.listen()\nprint("up",flush=True)\ntime.sleep(30)']);

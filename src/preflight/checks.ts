@@ -206,19 +206,59 @@ export async function checkUserNamespaces(ctx: PreflightContext): Promise<Verdic
 
 // ---------------------------------------------------------------- config
 
-export function checkPortRange(ctx: PreflightContext): Verdict {
+/**
+ * The ports of start..end the kernel may hand out by itself (its ephemeral
+ * range, net.ipv4.ip_local_port_range, less ip_local_reserved_ports), as a
+ * count and the first few spans. Pure: the two sysctls' texts.
+ */
+export function ephemeralOverlap(start: number, end: number, localRange: string, reserved: string): { count: number; spans: string[]; range: string } {
+  const [lo, hi] = localRange.trim().split(/\s+/).map(Number);
+  if (!Number.isInteger(lo) || !Number.isInteger(hi)) return { count: 0, spans: [], range: localRange.trim() };
+  const held = reserved
+    .trim()
+    .split(',')
+    .filter(Boolean)
+    .map((part) => part.split('-').map(Number))
+    .map(([a, b]) => [a!, b ?? a!] as const);
+  let count = 0;
+  const spans: string[] = [];
+  let open = -1;
+  for (let port = Math.max(start, lo!); port <= Math.min(end, hi!) + 1; port++) {
+    const free = port <= Math.min(end, hi!) && !held.some(([a, b]) => port >= a && port <= b);
+    if (free) count++;
+    if (free && open < 0) open = port;
+    if (!free && open >= 0) {
+      spans.push(open === port - 1 ? String(open) : `${open}-${port - 1}`);
+      open = -1;
+    }
+  }
+  return { count, spans, range: `${lo}-${hi}` };
+}
+
+export async function checkPortRange(ctx: PreflightContext): Promise<Verdict> {
   const { portRangeStart: start, portRangeEnd: end } = ctx.proc;
   if (start < 1 || end > 65535 || start > end)
     return error(
       `port range ${start}-${end} is not a range within 1-65535: set [process] port_range_start <= port_range_end`,
     );
   const count = end - start + 1;
+  const read = (name: string) => readFile(path.join(ctx.procSysRoot, 'net', 'ipv4', name), 'utf8').catch(() => '');
+  const [localRange, reserved] = await Promise.all([read('ip_local_port_range'), read('ip_local_reserved_ports')]);
+  const overlap = ephemeralOverlap(start, end, localRange, reserved);
+  if (overlap.count > 0)
+    return warning(
+      `${overlap.count} port${overlap.count === 1 ? '' : 's'} of the range ${start}-${end} (${overlap.spans.slice(0, 3).join(', ')}` +
+        `${overlap.spans.length > 3 ? ', ...' : ''}) lie in the kernel's ephemeral range (net.ipv4.ip_local_port_range ${overlap.range}) ` +
+        `and are not reserved, so the kernel hands them out itself: a worker's listen() without bind() can take the port ` +
+        `the server gives another worker, and hold many of them. Fix: move [process] port_range_start/port_range_end out of ` +
+        `${overlap.range} (the default 10000-10999 is), or reserve them: sysctl -w net.ipv4.ip_local_reserved_ports=${start}-${end}`,
+    );
   if (count < 10)
     return warning(
       `port range ${start}-${end} holds only ${count} port${count === 1 ? '' : 's'}, so at most ${count} ` +
         `worker${count === 1 ? '' : 's'} can run at once: widen [process] port_range_start/port_range_end`,
     );
-  return ok(`port range ${start}-${end}: ${count} ports`);
+  return ok(`port range ${start}-${end}: ${count} ports, none in the kernel's ephemeral range (${overlap.range || 'unknown'})`);
 }
 
 /** How per-worker limits are enforced here (cgroups): see checks/resource-limits.ts. */

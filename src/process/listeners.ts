@@ -20,23 +20,27 @@ const LISTEN = '0A';
 
 /**
  * Local addresses (as /proc prints them: 32-bit words in host byte order,
- * little-endian here) whose listener receives a connect to 127.0.0.1.
+ * little-endian here) whose listener receives a connect to 127.0.0.1: the
+ * address itself, which the kernel looks up first, or else a wildcard one.
  */
-const LOOPBACK_REACHABLE = new Set([
+const LOOPBACK_EXACT = new Set([
   '0100007F', // 127.0.0.1
-  '00000000', // 0.0.0.0
-  '00000000000000000000000000000000', // :: (dual stack)
   '0000000000000000FFFF00000100007F', // ::ffff:127.0.0.1
+]);
+const LOOPBACK_WILDCARD = new Set([
+  '00000000', // 0.0.0.0
+  '00000000000000000000000000000000', // :: (dual stack; /proc does not say whether IPV6_V6ONLY is set)
 ]);
 
 /**
  * The LISTEN sockets on `port` in one /proc/net/tcp or tcp6 text that a
- * connect to 127.0.0.1:port could reach. Pure.
+ * connect to 127.0.0.1:port could reach, each marked `exact` when bound to
+ * 127.0.0.1 itself. Pure.
  */
-export function parseListeners(text: string, port: number): Listener[] {
+export function parseListeners(text: string, port: number): (Listener & { exact: boolean })[] {
   const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
   const needle = `:${hexPort} `;
-  const found: Listener[] = [];
+  const found: (Listener & { exact: boolean })[] = [];
   // Only the lines that mention the port are split: with thousands of
   // sockets on the host, splitting every line on every health check would
   // dominate its cost.
@@ -47,8 +51,10 @@ export function parseListeners(text: string, port: number): Listener[] {
     // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
     const f = text.slice(start, end).trim().split(/\s+/);
     const colon = f[1]?.lastIndexOf(':') ?? -1;
-    if (f.length >= 10 && f[3] === LISTEN && f[1]!.slice(colon + 1) === hexPort && LOOPBACK_REACHABLE.has(f[1]!.slice(0, colon)))
-      found.push({ uid: Number(f[7]), inode: Number(f[9]) });
+    const address = f[1]?.slice(0, colon) ?? '';
+    const exact = LOOPBACK_EXACT.has(address);
+    if (f.length >= 10 && f[3] === LISTEN && f[1]!.slice(colon + 1) === hexPort && (exact || LOOPBACK_WILDCARD.has(address)))
+      found.push({ uid: Number(f[7]), inode: Number(f[9]), exact });
     at = text.indexOf(needle, end);
   }
   return found;
@@ -70,7 +76,12 @@ async function readOrEmpty(file: string): Promise<string> {
 const NO_SOCK_DIAG = new Set(['ENOENT', 'EPROTONOSUPPORT', 'EAFNOSUPPORT', 'EOPNOTSUPP']);
 let sockDiag = true;
 
-/** Every listener on 127.0.0.1:port (IPv4 and IPv6 sockets). */
+/**
+ * The listeners a connect to 127.0.0.1:port reaches (IPv4 and IPv6 sockets):
+ * those bound to 127.0.0.1 itself where there are any, else the wildcard
+ * ones. A neighbour's listener on [::]:port with IPV6_V6ONLY, or on 0.0.0.0
+ * beside a worker's on 127.0.0.1, takes none of its connections.
+ */
 export async function loopbackListeners(port: number): Promise<Listener[]> {
   if (sockDiag) {
     try {
@@ -85,7 +96,9 @@ export async function loopbackListeners(port: number): Promise<Listener[]> {
 /** The same from /proc/net/tcp and tcp6. */
 export async function procListeners(port: number): Promise<Listener[]> {
   const [v4, v6] = await Promise.all([readOrEmpty('/proc/net/tcp'), readOrEmpty('/proc/net/tcp6')]);
-  return [...parseListeners(v4, port), ...parseListeners(v6, port)];
+  const all = [...parseListeners(v4, port), ...parseListeners(v6, port)];
+  const exact = all.filter((l) => l.exact);
+  return (exact.length > 0 ? exact : all).map(({ uid, inode }) => ({ uid, inode }));
 }
 
 /**
