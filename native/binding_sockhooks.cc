@@ -79,7 +79,7 @@ Napi::Error HookError(Napi::Env env, const SockHookError& e) {
   return error;
 }
 
-// sockHooksLoad(rules) → Promise<{uidPorts, localAddrs, programs: [{name, fd}]}>, on the pool (the verifier takes ms).
+// sockHooksLoad(rules) → Promise<{uidPorts, localAddrs, otherPorts, programs: [{name, fd}]}>, on the pool (the verifier takes ms).
 Napi::Value SockHooksLoadJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SockHookRules rules = ToRuleTable(env, info[0]);
@@ -96,6 +96,7 @@ Napi::Value SockHooksLoadJs(const Napi::CallbackInfo& info) {
         Napi::Object out = Napi::Object::New(env);
         out.Set("uidPorts", job->hooks.uidPorts);
         out.Set("localAddrs", job->hooks.localAddrs);
+        out.Set("otherPorts", job->hooks.otherPorts);
         Napi::Array programs = Napi::Array::New(env, kSockHookPrograms);
         for (int p = 0; p < kSockHookPrograms; p++) {
           Napi::Object program = Napi::Object::New(env);

@@ -179,10 +179,17 @@ void MatchRule(Asm& a, const AddrRule& rule, bool v4, int target) {
 
 // The verdict on a destination whose kLocal and kPort are set: the workers'
 // ports on local addresses (but a worker's own: an app may talk to itself),
-// the denied, the TCP ports, the allowed.
+// other backends' workers' ports there, the denied, the TCP ports, the allowed.
 void Verdict(Asm& a, const SockHookRules& rules, const SockHooks& maps, bool v4, int allow, int deny) {
   int notWorker = a.Label();
   a.Jmp32Imm(BPF_JEQ, kLocal, 0, notWorker);
+  // Another backend's workers' ports on this host (its range, from the registry).
+  a.Store32(R10, kKey - 4, kPort);
+  a.LoadMap(R1, maps.otherPorts);
+  a.Mov64(R2, R10);
+  a.Add64Imm(R2, kKey - 4);
+  a.Call(BPF_FUNC_map_lookup_elem);
+  a.Jmp64Imm(BPF_JNE, R0, 0, deny);
   MatchPorts(a, rules.workerPorts.lo, rules.workerPorts.hi, notWorker);
   a.Call(BPF_FUNC_get_current_uid_gid);
   a.Store32(R10, kKey - 4, R0);  // the low half: the UID
@@ -429,7 +436,7 @@ const char* SockHookName(int program) {
 void SockHooksClose(SockHooks* hooks) {
   for (int& fd : hooks->progs)
     if (fd >= 0) close(fd), fd = -1;
-  for (int* fd : {&hooks->uidPorts, &hooks->localAddrs})
+  for (int* fd : {&hooks->uidPorts, &hooks->localAddrs, &hooks->otherPorts})
     if (*fd >= 0) close(*fd), *fd = -1;
 }
 
@@ -445,6 +452,13 @@ bool SockHooksLoad(const SockHookRules& rules, SockHooks* hooks, SockHookError* 
   if (made.localAddrs < 0) {
     *error = {-made.localAddrs, "bpf(BPF_MAP_CREATE local addresses)", ""};
     made.localAddrs = -1;
+    SockHooksClose(&made);
+    return false;
+  }
+  made.otherPorts = MakeMap(4, 1, 65536);
+  if (made.otherPorts < 0) {
+    *error = {-made.otherPorts, "bpf(BPF_MAP_CREATE other backends' ports)", ""};
+    made.otherPorts = -1;
     SockHooksClose(&made);
     return false;
   }

@@ -43,6 +43,7 @@ const char* SockHookName(int program);
 struct SockHooks {
   int uidPorts = -1;    // BPF hash map: worker UID (u32) → the one port it binds (u32, host order)
   int localAddrs = -1;  // BPF hash map: host address (16 bytes, IPv4 as ::ffff:a.b.c.d) → 1
+  int otherPorts = -1;  // BPF hash map: a port of another backend's workers on this host (u32, host order) → 1
   int progs[kSockHookPrograms] = {-1, -1, -1, -1, -1, -1, -1, -1};
 };
 

@@ -202,6 +202,8 @@ export interface NativeInjectMount {
 export interface NativeSockHooks {
   uidPorts: number;
   localAddrs: number;
+  /** Ports of other backends' workers on this host (u32 → 1), refused on local addresses. */
+  otherPorts: number;
   programs: { name: string; fd: number }[];
 }
 

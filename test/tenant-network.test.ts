@@ -6,7 +6,7 @@
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import dgram from 'node:dgram';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -459,6 +459,67 @@ describe.runIf(hooksHere)('allowedConnect and allowedConnectPorts', () => {
   });
 });
 
+describe.runIf(hooksHere)('two servers on one host with different port ranges', () => {
+  // Found by an attacker: each backend's hooks refused its own range only, so
+  // a worker of one server fetched the page of another server's worker.
+  // Backends sharing a runtime directory list their ranges there (port-ranges/).
+  const runtimeDir = mkdtempSync(path.join(os.tmpdir(), 'procyard-two-servers-'));
+  afterAll(() => rmSync(runtimeDir, { recursive: true, force: true }));
+
+  it("no worker of one reaches the other's, whichever server started first", async () => {
+    const shared = mkdtempSync(path.join(os.tmpdir(), 'procyard-two-servers-data-'));
+    chmodSync(shared, 0o777);
+    const first = new ProcessBackend(testConfig([24513, 24516], [65513, 65516], { runtimeDir }));
+    let second: ProcessBackend | undefined;
+    try {
+      // first's attacker runs before second exists: it waits for the port to try, then tries it over TCP and UDP.
+      const attack =
+        'import os, socket, time\n' +
+        "path = '/shared/port'\n" +
+        'for _ in range(200):\n' +
+        '    if os.path.exists(path): break\n' +
+        '    time.sleep(0.1)\n' +
+        'port = int(open(path).read())\n' +
+        'for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):\n' +
+        '    try:\n' +
+        '        s = socket.socket(socket.AF_INET, kind); s.settimeout(3); s.connect(("127.0.0.1", port))\n' +
+        '        s.send(b"from-early"); print("early=ok", flush=True)\n' +
+        '    except OSError as e:\n' +
+        '        print("early=" + (errno.errorcode.get(e.errno, str(e.errno))), flush=True)\n' +
+        'print("done", flush=True)\n';
+      await first.spawn(appSpec('early', 'serve', { cmd: [PYTHON, '-c', `import errno\n${attack}`], dataMounts: [{ source: shared, target: '/shared', readOnly: true }] }));
+      second = new ProcessBackend(testConfig([24517, 24520], [65517, 65520], { runtimeDir }));
+      await probe(second, 'victim', [['victim', 'serve', '127.0.0.1', -1]]);
+      await second.waitReady('victim', { timeoutMs: 20_000 });
+      const victimPort = Number((await second.addr('victim')).split(':')[1]);
+      writeFileSync(path.join(shared, 'port.tmp'), String(victimPort));
+      renameSync(path.join(shared, 'port.tmp'), path.join(shared, 'port'));
+      // The early attacker, started before the victim's server listed its range.
+      expect((await linesUntilDone(first, 'early')).filter((l) => l.startsWith('early='))).toEqual(['early=EPERM', 'early=EPERM']);
+      // One started after: both ways.
+      const late = await probe(first, 'late', [
+        ['tcp', 'tcp', '127.0.0.1', victimPort],
+        ['udp', 'udp', '127.0.0.1', victimPort],
+      ]);
+      expect(late).toEqual({ tcp: 'EPERM', udp: 'EPERM' });
+      await probe(first, 'other-victim', [['other', 'serve', '127.0.0.1', -1]]);
+      const otherPort = Number((await first.addr('other-victim')).split(':')[1]);
+      expect(await probe(second, 'reverse', [['tcp', 'tcp', '127.0.0.1', otherPort]])).toEqual({ tcp: 'EPERM' });
+      // Nothing got through, and the server still reaches both.
+      expect((await logsOf(second, 'victim')).filter((l) => l.startsWith('got='))).toEqual([]);
+      expect(await second.healthCheck('victim')).toBe(true);
+      expect(await first.healthCheck('other-victim')).toBe(true);
+      // Each lists its range; close() takes it out.
+      expect(readdirSync(path.join(runtimeDir, 'port-ranges')).length).toBe(2);
+    } finally {
+      await second?.close();
+      await first.close();
+      rmSync(shared, { recursive: true, force: true });
+    }
+    expect(readdirSync(path.join(runtimeDir, 'port-ranges'))).toEqual([]);
+  }, 90_000);
+});
+
 // The hooks alone, without Landlock or the seccomp socket filter that a
 // sandbox also gets: a process put in a cgroup2 directory carrying them.
 describe.runIf(hooksHere)('the socket hooks alone (no sandbox)', () => {
@@ -472,7 +533,7 @@ describe.runIf(hooksHere)('the socket hooks alone (no sandbox)', () => {
     closePing = openPingSockets();
     const p = resolveProcessConfig(testConfig([24585, 24589], [65585, 65589]));
     const hooks = await sockHooksLoad(hookRules(socketHooksConfig({}, p), []));
-    fds = [...hooks.programs.map((x) => x.fd), hooks.uidPorts, hooks.localAddrs];
+    fds = [...hooks.programs.map((x) => x.fd), hooks.uidPorts, hooks.localAddrs, hooks.otherPorts];
     mkdirSync(dir);
     sockHooksAttach(hooks.programs.map((x) => x.fd), dir);
   });

@@ -15,6 +15,7 @@ import { LineSplitter, LogRing, MAX_LINE, printable, retainedBytes } from '../sr
 import { checkRVersion, compareVersions, installedRVersions, resolveRBinary } from '../src/process/rversion.js';
 import { parseAddressRule, parseAddressRules, ruleForTarget } from '../src/process/address-rules.js';
 import { hookRules, hostAddressKeys, loadProblem, portSpans, type SocketHooksConfig } from '../src/process/socket-hooks.js';
+import { portsOutside } from '../src/process/port-registry.js';
 import { tempDir } from './helpers/backend.js';
 
 describe('bwrapArgs', () => {
@@ -569,5 +570,13 @@ describe('socket hook rules (the table the programs are built from)', () => {
     expect(loadProblem(eperm).message).toMatch(/not allowed to this server .* it needs root, or CAP_BPF and CAP_NET_ADMIN\).*run the server as root/);
     const refused = Object.assign(new Error('bpf(BPF_PROG_LOAD connect4): EACCES'), { code: 'EACCES', verifierLog: 'line 1\nR0 invalid mem access\n' });
     expect(loadProblem(refused).message).toMatch(/refused the socket hooks \(bpf\(BPF_PROG_LOAD connect4\): EACCES\); the verifier said: line 1 \| R0 invalid mem access/);
+  });
+});
+
+describe('portsOutside (other servers\' ranges, less the own)', () => {
+  it('gives the ports of the ranges that the own range does not hold', () => {
+    expect([...portsOutside([[10, 14], [20, 21]], [12, 20])].sort((a, b) => a - b)).toEqual([10, 11, 21]);
+    expect([...portsOutside([[12, 20]], [12, 20])]).toEqual([]);
+    expect([...portsOutside([], [1, 65535])]).toEqual([]);
   });
 });

@@ -110,6 +110,24 @@ export async function instanceName(kind = ''): Promise<string> {
   return `procyard-${kind}${me.pidns}-${me.pid}-${me.starttime}-${randomBytes(6).toString('hex')}`;
 }
 
+/**
+ * The entries of `kind` in parent (instance directories, or any file named
+ * like one) whose server may still run: alive, or in another pid namespace,
+ * where it cannot be told. `except` (a path) is left out.
+ */
+export async function liveInstances(parent: string, kind: string, except?: string): Promise<string[]> {
+  const pattern = instanceDir(kind);
+  const me = await self();
+  const live: string[] = [];
+  for (const name of await readdir(parent).catch(() => [] as string[])) {
+    const m = pattern.exec(name);
+    if (!m || path.join(parent, name) === except) continue;
+    const [pidns, pid, starttime] = [Number(m[1]), Number(m[2]), Number(m[3])];
+    if (pidns !== me.pidns || (await isAlive(pid, starttime))) live.push(path.join(parent, name));
+  }
+  return live;
+}
+
 /** The instance directories of `kind` in parent whose server is gone (in this pid namespace). */
 export async function deadInstances(parent: string, kind = ''): Promise<string[]> {
   const pattern = kind === '' ? INSTANCE_DIR : instanceDir(kind);

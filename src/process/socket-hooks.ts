@@ -38,6 +38,7 @@ import { METADATA_RULES, localized, parseAddressRules, ruleForTarget, serviceTar
 import { dirOf, mkdirCgroup, parentPath, unifiedFrom, type Hierarchy } from './cgroup-hierarchy.js';
 import { deadInstances, instanceName, killAll, removeDir, type WorkerCgroup } from './cgroup.js';
 import { NetworkPolicyError, type NetworkPolicyMode } from './network-policy.js';
+import { PortRangeRegistry, portsOutside } from './port-registry.js';
 
 /** Their instance directories are `procyard-net-…` (cgroup.ts instanceName). */
 const KIND = 'net-';
@@ -59,6 +60,8 @@ export interface SocketHooksConfig {
   allowedConnectPorts?: readonly number[];
   /** The server's own services (redis.url, ...): denied, host names resolved when the hooks load. */
   services: readonly { what: string; host: string; port: number }[];
+  /** Where the backends sharing the host's allocator list their ranges (port-registry.ts); each refuses the others'. */
+  registry?: string;
 }
 
 /** The hooks' config from the backend's (checkConfig has passed it). */
@@ -71,6 +74,7 @@ export function socketHooksConfig(config: Config, p: ResolvedProcessConfig): Soc
     ...(p.allowedConnect ? { allowed: parseAddressRules(p.allowedConnect, 'process.allowedConnect') } : {}),
     ...(p.allowedConnectPorts ? { allowedConnectPorts: p.allowedConnectPorts } : {}),
     services: serviceTargets(config),
+    ...(p.allocator === 'host' ? { registry: path.join(p.runtimeDir, 'port-ranges') } : {}),
   };
 }
 
@@ -189,11 +193,19 @@ export class SocketHooks {
   private addressesReadAt = 0;
   private warned = false;
   private closed = false;
+  private readonly registry: PortRangeRegistry | undefined;
+  /** Other backends' worker ports now in the otherPorts map. */
+  private readonly otherPorts = new Set<number>();
+  private rangesReadAt = 0;
+  /** The registry's updates of the map, one after another. */
+  private rangeUpdates: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly config: SocketHooksConfig,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.registry = config.registry ? new PortRangeRegistry(config.registry, config.workerPorts) : undefined;
+  }
 
   /**
    * The limits' spawn options, placed under the hooks, for a sandbox that
@@ -207,6 +219,7 @@ export class SocketHooks {
     const loaded = await this.load();
     if (loaded instanceof SocketHooksProblem) return this.unavailable(loaded, limits);
     this.refreshAddresses(loaded.hooks);
+    void this.refreshRanges(loaded.hooks);
     const key = uidKey(uid);
     if (port === undefined) bpfMapDelete(loaded.hooks.uidPorts, key);
     else bpfMapSet(loaded.hooks.uidPorts, key, uidKey(port));
@@ -245,6 +258,7 @@ export class SocketHooks {
     const unified = await unifiedHierarchy();
     const parent = unified && dirOf(unified, parentPath(unified, ''));
     if (!parent) return [];
+    await this.registry?.sweep().catch(() => {});
     const orphans = await deadInstances(parent, KIND);
     await Promise.all(
       orphans.map(async (dir) => {
@@ -267,10 +281,13 @@ export class SocketHooks {
     await Promise.allSettled(this.attached.values());
     const dir = this.ownDir ? await this.ownDir.catch(() => undefined) : undefined;
     if (dir) await removeDir(dir).catch((err: unknown) => this.log.warn({ err, dir }, 'procyard: removing the socket hooks\' cgroup failed'));
+    await this.registry?.close().catch((err: unknown) => this.log.warn({ err }, 'procyard: removing this server\'s port range from the registry failed'));
+    await this.rangeUpdates;
     if (loaded && !(loaded instanceof SocketHooksProblem)) {
       for (const { fd } of loaded.hooks.programs) closeFd(fd);
       closeFd(loaded.hooks.uidPorts);
       closeFd(loaded.hooks.localAddrs);
+      closeFd(loaded.hooks.otherPorts);
     }
   }
 
@@ -314,6 +331,14 @@ export class SocketHooks {
       return loadProblem(err);
     }
     this.refreshAddresses(hooks, true);
+    if (this.registry) {
+      try {
+        await this.registry.register(() => void this.refreshRanges(hooks, true));
+      } catch (err) {
+        this.log.warn({ err, dir: this.registry.dir }, 'procyard: cannot list this server\'s port range for the others on the host, so their workers are not kept from its own');
+      }
+      await this.refreshRanges(hooks, true);
+    }
     this.log.info({ loadMs: Math.round((performance.now() - started) * 100) / 100 }, 'procyard: socket hooks loaded');
     return { hooks, unified, services, unresolved };
   }
@@ -362,6 +387,33 @@ export class SocketHooks {
       if (!this.closed) this.ownDir = undefined;
     });
     return this.ownDir;
+  }
+
+  /**
+   * Brings the other-ports map in line with the registry: the ranges of the
+   * other backends on the host (now, or at most once a second from a spawn).
+   */
+  private refreshRanges(hooks: NativeSockHooks, now = false): Promise<void> {
+    const registry = this.registry;
+    if (!registry || this.closed || (!now && performance.now() - this.rangesReadAt < ADDRESS_REFRESH_MS)) return this.rangeUpdates;
+    this.rangesReadAt = performance.now();
+    this.rangeUpdates = this.rangeUpdates
+      .then(async () => {
+        const wanted = portsOutside(await registry.others(), this.config.workerPorts);
+        if (this.closed) return;
+        for (const port of this.otherPorts)
+          if (!wanted.has(port)) {
+            bpfMapDelete(hooks.otherPorts, uidKey(port));
+            this.otherPorts.delete(port);
+          }
+        for (const port of wanted)
+          if (!this.otherPorts.has(port)) {
+            bpfMapSet(hooks.otherPorts, uidKey(port), ONE);
+            this.otherPorts.add(port);
+          }
+      })
+      .catch((err: unknown) => this.log.warn({ err }, 'procyard: updating the other servers\' port ranges in the socket hooks failed'));
+    return this.rangeUpdates;
   }
 
   /** Brings the local-address map in line with the host's interfaces (at most once a second, off the spawn's path). */
