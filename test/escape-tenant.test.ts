@@ -738,6 +738,73 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
     }
   });
 
+  // Found by an attacker (round 4): a mount target inside another mount of the
+  // spec is made by bwrap through that mount's content, which is the tenant's:
+  // a symlink there to /oldroot/<path> had bwrap create <path> on the host
+  // (its set-up root is the host's, writable), as the worker.
+  describe('a mount target inside another mount, through a symlink in its content', () => {
+    const host = tempDir('procyard-nest-host-');
+    chmodSync(host.dir, 0o777); // the worker may create files there: only the sandbox can refuse
+    const conf = path.join(host.dir, 'config.yml');
+    writeFileSync(conf, 'setting: 1\n');
+    afterAll(() => host.cleanup());
+
+    it('in the bundle (its own files): refused, and nothing is made on the host', async () => {
+      const bundle = tempDir('procyard-nest-bundle-');
+      chmodSync(bundle.dir, 0o755);
+      const planted = path.join(host.dir, 'from-bundle');
+      symlinkSync(`/oldroot${planted}`, path.join(bundle.dir, 'config.yml'));
+      try {
+        const err = await backend
+          .spawn(appSpec('nest-bundle', 'serve', { bundlePath: bundle.dir, cmd: ['/bin/echo', 'ran'], dataMounts: [{ source: conf, target: '/tmp/app/config.yml', readOnly: true }] }))
+          .then(() => null, (e: unknown) => e as Error);
+        // bwrap sets the sandbox up after spawn() resolves: wait for the app's line.
+        if (!err) await linesUntil(backend, 'nest-bundle', (l) => l === 'ran', 10_000);
+        expect(existsSync(planted)).toBe(false);
+        expect(err?.name).toBe('SpecError');
+        expect(err?.message).toMatch(/^the mount target "\/tmp\/app\/config\.yml" is refused: it lies inside "\/tmp\/app", whose content has a symlink at "config\.yml"/);
+        expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+      } finally {
+        await backend.stop('nest-bundle').catch(() => {});
+        bundle.cleanup();
+      }
+    });
+
+    it('in a data directory a worker wrote: refused, and nothing is made on the host', async () => {
+      const data = tempDir('procyard-nest-data-');
+      chmodSync(data.dir, 0o777);
+      const planted = path.join(host.dir, 'from-data');
+      try {
+        await backend.spawn(
+          appSpec('nest-planter', 'serve', {
+            cmd: [NODE, '-e', `require('fs').symlinkSync(${JSON.stringify(`/oldroot${planted}`)}, '/data/ref'); require('fs').mkdirSync('/data/sub')`],
+            dataMounts: [{ source: data.dir, target: '/data', readOnly: false }],
+          }),
+        );
+        expect(await waitFor(() => existsSync(path.join(data.dir, 'sub')), 10_000)).toBe(true);
+        await backend.stop('nest-planter');
+        const spawnWith = async (id: string, target: string) => {
+          const err = await backend
+            .spawn(appSpec(id, 'serve', { cmd: ['/bin/sh', '-c', 'echo ran; sleep 30'], dataMounts: [{ source: data.dir, target: '/tmp/data', readOnly: false }, { source: conf, target, readOnly: true }] }))
+            .then(() => null, (e: unknown) => e as Error);
+          if (!err) await linesUntil(backend, id, (l) => l === 'ran', 10_000);
+          return err;
+        };
+        const err = await spawnWith('nest-data', '/tmp/data/ref');
+        expect(existsSync(planted)).toBe(false);
+        expect(err?.name).toBe('SpecError');
+        expect(err?.message).toMatch(/^the mount target "\/tmp\/data\/ref" is refused: it lies inside "\/tmp\/data", whose content has a symlink at "ref"/);
+        // A plain path inside it is fine, while no running sandbox can write there.
+        expect(await spawnWith('nest-plain', '/tmp/data/sub/config.yml')).toBeNull();
+        await backend.stop('nest-plain');
+        expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
+      } finally {
+        for (const id of ['nest-planter', 'nest-data', 'nest-plain']) await backend.stop(id).catch(() => {});
+        data.cleanup();
+      }
+    });
+  });
+
   const SYMLINK = /\/x is a symlink owned by uid 654\d\d/;
   const INSIDE = /it is inside ".*procyard-swap-\w+", which a running sandbox has read-write/;
   it.each([

@@ -16,9 +16,11 @@ import { isRoot } from './helpers/proc.js';
 // Ports 24680-24699 and UIDs 65680-65699 belong to this file.
 
 /** limit-server.mjs's report, and how its process ended. */
-async function limitServer(ports: [number, number], uids: [number, number], how: 'spawn' | 'build', limit: string) {
-  const args = [path.join(FIXTURES, 'limit-server.mjs'), ...[...ports, ...uids].map(String), FIXTURES, how, limit];
-  const r = await promisify(execFile)(NODE, args, { encoding: 'utf8', timeout: 60_000 }).then(
+async function limitServer(ports: [number, number], uids: [number, number], how: 'spawn' | 'build', limit: string, argvMiB = 0) {
+  const args = [path.join(FIXTURES, 'limit-server.mjs'), ...[...ports, ...uids].map(String), FIXTURES, how, limit, String(argvMiB)];
+  // A stack limit without bound lets a process exec 6 MiB of arguments (a quarter of it, at most 6 MiB).
+  const script = `ulimit -s unlimited && exec "$@"`;
+  const r = await promisify(execFile)('/bin/sh', ['-c', script, 'sh', NODE, ...args], { encoding: 'utf8', timeout: 60_000 }).then(
     (out) => ({ code: 0, signal: null, stdout: out.stdout }),
     (err: { code?: number; signal?: string; stdout?: string }) => ({ code: err.code ?? null, signal: err.signal ?? null, stdout: err.stdout ?? '' }),
   );
@@ -45,6 +47,18 @@ describe.runIf(isRoot)('a memory limit too small for the sandbox to start', () =
     const r = await limitServer([24685, 24689], [65685, 65689], 'build', '4k');
     expect(r.signal, r.stdout).toBeNull();
     expect(r.report?.construct).toMatch(/^ConfigError: .*server\.defaultMemoryLimit.* must be 0 \(no limit\) or at least 4m/);
+  }, 70_000);
+
+  // Found next: with the server's stack limit raised (R's advice), a 5.8 MiB
+  // cmd under a 4 MiB limit: bwrap's argv, copied as the clone child execs,
+  // is charged to the new cgroup while the child still shares the server's memory.
+  it('a command line that could not fit under the floor is a SpecError; the server lives on', async () => {
+    const r = await limitServer([24680, 24684], [65680, 65684], 'spawn', '4m', 5.8);
+    expect(r.signal, r.stdout).toBeNull();
+    expect(r.report).toEqual({
+      call: expect.stringMatching(/^SpecError: cmd and the mounts' paths must total at most 1 MiB \(1048576 bytes\), got 60\d{5} \(with 0 mounts/),
+      bystander: 'running',
+    });
   }, 70_000);
 
   it('a limit of 4m still starts, and one of 0 means none', async () => {

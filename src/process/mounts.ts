@@ -2,6 +2,7 @@
 // so the server creates them, as root: without following anything a worker
 // could have planted (see native/mounttarget.cc).
 import { lstatSync, realpathSync, rmdirSync } from 'node:fs';
+import path from 'node:path';
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import type { MountEntry } from '../backend.js';
 import { resolveMountTarget } from '../native.js';
@@ -158,6 +159,7 @@ export class MountTargets {
         return { ...m, source, target: entry.path };
       });
       bound.forEach((m, i) => this.checkOverlap(m, mounts[i]!));
+      mounts.forEach((m, i) => this.checkNested(m, i, mounts, bound));
       sources = bound;
       for (const m of sources) this.remember(m);
       return { mounts: bound, release };
@@ -213,6 +215,51 @@ export class MountTargets {
           `the read-write mount source "${given.source}" (for ${given.target}) is refused: it holds "${other}", which a running ` +
             'sandbox has mounted, and this worker could swap that path for a symlink; mount it read-only, or once those sandboxes are gone',
         );
+    }
+  }
+
+  /**
+   * bwrap makes a target that lies inside an earlier mount of the sandbox
+   * through that mount's content (its bundle, its data: the tenant's), in a
+   * set-up namespace whose /oldroot is the host's root, writable: a symlink
+   * on the way to /oldroot/<path> had it create <path> on the host. So the
+   * path below the outer mount must hold no symlink when checked, and no
+   * running sandbox may be able to write there until this one is set up.
+   * procyard's own files (/tmp/.procyard) come after every mount: no mount
+   * may hold them.
+   */
+  private checkNested(m: MountEntry, i: number, given: MountEntry[], bound: MountEntry[]): void {
+    const target = path.posix.normalize(m.target);
+    const refuse = (why: string): never => {
+      throw new SpecError(`the mount target ${JSON.stringify(m.target)} is refused: ${why}`);
+    };
+    if (target === '/tmp' || target === OWN_FILES || inside(target, OWN_FILES))
+      refuse(`procyard puts its own files under ${OWN_FILES}, after the mounts; mount elsewhere (a path under /tmp is fine)`);
+    let outer = -1;
+    for (let j = 0; j < i; j++) {
+      const candidate = path.posix.normalize(given[j]!.target);
+      if (inside(target, candidate) && (outer < 0 || candidate.length > path.posix.normalize(given[outer]!.target).length)) outer = j;
+    }
+    if (outer < 0) return;
+    const outerTarget = path.posix.normalize(given[outer]!.target);
+    const source = bound[outer]!.source;
+    for (const [other, { writers }] of this.live)
+      if (writers > 0 && (other === source || inside(source, other) || inside(other, source)))
+        refuse(`it lies inside ${JSON.stringify(outerTarget)}, whose content a running sandbox can write, so a worker could put a symlink on its path before it is made; mount it elsewhere, or once that sandbox is gone`);
+    const parts = path.posix.relative(outerTarget, target).split('/');
+    let at = source;
+    for (const [k, part] of parts.entries()) {
+      at = path.join(at, part);
+      let info;
+      try {
+        info = lstatSync(at);
+      } catch {
+        return; // made by bwrap inside the mount from here on: nothing of the tenant's on the way
+      }
+      const shown = JSON.stringify(parts.slice(0, k + 1).join('/'));
+      if (info.isSymbolicLink())
+        refuse(`it lies inside ${JSON.stringify(outerTarget)}, whose content has a symlink at ${shown}, which bwrap would follow on the host; mount it elsewhere`);
+      if (k < parts.length - 1 && !info.isDirectory()) refuse(`it lies inside ${JSON.stringify(outerTarget)}, whose content has a file at ${shown}, not a directory`);
     }
   }
 
@@ -291,6 +338,9 @@ export class MountTargets {
     return false;
   }
 }
+
+/** Where an R worker's files from procyard go (bwrap.ts R_PROFILE_TARGET, r-app.ts). */
+const OWN_FILES = '/tmp/.procyard';
 
 /** Whether path p lies strictly inside directory dir (both real paths). */
 function inside(p: string, dir: string): boolean {

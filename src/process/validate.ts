@@ -128,6 +128,26 @@ export function checkWorkerSpec(spec: WorkerSpec): void {
     const cpus = cpuField(spec.cpuLimit, 'cpuLimit');
     if (typeof cpus === 'string') fail(cpus);
   }
+  checkCommandLine(spec.cmd, spec.dataMounts ?? [], [spec.bundlePath, spec.workerMount, spec.libraryPath, spec.libDir, spec.transferDir, spec.tokenDir]);
+}
+
+/**
+ * What bwrap's command line may take of a spec: its cmd and its mounts'
+ * paths. The clone child execs bwrap while it still shares the server's
+ * memory, and the kernel copies that command line into memory charged to
+ * the worker's new cgroup first: a 5.8 MiB cmd under a 4 MiB limit had the
+ * OOM killer end the child, and the server with it. Well under the 4 MiB
+ * floor, with room for the mounts' real paths (resolved, up to 4 KiB each).
+ */
+const MAX_COMMAND_LINE = 1024 * 1024;
+
+function checkCommandLine(cmd: readonly string[] | undefined, mounts: readonly MountEntry[], paths: readonly (string | undefined)[]): void {
+  let bytes = 0;
+  for (const s of [...(cmd ?? []), ...paths, ...mounts.flatMap((m) => [m.source, m.target])]) bytes += s === undefined ? 0 : Buffer.byteLength(s) + 1;
+  // A resolved source may be longer than the given one: PATH_MAX at most.
+  bytes += mounts.length * 4096;
+  if (bytes > MAX_COMMAND_LINE)
+    fail(`cmd and the mounts' paths must total at most 1 MiB (${MAX_COMMAND_LINE} bytes), got ${bytes} (with ${mounts.length} mounts at 4 KiB each for their resolved paths)`);
 }
 
 /** A host path a spec names, checked by the spawn call itself (NativeSpawnOptions.checkPaths). */
@@ -176,5 +196,6 @@ export async function validateBuildSpec(spec: BuildSpec): Promise<void> {
   if (spec.logWriter !== undefined && typeof spec.logWriter !== 'function') fail('logWriter must be a function');
   checkRecord(spec.labels, 'labels');
   checkMounts(spec.mounts, 'mounts');
+  checkCommandLine(spec.cmd, spec.mounts ?? [], []);
   await Promise.all((spec.mounts ?? []).map((m, i) => checkExists(m.source, `mounts[${i}].source`, 'any')));
 }
