@@ -783,9 +783,9 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
         );
         expect(await waitFor(() => existsSync(path.join(data.dir, 'sub')), 10_000)).toBe(true);
         await backend.stop('nest-planter');
-        const spawnWith = async (id: string, target: string) => {
+        const spawnWith = async (id: string, target: string, outer = '/tmp/data') => {
           const err = await backend
-            .spawn(appSpec(id, 'serve', { cmd: ['/bin/sh', '-c', 'echo ran; sleep 30'], dataMounts: [{ source: data.dir, target: '/tmp/data', readOnly: false }, { source: conf, target, readOnly: true }] }))
+            .spawn(appSpec(id, 'serve', { cmd: ['/bin/sh', '-c', 'echo ran; sleep 30'], dataMounts: [{ source: data.dir, target: outer, readOnly: false }, { source: conf, target, readOnly: true }] }))
             .then(() => null, (e: unknown) => e as Error);
           if (!err) await linesUntil(backend, id, (l) => l === 'ran', 10_000);
           return err;
@@ -794,6 +794,9 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
         expect(existsSync(planted)).toBe(false);
         expect(err?.name).toBe('SpecError');
         expect(err?.message).toMatch(/^the mount target "\/tmp\/data\/ref" is refused: it lies inside "\/tmp\/data", whose content has a symlink at "ref"/);
+        // However the paths are spelled.
+        expect((await spawnWith('nest-spelled', '/tmp/data/./ref', '/tmp/data/'))?.message).toMatch(/^the mount target "\/tmp\/data\/\.\/ref" is refused: it lies inside "\/tmp\/data", whose content has a symlink at "ref"/);
+        expect(existsSync(planted)).toBe(false);
         // A plain path inside it is fine, while no running sandbox can write there.
         expect(await spawnWith('nest-plain', '/tmp/data/sub/config.yml')).toBeNull();
         await backend.stop('nest-plain');

@@ -229,7 +229,7 @@ export class MountTargets {
    * may hold them.
    */
   private checkNested(m: MountEntry, i: number, given: MountEntry[], bound: MountEntry[]): void {
-    const target = path.posix.normalize(m.target);
+    const target = sandboxPath(m.target);
     const refuse = (why: string): never => {
       throw new SpecError(`the mount target ${JSON.stringify(m.target)} is refused: ${why}`);
     };
@@ -237,11 +237,11 @@ export class MountTargets {
       refuse(`procyard puts its own files under ${OWN_FILES}, after the mounts; mount elsewhere (a path under /tmp is fine)`);
     let outer = -1;
     for (let j = 0; j < i; j++) {
-      const candidate = path.posix.normalize(given[j]!.target);
-      if (inside(target, candidate) && (outer < 0 || candidate.length > path.posix.normalize(given[outer]!.target).length)) outer = j;
+      const candidate = sandboxPath(given[j]!.target);
+      if (inside(target, candidate) && (outer < 0 || candidate.length > sandboxPath(given[outer]!.target).length)) outer = j;
     }
     if (outer < 0) return;
-    const outerTarget = path.posix.normalize(given[outer]!.target);
+    const outerTarget = sandboxPath(given[outer]!.target);
     const source = bound[outer]!.source;
     for (const [other, { writers }] of this.live)
       if (writers > 0 && (other === source || inside(source, other) || inside(other, source)))
@@ -341,6 +341,11 @@ export class MountTargets {
 
 /** Where an R worker's files from procyard go (bwrap.ts R_PROFILE_TARGET, r-app.ts). */
 const OWN_FILES = '/tmp/.procyard';
+
+/** A target as the sandbox resolves it, for comparing: normalized, no trailing slash. */
+function sandboxPath(p: string): string {
+  return path.posix.normalize(p).replace(/(.)\/+$/, '$1');
+}
 
 /** Whether path p lies strictly inside directory dir (both real paths). */
 function inside(p: string, dir: string): boolean {
