@@ -37,11 +37,15 @@ class Asm {
   void Mov64Imm(int dst, int32_t imm) { Emit(BPF_ALU64 | BPF_MOV | BPF_K, dst, 0, 0, imm); }
   void Mov32(int dst, int src) { Emit(BPF_ALU | BPF_MOV | BPF_X, dst, src, 0, 0); }
   void Add64Imm(int dst, int32_t imm) { Emit(BPF_ALU64 | BPF_ADD | BPF_K, dst, 0, 0, imm); }
+  void Add64(int dst, int src) { Emit(BPF_ALU64 | BPF_ADD | BPF_X, dst, src, 0, 0); }
+  void Rsh32Imm(int dst, int32_t imm) { Emit(BPF_ALU | BPF_RSH | BPF_K, dst, 0, 0, imm); }
+  void Rsh32(int dst, int src) { Emit(BPF_ALU | BPF_RSH | BPF_X, dst, src, 0, 0); }
   void And32Imm(int dst, uint32_t imm) { Emit(BPF_ALU | BPF_AND | BPF_K, dst, 0, 0, static_cast<int32_t>(imm)); }
   void Or32(int dst, int src) { Emit(BPF_ALU | BPF_OR | BPF_X, dst, src, 0, 0); }
   // Network to host order (BPF_TO_BE swaps on a little-endian CPU, nothing on a big-endian one).
   void FromBe(int dst, int bits) { Emit(BPF_ALU | BPF_END | BPF_TO_BE, dst, 0, 0, bits); }
   void Load32(int dst, int src, int16_t off) { Emit(BPF_LDX | BPF_MEM | BPF_W, dst, src, off, 0); }
+  void Load8(int dst, int src, int16_t off) { Emit(BPF_LDX | BPF_MEM | BPF_B, dst, src, off, 0); }
   void Load64(int dst, int src, int16_t off) { Emit(BPF_LDX | BPF_MEM | BPF_DW, dst, src, off, 0); }
   void Store32(int dst, int16_t off, int src) { Emit(BPF_STX | BPF_MEM | BPF_W, dst, src, off, 0); }
   void Store32Imm(int dst, int16_t off, uint32_t imm) { Emit(BPF_ST | BPF_MEM | BPF_W, dst, 0, off, static_cast<int32_t>(imm)); }
@@ -183,13 +187,26 @@ void MatchRule(Asm& a, const AddrRule& rule, bool v4, int target) {
 void Verdict(Asm& a, const SockHookRules& rules, const SockHooks& maps, bool v4, int allow, int deny) {
   int notWorker = a.Label();
   a.Jmp32Imm(BPF_JEQ, kLocal, 0, notWorker);
-  // Another backend's workers' ports on this host (its range, from the registry).
-  a.Store32(R10, kKey - 4, kPort);
+  // Another backend's workers' ports on this host (its range, from the
+  // registry): bit `port` of the one-entry bitmap.
+  int notOther = a.Label();
+  a.Store32Imm(R10, kKey - 4, 0);
   a.LoadMap(R1, maps.otherPorts);
   a.Mov64(R2, R10);
   a.Add64Imm(R2, kKey - 4);
   a.Call(BPF_FUNC_map_lookup_elem);
-  a.Jmp64Imm(BPF_JNE, R0, 0, deny);
+  a.Jmp64Imm(BPF_JEQ, R0, 0, notOther);
+  a.Mov32(R1, kPort);
+  a.And32Imm(R1, 0xffff);  // bounds the byte offset below for the verifier
+  a.Rsh32Imm(R1, 3);
+  a.Add64(R0, R1);
+  a.Load8(R2, R0, 0);
+  a.Mov32(R1, kPort);
+  a.And32Imm(R1, 7);
+  a.Rsh32(R2, R1);
+  a.And32Imm(R2, 1);
+  a.Jmp32Imm(BPF_JNE, R2, 0, deny);
+  a.Bind(notOther);
   MatchPorts(a, rules.workerPorts.lo, rules.workerPorts.hi, notWorker);
   a.Call(BPF_FUNC_get_current_uid_gid);
   a.Store32(R10, kKey - 4, R0);  // the low half: the UID
@@ -396,6 +413,17 @@ int MakeMap(uint32_t keySize, uint32_t valueSize, uint32_t entries) {
   return static_cast<int>(Bpf(BPF_MAP_CREATE, &attr));
 }
 
+// A one-entry array map holding `bytes` of bits (zeroed when made).
+int MakeBitmap(uint32_t bytes) {
+  union bpf_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.map_type = BPF_MAP_TYPE_ARRAY;
+  attr.key_size = 4;
+  attr.value_size = bytes;
+  attr.max_entries = 1;
+  return static_cast<int>(Bpf(BPF_MAP_CREATE, &attr));
+}
+
 // Loads one program; on a refusal, loads it again with a log to say why.
 int LoadProgram(const ProgramKind& kind, const std::vector<bpf_insn>& code, SockHookError* error) {
   static const char kLicense[] = "GPL";
@@ -455,7 +483,7 @@ bool SockHooksLoad(const SockHookRules& rules, SockHooks* hooks, SockHookError* 
     SockHooksClose(&made);
     return false;
   }
-  made.otherPorts = MakeMap(4, 1, 65536);
+  made.otherPorts = MakeBitmap(kPortBitmapBytes);
   if (made.otherPorts < 0) {
     *error = {-made.otherPorts, "bpf(BPF_MAP_CREATE other backends' ports)", ""};
     made.otherPorts = -1;

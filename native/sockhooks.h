@@ -43,9 +43,12 @@ const char* SockHookName(int program);
 struct SockHooks {
   int uidPorts = -1;    // BPF hash map: worker UID (u32) → the one port it binds (u32, host order)
   int localAddrs = -1;  // BPF hash map: host address (16 bytes, IPv4 as ::ffff:a.b.c.d) → 1
-  int otherPorts = -1;  // BPF hash map: a port of another backend's workers on this host (u32, host order) → 1
+  int otherPorts = -1;  // BPF array map, one entry (key 0): a bitmap of the ports of other backends' workers on this host
   int progs[kSockHookPrograms] = {-1, -1, -1, -1, -1, -1, -1, -1};
 };
+
+// The otherPorts bitmap's size: a bit per port, bit p & 7 of byte p >> 3.
+const uint32_t kPortBitmapBytes = 65536 / 8;
 
 struct SockHookError {
   int err = 0;

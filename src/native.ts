@@ -202,7 +202,7 @@ export interface NativeInjectMount {
 export interface NativeSockHooks {
   uidPorts: number;
   localAddrs: number;
-  /** Ports of other backends' workers on this host (u32 → 1), refused on local addresses. */
+  /** Ports of other backends' workers on this host, refused on local addresses: one entry (key 0), 8192 bytes, bit p & 7 of byte p >> 3. */
   otherPorts: number;
   programs: { name: string; fd: number }[];
 }

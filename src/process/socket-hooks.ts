@@ -194,8 +194,8 @@ export class SocketHooks {
   private warned = false;
   private closed = false;
   private readonly registry: PortRangeRegistry | undefined;
-  /** Other backends' worker ports now in the otherPorts map. */
-  private readonly otherPorts = new Set<number>();
+  /** The otherPorts bitmap as last written (hex), so an unchanged one is not written again. */
+  private otherPorts = '';
   private rangesReadAt = 0;
   /** The registry's updates of the map, one after another. */
   private rangeUpdates: Promise<void> = Promise.resolve();
@@ -399,18 +399,12 @@ export class SocketHooks {
     this.rangesReadAt = performance.now();
     this.rangeUpdates = this.rangeUpdates
       .then(async () => {
-        const wanted = portsOutside(await registry.others(), this.config.workerPorts);
-        if (this.closed) return;
-        for (const port of this.otherPorts)
-          if (!wanted.has(port)) {
-            bpfMapDelete(hooks.otherPorts, uidKey(port));
-            this.otherPorts.delete(port);
-          }
-        for (const port of wanted)
-          if (!this.otherPorts.has(port)) {
-            bpfMapSet(hooks.otherPorts, uidKey(port), ONE);
-            this.otherPorts.add(port);
-          }
+        const bitmap = new Uint8Array(65536 / 8);
+        for (const port of portsOutside(await registry.others(), this.config.workerPorts)) bitmap[port >> 3]! |= 1 << (port & 7);
+        const hex = Buffer.from(bitmap).toString('hex');
+        if (this.closed || hex === this.otherPorts) return;
+        bpfMapSet(hooks.otherPorts, uidKey(0), bitmap);
+        this.otherPorts = hex;
       })
       .catch((err: unknown) => this.log.warn({ err }, 'procyard: updating the other servers\' port ranges in the socket hooks failed'));
     return this.rangeUpdates;
