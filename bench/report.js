@@ -177,7 +177,7 @@ export function buildReport(r) {
     });
     const oneOff = small.socketHooks.oneOff;
     const setUp = oneOff?.setUp
-      ? `Once per backend (the first spawn): loading the seven programs and two maps, making the hooks' cgroup2 directory and attaching them took ` +
+      ? `Once per backend (the first spawn): loading the eight programs and three maps, listing the backend's port range for the other servers (port-ranges/) and reading theirs, making the hooks' cgroup2 directory and attaching them took ` +
         `${ms(oneOff.setUp.p50)} p50 (${ms(oneOff.setUp.max)} max, ${oneOff.setUp.n} backends); close() ${ms(oneOff.tearDown.p50)} p50.`
       : `One-off set-up: not measured (${oneOff?.unavailable ?? 'no data'}).`;
     sections.push(
