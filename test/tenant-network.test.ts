@@ -471,6 +471,7 @@ describe.runIf(hooksHere)('two servers on one host with different port ranges', 
     chmodSync(shared, 0o777);
     const first = new ProcessBackend(testConfig([24513, 24516], [65513, 65516], { runtimeDir }));
     let second: ProcessBackend | undefined;
+    let third: ProcessBackend | undefined;
     try {
       // first's attacker runs before second exists: it waits for the port to try, then tries it over TCP and UDP.
       const attack =
@@ -509,9 +510,16 @@ describe.runIf(hooksHere)('two servers on one host with different port ranges', 
       expect((await logsOf(second, 'victim')).filter((l) => l.startsWith('got='))).toEqual([]);
       expect(await second.healthCheck('victim')).toBe(true);
       expect(await first.healthCheck('other-victim')).toBe(true);
+      // A server without hooks of its own (networkPolicy 'off') lists its range too, and is kept from.
+      third = new ProcessBackend(testConfig([24521, 24524], [65521, 65524], { runtimeDir, networkPolicy: 'off' }));
+      await probe(third, 'unhooked-victim', [['unhooked', 'serve', '127.0.0.1', -1]]);
+      await third.waitReady('unhooked-victim', { timeoutMs: 20_000 });
+      const unhookedPort = Number((await third.addr('unhooked-victim')).split(':')[1]);
+      expect(await probe(first, 'late2', [['tcp', 'tcp', '127.0.0.1', unhookedPort]])).toEqual({ tcp: 'EPERM' });
       // Each lists its range; close() takes it out.
-      expect(readdirSync(path.join(runtimeDir, 'port-ranges')).length).toBe(2);
+      expect(readdirSync(path.join(runtimeDir, 'port-ranges')).length).toBe(3);
     } finally {
+      await third?.close();
       await second?.close();
       await first.close();
       rmSync(shared, { recursive: true, force: true });

@@ -197,6 +197,7 @@ export class SocketHooks {
   /** The otherPorts bitmap as last written (hex), so an unchanged one is not written again. */
   private otherPorts = '';
   private rangesReadAt = 0;
+  private listing?: Promise<void>;
   /** The registry's updates of the map, one after another. */
   private rangeUpdates: Promise<void> = Promise.resolve();
 
@@ -215,6 +216,8 @@ export class SocketHooks {
    * Call release(uid) once the sandbox is over (or did not start).
    */
   async place(uid: number, port: number | undefined, limits: LimitOptions, cgroup: WorkerCgroup | null): Promise<LimitOptions> {
+    // Listed whatever this server's own policy: the others' hooks keep their workers from its workers.
+    await this.list();
     if (this.config.mode === 'off') return limits;
     const loaded = await this.load();
     if (loaded instanceof SocketHooksProblem) return this.unavailable(loaded, limits);
@@ -254,11 +257,11 @@ export class SocketHooks {
 
   /** Removes the hooks' directories left by servers that are gone (their programs go with them). */
   async cleanupOrphans(): Promise<string[]> {
+    await this.registry?.sweep().catch(() => {});
     if (this.config.mode === 'off') return [];
     const unified = await unifiedHierarchy();
     const parent = unified && dirOf(unified, parentPath(unified, ''));
     if (!parent) return [];
-    await this.registry?.sweep().catch(() => {});
     const orphans = await deadInstances(parent, KIND);
     await Promise.all(
       orphans.map(async (dir) => {
@@ -281,6 +284,7 @@ export class SocketHooks {
     await Promise.allSettled(this.attached.values());
     const dir = this.ownDir ? await this.ownDir.catch(() => undefined) : undefined;
     if (dir) await removeDir(dir).catch((err: unknown) => this.log.warn({ err, dir }, 'procyard: removing the socket hooks\' cgroup failed'));
+    await this.listing;
     await this.registry?.close().catch((err: unknown) => this.log.warn({ err }, 'procyard: removing this server\'s port range from the registry failed'));
     await this.rangeUpdates;
     if (loaded && !(loaded instanceof SocketHooksProblem)) {
@@ -331,14 +335,8 @@ export class SocketHooks {
       return loadProblem(err);
     }
     this.refreshAddresses(hooks, true);
-    if (this.registry) {
-      try {
-        await this.registry.register(() => void this.refreshRanges(hooks, true));
-      } catch (err) {
-        this.log.warn({ err, dir: this.registry.dir }, 'procyard: cannot list this server\'s port range for the others on the host, so their workers are not kept from its own');
-      }
-      await this.refreshRanges(hooks, true);
-    }
+    await this.list();
+    await this.refreshRanges(hooks, true);
     this.log.info({ loadMs: Math.round((performance.now() - started) * 100) / 100 }, 'procyard: socket hooks loaded');
     return { hooks, unified, services, unresolved };
   }
@@ -387,6 +385,22 @@ export class SocketHooks {
       if (!this.closed) this.ownDir = undefined;
     });
     return this.ownDir;
+  }
+
+  /** Lists this server's range in the registry (once), and has the map follow the others' from then on. */
+  private list(): Promise<void> {
+    const registry = this.registry;
+    this.listing ??= !registry
+      ? Promise.resolve()
+      : registry
+          .register(() => {
+            const loaded = this.settled;
+            if (loaded && !(loaded instanceof SocketHooksProblem)) void this.refreshRanges(loaded.hooks, true);
+          })
+          .catch((err: unknown) =>
+            this.log.warn({ err, dir: registry.dir }, "procyard: cannot list this server's port range for the others on the host, so their workers are not kept from its own"),
+          );
+    return this.listing;
   }
 
   /**
