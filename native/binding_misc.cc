@@ -214,7 +214,7 @@ Napi::Value ReservePortJs(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-// resolveMountTarget(path, {create, workerUids?: [start, end], workerGid?, strangers?, trustedUid})
+// resolveMountTarget(path, {create, workerUids?: [start, end], workerGid?, strangers?, noSymlinks?, trustedUid})
 //   -> {path, created} | {problem, code}
 Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -225,6 +225,7 @@ Napi::Value ResolveMountTargetJs(const Napi::CallbackInfo& info) {
   TargetPolicy policy;
   policy.create = o.Get("create").ToBoolean().Value();
   policy.trustedUid = static_cast<uid_t>(ToInteger(env, o.Get("trustedUid"), "trustedUid", 0, 0xfffffffe));
+  if (Has(o, "noSymlinks")) policy.noSymlinks = o.Get("noSymlinks").ToBoolean().Value();
   if (Has(o, "workerUids")) {
     Napi::Value range = o.Get("workerUids");
     if (!range.IsArray() || range.As<Napi::Array>().Length() != 2) ThrowType(env, "workerUids must be [start, end]");

@@ -115,6 +115,10 @@ TargetResult ResolveMountTarget(const std::string& path, const TargetPolicy& pol
       return fail(err, "cannot stat " + here);
     }
     if (S_ISLNK(st.st_mode)) {
+      if (policy.noSymlinks) {
+        close(fd);
+        return fail(0, here + " is a symlink");
+      }
       if (st.st_uid != 0 && st.st_uid != policy.trustedUid) {
         close(fd);
         return fail(0, here + " is a symlink owned by uid " + std::to_string(st.st_uid) +

@@ -17,6 +17,7 @@ struct TargetPolicy {
   gid_t workerGid = 0;
   uid_t trustedUid = 0;       // besides root, the owner a followed symlink may have (the server's own uid)
   bool strangers = true;      // with guardWorkers: also refuse directories other users could write
+  bool noSymlinks = false;    // refuse every symlink, whoever owns it (a tenant's content: its bundle)
 };
 
 struct TargetResult {

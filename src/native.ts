@@ -231,7 +231,7 @@ interface Addon {
   builtinSeccompRules(): string[];
   resolveMountTarget(
     path: string,
-    options: { create: boolean; trustedUid: number; workerUids?: [number, number]; workerGid?: number; strangers?: boolean },
+    options: { create: boolean; trustedUid: number; workerUids?: [number, number]; workerGid?: number; strangers?: boolean; noSymlinks?: boolean },
   ): { path: string; created: string[]; problem?: undefined; code?: undefined } | { problem: string; code: string; path?: undefined };
   landlockAbi(): { abi: number; code: string };
   lockBytes(fd: number, offset: number, length?: number): boolean;

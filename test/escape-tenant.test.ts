@@ -762,7 +762,7 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
         if (!err) await linesUntil(backend, 'nest-bundle', (l) => l === 'ran', 10_000);
         expect(existsSync(planted)).toBe(false);
         expect(err?.name).toBe('SpecError');
-        expect(err?.message).toMatch(/^the mount target "\/tmp\/app\/config\.yml" is refused: it lies inside "\/tmp\/app", whose content has a symlink at "config\.yml"/);
+        expect(err?.message).toMatch(/^the mount target "\/tmp\/app\/config\.yml" is refused: it lies inside "\/tmp\/app", whose content is not safe to make it through: \/tmp\/app\/config\.yml is a symlink; bwrap would follow it/);
         expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
       } finally {
         await backend.stop('nest-bundle').catch(() => {});
@@ -783,26 +783,42 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
         );
         expect(await waitFor(() => existsSync(path.join(data.dir, 'sub')), 10_000)).toBe(true);
         await backend.stop('nest-planter');
-        const spawnWith = async (id: string, target: string, outer = '/tmp/data') => {
+        const spawnWith = async (id: string, source: string, target: string, outer = '/tmp/data') => {
           const err = await backend
-            .spawn(appSpec(id, 'serve', { cmd: ['/bin/sh', '-c', 'echo ran; sleep 30'], dataMounts: [{ source: data.dir, target: outer, readOnly: false }, { source: conf, target, readOnly: true }] }))
+            .spawn(appSpec(id, 'serve', { cmd: ['/bin/sh', '-c', 'echo ran; sleep 30'], dataMounts: [{ source, target: outer, readOnly: false }, { source: conf, target, readOnly: true }] }))
             .then(() => null, (e: unknown) => e as Error);
           if (!err) await linesUntil(backend, id, (l) => l === 'ran', 10_000);
           return err;
         };
-        const err = await spawnWith('nest-data', '/tmp/data/ref');
+        // A directory workers can write: refused whatever is in it now. Any process
+        // holding an fd of it (one passed on by a stopped worker, an attacker found)
+        // could swap an entry for a symlink between this check and bwrap.
+        for (const target of ['/tmp/data/ref', '/tmp/data/sub/config.yml']) {
+          const err = await spawnWith('nest-data', data.dir, target);
+          expect(err?.name, target).toBe('SpecError');
+          expect(err?.message).toMatch(/is refused: it lies inside "\/tmp\/data", whose content is not safe to make it through: \/tmp\/data is writable by anyone \(mode 0777\)/);
+        }
+        // The same spelled /var/run and /run (one place in the sandbox), as an attacker tried.
+        const spelled = await spawnWith('nest-spelled', data.dir, '/var/run/data/ref', '/run/data');
+        expect(spelled?.message).toMatch(/^the mount target "\/var\/run\/data\/ref" is refused: it lies inside "\/run\/data"/);
         expect(existsSync(planted)).toBe(false);
-        expect(err?.name).toBe('SpecError');
-        expect(err?.message).toMatch(/^the mount target "\/tmp\/data\/ref" is refused: it lies inside "\/tmp\/data", whose content has a symlink at "ref"/);
-        // However the paths are spelled.
-        expect((await spawnWith('nest-spelled', '/tmp/data/./ref', '/tmp/data/'))?.message).toMatch(/^the mount target "\/tmp\/data\/\.\/ref" is refused: it lies inside "\/tmp\/data", whose content has a symlink at "ref"/);
+        // A directory no worker can change: a symlink in it is still refused (whoever owns it), a plain path is fine.
+        const fixed = tempDir('procyard-nest-fixed-');
+        try {
+          chmodSync(fixed.dir, 0o755);
+          mkdirSync(path.join(fixed.dir, 'sub'));
+          symlinkSync(`/oldroot${planted}`, path.join(fixed.dir, 'ref'));
+          for (const [target, outer] of [['/tmp/data/ref', '/tmp/data'], ['/tmp/data/./ref', '/tmp/data/'], ['/run/data/ref', '/var/run/data']])
+            expect((await spawnWith('nest-fixed', fixed.dir, target!, outer))?.message, target).toMatch(/whose content is not safe to make it through: .*\/ref is a symlink/);
+          expect(await spawnWith('nest-plain', fixed.dir, '/tmp/data/sub/config.yml')).toBeNull();
+          await backend.stop('nest-plain');
+        } finally {
+          fixed.cleanup();
+        }
         expect(existsSync(planted)).toBe(false);
-        // A plain path inside it is fine, while no running sandbox can write there.
-        expect(await spawnWith('nest-plain', '/tmp/data/sub/config.yml')).toBeNull();
-        await backend.stop('nest-plain');
         expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
       } finally {
-        for (const id of ['nest-planter', 'nest-data', 'nest-plain']) await backend.stop(id).catch(() => {});
+        for (const id of ['nest-planter', 'nest-data', 'nest-spelled', 'nest-fixed', 'nest-plain']) await backend.stop(id).catch(() => {});
         data.cleanup();
       }
     });

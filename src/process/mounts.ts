@@ -229,38 +229,40 @@ export class MountTargets {
    * may hold them.
    */
   private checkNested(m: MountEntry, i: number, given: MountEntry[], bound: MountEntry[]): void {
-    const target = sandboxPath(m.target);
+    const target = sandboxPath(bound[i]!.target);
     const refuse = (why: string): never => {
       throw new SpecError(`the mount target ${JSON.stringify(m.target)} is refused: ${why}`);
     };
     if (target === '/tmp' || target === OWN_FILES || inside(target, OWN_FILES))
       refuse(`procyard puts its own files under ${OWN_FILES}, after the mounts; mount elsewhere (a path under /tmp is fine)`);
+    // Compared as bwrap is given them (bound): /var/run/x is /run/x there, a host path its real one.
+    const inner = sandboxPath(bound[i]!.target);
     let outer = -1;
     for (let j = 0; j < i; j++) {
-      const candidate = sandboxPath(given[j]!.target);
-      if (inside(target, candidate) && (outer < 0 || candidate.length > sandboxPath(given[outer]!.target).length)) outer = j;
+      const candidate = sandboxPath(bound[j]!.target);
+      if (inside(inner, candidate) && (outer < 0 || candidate.length > sandboxPath(bound[outer]!.target).length)) outer = j;
     }
     if (outer < 0) return;
-    const outerTarget = sandboxPath(given[outer]!.target);
+    const outerTarget = sandboxPath(bound[outer]!.target);
     const source = bound[outer]!.source;
-    for (const [other, { writers }] of this.live)
-      if (writers > 0 && (other === source || inside(source, other) || inside(other, source)))
-        refuse(`it lies inside ${JSON.stringify(outerTarget)}, whose content a running sandbox can write, so a worker could put a symlink on its path before it is made; mount it elsewhere, or once that sandbox is gone`);
-    const parts = path.posix.relative(outerTarget, target).split('/');
-    let at = source;
-    for (const [k, part] of parts.entries()) {
-      at = path.join(at, part);
-      let info;
-      try {
-        info = lstatSync(at);
-      } catch {
-        return; // made by bwrap inside the mount from here on: nothing of the tenant's on the way
-      }
-      const shown = JSON.stringify(parts.slice(0, k + 1).join('/'));
-      if (info.isSymbolicLink())
-        refuse(`it lies inside ${JSON.stringify(outerTarget)}, whose content has a symlink at ${shown}, which bwrap would follow on the host; mount it elsewhere`);
-      if (k < parts.length - 1 && !info.isDirectory()) refuse(`it lies inside ${JSON.stringify(outerTarget)}, whose content has a file at ${shown}, not a directory`);
-    }
+    const below = path.posix.relative(outerTarget, inner);
+    const where = `it lies inside ${JSON.stringify(given[outer]!.target)}, whose content`;
+    // Without root every worker is the server's uid: the running sandboxes are all that can be told.
+    if (!this.guard)
+      for (const [other, { writers }] of this.live)
+        if (writers > 0 && (other === source || inside(source, other) || inside(other, source)))
+          refuse(`${where} a running sandbox can write, so a worker could put a symlink on its path before it is made; mount it elsewhere, or once that sandbox is gone`);
+    // No symlink at all on the way (a bundle's are the tenant's, whoever owns them), and, as root, no
+    // directory a worker could change: any process holding an fd of it (passed on, say) could swap an entry.
+    const r = resolveMountTarget(path.join(source, below), {
+      create: false,
+      trustedUid: process.geteuid?.() ?? 0,
+      noSymlinks: true,
+      ...(this.guard ? { workerUids: this.guard.uids, workerGid: this.guard.gid } : {}),
+    });
+    if (r.problem === undefined || r.code === 'ENOENT') return; // from a missing part on, bwrap makes it inside the mount
+    const inContent = r.problem.replace(source, given[outer]!.target.replace(/\/+$/, ''));
+    refuse(`${where} is not safe to make it through: ${inContent}; bwrap would follow it on the host, so mount it elsewhere`);
   }
 
   private remember(m: MountEntry): void {
