@@ -729,11 +729,13 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
       // With those gone, the read-write mount goes through.
       await sleeper('outer-rw', [{ source: data.dir, readOnly: false }]);
       // And now a source inside it is refused.
-      await expect(sleeper('inner-again', [{ source: inner, readOnly: true }])).rejects.toThrow(/it is inside ".*procyard-overlap-\w+", which a running sandbox has read-write/);
+      await expect(sleeper('inner-again', [{ source: inner, readOnly: true }])).rejects.toThrow(/it is inside ".*procyard-overlap-\w+", which a sandbox of this server has had read-write/);
       for (const id of ['outer-ro', 'outer-rw']) await backend.stop(id);
+      // And after it is gone: one of its workers may have passed an fd of the directory on, which still writes there.
+      await expect(sleeper('inner-later', [{ source: inner, readOnly: true }])).rejects.toThrow(/which a sandbox of this server has had read-write: a worker may still hold a handle to it/);
       expect(backend.inUse).toEqual({ ports: 0, uids: 0 });
     } finally {
-      for (const id of ['inner-ro', 'outer-ro', 'outer-rw', 'same-rw-1', 'same-rw-2']) await backend.stop(id).catch(() => {});
+      for (const id of ['inner-ro', 'outer-ro', 'outer-rw', 'same-rw-1', 'same-rw-2', 'inner-later']) await backend.stop(id).catch(() => {});
       data.cleanup();
     }
   });
@@ -825,7 +827,7 @@ describe.runIf(isRoot)('a symlink a worker leaves in its data', () => {
   });
 
   const SYMLINK = /\/x is a symlink owned by uid 654\d\d/;
-  const INSIDE = /it is inside ".*procyard-swap-\w+", which a running sandbox has read-write/;
+  const INSIDE = /it is inside ".*procyard-swap-\w+", which a sandbox of this server has had read-write/;
   it.each([
     // The symlink when the walk meets it; otherwise the directory, inside the swapper's read-write mount.
     [0o777, [SYMLINK, INSIDE]],

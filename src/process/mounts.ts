@@ -124,6 +124,13 @@ export class MountTargets {
   private readonly unreachable = new Map<string, string>();
   /** The sources of the sandboxes holding mounts now, as given to bwrap: how many hold each, and how many of those read-write. */
   private readonly live = new Map<string, { users: number; writers: number }>();
+  /**
+   * Every source a sandbox of this backend has had read-write. A worker can
+   * pass an fd of such a directory on (through a unix socket) before it ends,
+   * and the holder can still change what is in it: the mount stays writable
+   * through that fd.
+   */
+  private readonly everWritable = new Set<string>();
 
   constructor(private readonly guard: WorkerIdentities | null) {}
 
@@ -204,12 +211,14 @@ export class MountTargets {
    * here before either sandbox starts, so there is no race to win.
    */
   private checkOverlap(m: MountEntry, given: MountEntry): void {
-    for (const [other, { writers }] of this.live) {
-      if (writers > 0 && inside(m.source, other))
+    for (const other of this.everWritable)
+      if (inside(m.source, other))
         throw new SpecError(
-          `the mount source "${given.source}" (for ${given.target}) is refused: it is inside "${other}", which a running sandbox ` +
-            'has read-write, so its worker could swap the path for a symlink before it is mounted; mount that directory itself, or a path outside it',
+          `the mount source "${given.source}" (for ${given.target}) is refused: it is inside "${other}", which a sandbox of this ` +
+            'server has had read-write: a worker may still hold a handle to it and swap the path for a symlink before it is mounted; ' +
+            'mount that directory itself, or a path outside it',
         );
+    for (const other of this.live.keys()) {
       if (!m.readOnly && inside(other, m.source))
         throw new SpecError(
           `the read-write mount source "${given.source}" (for ${given.target}) is refused: it holds "${other}", which a running ` +
@@ -247,11 +256,11 @@ export class MountTargets {
     const source = bound[outer]!.source;
     const below = path.posix.relative(outerTarget, inner);
     const where = `it lies inside ${JSON.stringify(given[outer]!.target)}, whose content`;
-    // Without root every worker is the server's uid: the running sandboxes are all that can be told.
+    // Without root every worker is the server's uid: what this backend's sandboxes have had read-write is all that can be told.
     if (!this.guard)
-      for (const [other, { writers }] of this.live)
-        if (writers > 0 && (other === source || inside(source, other) || inside(other, source)))
-          refuse(`${where} a running sandbox can write, so a worker could put a symlink on its path before it is made; mount it elsewhere, or once that sandbox is gone`);
+      for (const other of this.everWritable)
+        if (other === source || inside(source, other) || inside(other, source))
+          refuse(`${where} a sandbox of this server has had read-write, so a worker could put a symlink on its path before it is made; mount it elsewhere`);
     // No symlink at all on the way (a bundle's are the tenant's, whoever owns them), and, as root, no
     // directory a worker could change: any process holding an fd of it (passed on, say) could swap an entry.
     const r = resolveMountTarget(path.join(source, below), {
@@ -266,6 +275,7 @@ export class MountTargets {
   }
 
   private remember(m: MountEntry): void {
+    if (!m.readOnly && this.everWritable.size < 100_000) this.everWritable.add(m.source);
     const known = this.live.get(m.source) ?? { users: 0, writers: 0 };
     known.users++;
     if (!m.readOnly) known.writers++;
