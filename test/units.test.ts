@@ -414,7 +414,7 @@ describe('listeners from sock_diag, and who holds them', () => {
     }
   });
   it('are those on 127.0.0.1 itself where there are any (the kernel looks them up first), and never a v6-only one on ::', async () => {
-    // Ports 34256-34258, each with listeners of this uid sharing it through SO_REUSEPORT.
+    // Ports 34260-34262 (34256-34259 are log-flood's), each with listeners of this uid sharing it through SO_REUSEPORT.
     const script =
       'import socket, sys, time\n' +
       'def listen(family, host, port, v6only=None):\n' +
@@ -422,18 +422,25 @@ describe('listeners from sock_diag, and who holds them', () => {
       '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n' +
       '    if v6only is not None: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)\n' +
       '    s.bind((host, port)); s.listen(); return s\n' +
-      'keep = [listen(socket.AF_INET6, "::", 34256, 1), listen(socket.AF_INET, "0.0.0.0", 34257), listen(socket.AF_INET, "127.0.0.1", 34257),\n' +
-      '        listen(socket.AF_INET6, "::", 34258, 0), listen(socket.AF_INET, "127.0.0.1", 34258)]\n' +
+      'keep = [listen(socket.AF_INET6, "::", 34260, 1), listen(socket.AF_INET, "0.0.0.0", 34261), listen(socket.AF_INET, "127.0.0.1", 34261),\n' +
+      '        listen(socket.AF_INET6, "::", 34262, 0), listen(socket.AF_INET, "127.0.0.1", 34262)]\n' +
       'print(" ".join(str(s.fileno()) for s in keep), flush=True)\n' +
       'time.sleep(30)\n';
-    const child = spawn('/usr/bin/python3', ['-c', script]);
+    const child = spawn('/usr/bin/python3', ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     try {
-      await new Promise((resolve, reject) => child.stdout.once('data', resolve).once('error', reject));
+      // Up, or gone with its error (a port taken): never a silent wait.
+      const up = await new Promise<boolean>((resolve) => {
+        child.stdout.once('data', () => resolve(true));
+        child.once('exit', () => resolve(false));
+      });
+      expect(up, stderr).toBe(true);
       const uid = process.getuid!();
       // v6-only on :: takes no connect to 127.0.0.1.
-      expect(await sockDiagListeners(34256)).toEqual([]);
+      expect(await sockDiagListeners(34260)).toEqual([]);
       // 0.0.0.0 and 127.0.0.1, or :: and 127.0.0.1: only 127.0.0.1's is reached.
-      for (const port of [34257, 34258]) {
+      for (const port of [34261, 34262]) {
         const found = await sockDiagListeners(port);
         expect(found.map((l) => l.uid), String(port)).toEqual([uid]);
         expect(await procListeners(port), String(port)).toEqual(found);
