@@ -166,7 +166,9 @@ export class MountTargets {
         return { ...m, source, target: entry.path };
       });
       bound.forEach((m, i) => this.checkOverlap(m, mounts[i]!));
-      mounts.forEach((m, i) => this.checkNested(m, i, mounts, bound));
+      // As bwrap is given them: /var/run/x is /run/x there, a host path its real one.
+      const targets = bound.map((m) => sandboxPath(m.target));
+      mounts.forEach((m, i) => this.checkNested(m, i, mounts, bound, targets));
       sources = bound;
       for (const m of sources) this.remember(m);
       return { mounts: bound, release };
@@ -211,13 +213,16 @@ export class MountTargets {
    * here before either sandbox starts, so there is no race to win.
    */
   private checkOverlap(m: MountEntry, given: MountEntry): void {
-    for (const other of this.everWritable)
-      if (inside(m.source, other))
+    // Its ancestors looked up, rather than every directory ever written compared: a spawn's cost stays the path's depth.
+    for (let dir = path.dirname(m.source); path.isAbsolute(m.source); dir = path.dirname(dir)) {
+      if (this.everWritable.has(dir))
         throw new SpecError(
-          `the mount source "${given.source}" (for ${given.target}) is refused: it is inside "${other}", which a sandbox of this ` +
+          `the mount source "${given.source}" (for ${given.target}) is refused: it is inside "${dir}", which a sandbox of this ` +
             'server has had read-write: a worker may still hold a handle to it and swap the path for a symlink before it is mounted; ' +
             'mount that directory itself, or a path outside it',
         );
+      if (dir === '/') break;
+    }
     for (const other of this.live.keys()) {
       if (!m.readOnly && inside(other, m.source))
         throw new SpecError(
@@ -237,24 +242,19 @@ export class MountTargets {
    * procyard's own files (/tmp/.procyard) come after every mount: no mount
    * may hold them.
    */
-  private checkNested(m: MountEntry, i: number, given: MountEntry[], bound: MountEntry[]): void {
-    const target = sandboxPath(bound[i]!.target);
+  private checkNested(m: MountEntry, i: number, given: MountEntry[], bound: MountEntry[], targets: string[]): void {
+    const target = targets[i]!;
     const refuse = (why: string): never => {
       throw new SpecError(`the mount target ${JSON.stringify(m.target)} is refused: ${why}`);
     };
     if (target === '/tmp' || target === OWN_FILES || inside(target, OWN_FILES))
       refuse(`procyard puts its own files under ${OWN_FILES}, after the mounts; mount elsewhere (a path under /tmp is fine)`);
-    // Compared as bwrap is given them (bound): /var/run/x is /run/x there, a host path its real one.
-    const inner = sandboxPath(bound[i]!.target);
     let outer = -1;
-    for (let j = 0; j < i; j++) {
-      const candidate = sandboxPath(bound[j]!.target);
-      if (inside(inner, candidate) && (outer < 0 || candidate.length > sandboxPath(bound[outer]!.target).length)) outer = j;
-    }
+    for (let j = 0; j < i; j++) if (inside(target, targets[j]!) && (outer < 0 || targets[j]!.length > targets[outer]!.length)) outer = j;
     if (outer < 0) return;
-    const outerTarget = sandboxPath(bound[outer]!.target);
+    const outerTarget = targets[outer]!;
     const source = bound[outer]!.source;
-    const below = path.posix.relative(outerTarget, inner);
+    const below = path.posix.relative(outerTarget, target);
     const where = `it lies inside ${JSON.stringify(given[outer]!.target)}, whose content`;
     // Without root every worker is the server's uid: what this backend's sandboxes have had read-write is all that can be told.
     if (!this.guard)
