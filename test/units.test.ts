@@ -419,6 +419,8 @@ describe('listeners from sock_diag, and who holds them', () => {
       'import socket, sys, time\n' +
       'def listen(family, host, port, v6only=None):\n' +
       '    s = socket.socket(family, socket.SOCK_STREAM)\n' +
+      // SO_REUSEADDR as libuv sets it: TIME_WAIT sockets on these ports (the bench leaves 128k across the ephemeral range) must not refuse the bind.
+      '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n' +
       '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n' +
       '    if v6only is not None: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)\n' +
       '    s.bind((host, port)); s.listen(); return s\n' +
