@@ -414,18 +414,19 @@ describe('listeners from sock_diag, and who holds them', () => {
     }
   });
   it('are those on 127.0.0.1 itself where there are any (the kernel looks them up first), and never a v6-only one on ::', async () => {
-    // Ports 34260-34262 (34256-34259 are log-flood's), each with listeners of this uid sharing it through SO_REUSEPORT.
+    // Ports 29950-29952, below the kernel's ephemeral range (clients' TIME_WAIT sockets there refuse a bind, whatever
+    // SO_REUSEADDR says), each with listeners of this uid sharing it through SO_REUSEPORT.
     const script =
       'import socket, sys, time\n' +
       'def listen(family, host, port, v6only=None):\n' +
       '    s = socket.socket(family, socket.SOCK_STREAM)\n' +
-      // SO_REUSEADDR as libuv sets it: TIME_WAIT sockets on these ports (the bench leaves 128k across the ephemeral range) must not refuse the bind.
+      // SO_REUSEADDR as libuv sets it: the server side's own TIME_WAIT sockets must not refuse the bind.
       '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n' +
       '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n' +
       '    if v6only is not None: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)\n' +
       '    s.bind((host, port)); s.listen(); return s\n' +
-      'keep = [listen(socket.AF_INET6, "::", 34260, 1), listen(socket.AF_INET, "0.0.0.0", 34261), listen(socket.AF_INET, "127.0.0.1", 34261),\n' +
-      '        listen(socket.AF_INET6, "::", 34262, 0), listen(socket.AF_INET, "127.0.0.1", 34262)]\n' +
+      'keep = [listen(socket.AF_INET6, "::", 29950, 1), listen(socket.AF_INET, "0.0.0.0", 29951), listen(socket.AF_INET, "127.0.0.1", 29951),\n' +
+      '        listen(socket.AF_INET6, "::", 29952, 0), listen(socket.AF_INET, "127.0.0.1", 29952)]\n' +
       'print(" ".join(str(s.fileno()) for s in keep), flush=True)\n' +
       'time.sleep(30)\n';
     const child = spawn('/usr/bin/python3', ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -440,9 +441,9 @@ describe('listeners from sock_diag, and who holds them', () => {
       expect(up, stderr).toBe(true);
       const uid = process.getuid!();
       // v6-only on :: takes no connect to 127.0.0.1.
-      expect(await sockDiagListeners(34260)).toEqual([]);
+      expect(await sockDiagListeners(29950)).toEqual([]);
       // 0.0.0.0 and 127.0.0.1, or :: and 127.0.0.1: only 127.0.0.1's is reached.
-      for (const port of [34261, 34262]) {
+      for (const port of [29951, 29952]) {
         const found = await sockDiagListeners(port);
         expect(found.map((l) => l.uid), String(port)).toEqual([uid]);
         expect(await procListeners(port), String(port)).toEqual(found);
